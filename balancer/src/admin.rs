@@ -1,0 +1,114 @@
+//! The admin listener: liveness, readiness and the original plugin's JSON
+//! status, on an address of its own so it is never exposed with the
+//! WebSocket port by accident.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use common::selection::Health;
+
+use crate::registry::PodRegistry;
+
+/// What the admin handlers read.
+#[derive(Clone)]
+pub struct AdminState {
+    /// Pods and loads.
+    pub registry: Arc<PodRegistry>,
+    /// Cancelled when the balancer stops: readiness turns 503.
+    pub stop: CancellationToken,
+}
+
+/// Routes of the admin listener.
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/balancer-metrics", get(balancer_metrics))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<AdminState>) -> Response {
+    if state.stop.is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: stopping\n").into_response()
+    } else if !state.registry.has_usable_pod() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no usable pod\n",
+        )
+            .into_response()
+    } else {
+        "ready\n".into_response()
+    }
+}
+
+/// The original plugin's status document, extended per pod.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    /// When this was taken (RFC 3339).
+    pub timestamp: String,
+    /// One entry per pod, in configuration order.
+    pub services: Vec<ServiceStatus>,
+    /// Sum of the pods' connections.
+    pub total_connections: u64,
+    /// Same as `totalConnections`, so a balancer can be polled as a pod.
+    pub agents_connections: u64,
+}
+
+/// One pod in [`Status`].
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceStatus {
+    /// Configured URL.
+    pub url: String,
+    /// Effective connection count (reported, adjusted by this balancer).
+    pub connections: u64,
+    /// `podName` from the pod's report.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+    /// `ready` or `drain`/`maint` as reported.
+    pub state: &'static str,
+    /// Seconds since the last good report.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report_age: Option<f64>,
+    /// Whether the pod is in rotation.
+    pub healthy: bool,
+    /// Connections this balancer relays to the pod now.
+    pub relayed: u64,
+}
+
+/// Builds the status document from the registry.
+pub fn status(registry: &PodRegistry) -> Status {
+    let services: Vec<ServiceStatus> = registry
+        .snapshots()
+        .into_iter()
+        .map(|s| ServiceStatus {
+            url: s.url,
+            connections: s.effective,
+            pod_name: s.pod_name,
+            state: if s.accepting { "ready" } else { "drain" },
+            report_age: s.report_age.map(|a| a.as_secs_f64()),
+            healthy: s.health != Health::Ejected,
+            relayed: s.relayed,
+        })
+        .collect();
+    let total = services.iter().map(|s| s.connections).sum();
+    Status {
+        timestamp: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        services,
+        total_connections: total,
+        agents_connections: total,
+    }
+}
+
+async fn balancer_metrics(State(state): State<AdminState>) -> Json<Status> {
+    Json(status(&state.registry))
+}

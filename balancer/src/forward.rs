@@ -1,0 +1,197 @@
+//! What crosses the balancer during the handshake: the client's upgrade
+//! request rewritten for the pod, and the pod's answer rewritten for the
+//! client.
+//!
+//! End-to-end headers (the WebSocket key, version, subprotocols, extensions,
+//! cookies, auth) pass unchanged so that client and pod negotiate directly.
+//! Hop-by-hop headers (RFC 9110 §7.6.1) are dropped, including any the
+//! `Connection` header names, and `X-Forwarded-*` is set by the balancer.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, Uri, request};
+use http_body_util::Empty;
+
+use common::PodAddress;
+
+use crate::handshake::Body;
+
+/// Headers that only concern one hop and are never forwarded.
+const HOP_BY_HOP: &[HeaderName] = &[
+    header::CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+    header::CONTENT_LENGTH,
+];
+
+/// Hop-by-hop headers with no constant in `http`.
+const HOP_BY_HOP_NAMES: &[&str] = &["keep-alive", "proxy-connection"];
+
+/// Headers the balancer sets itself; a client's own values are replaced.
+const FORWARDED: &[&str] = &[
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "forwarded",
+];
+
+/// Copies `from` without hop-by-hop headers (and without the names listed
+/// in its `Connection` header).
+fn end_to_end(from: &HeaderMap) -> HeaderMap {
+    let listed: Vec<HeaderName> = from
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    let mut out = HeaderMap::with_capacity(from.len());
+    for (name, value) in from {
+        let hop = HOP_BY_HOP.contains(name)
+            || HOP_BY_HOP_NAMES.contains(&name.as_str())
+            || listed.contains(name);
+        if !hop {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+/// The upgrade request to send to `pod`: same path and query (under the
+/// pod URL's path), end-to-end headers, `Host` set to the pod, and
+/// `X-Forwarded-For`/`-Proto`/`-Host` describing the client.
+pub fn pod_request(
+    client: &request::Parts,
+    pod: &PodAddress,
+    client_addr: SocketAddr,
+    client_scheme: &'static str,
+) -> Request<Empty<Bytes>> {
+    let path_and_query = client
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
+    let target = format!("{}{}", pod.path_prefix, path_and_query);
+    let mut headers = end_to_end(&client.headers);
+    headers.remove(header::HOST);
+    for name in FORWARDED {
+        headers.remove(*name);
+    }
+    let original_host = client.headers.get(header::HOST).cloned();
+    if let Ok(host) = HeaderValue::from_str(&pod.authority) {
+        headers.insert(header::HOST, host);
+    }
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(ip) = HeaderValue::from_str(&client_addr.ip().to_string()) {
+        headers.insert("x-forwarded-for", ip);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(client_scheme));
+    if let Some(host) = original_host {
+        headers.insert("x-forwarded-host", host);
+    }
+    let mut request = Request::new(Empty::new());
+    // A path that parsed as part of the client's request parses again here;
+    // fall back to "/" rather than fail if the prefix made it invalid.
+    *request.uri_mut() = target
+        .parse::<Uri>()
+        .unwrap_or_else(|_| Uri::from_static("/"));
+    *request.headers_mut() = headers;
+    request
+}
+
+/// The 101 sent to the client: the pod's own headers (accept key, chosen
+/// subprotocol and extensions, `x-pod-name`, cookies) plus the upgrade pair.
+pub fn switching_protocols(pod: &http::response::Parts) -> Response<Body> {
+    let mut response = Response::new(Body::default());
+    *response.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+    let mut headers = end_to_end(&pod.headers);
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    *response.headers_mut() = headers;
+    response
+}
+
+/// A pod's non-101 answer (403, 404, 500...), passed to the client as is:
+/// that is the application speaking.
+pub fn pod_status(pod: &http::response::Parts, body: Bytes) -> Response<Body> {
+    let mut response = Response::new(Body::new(body));
+    *response.status_mut() = pod.status;
+    *response.headers_mut() = end_to_end(&pod.headers);
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client_parts() -> request::Parts {
+        let (parts, ()) = Request::get("/ws?room=7")
+            .header("host", "chat.example.com")
+            .header("upgrade", "websocket")
+            .header("connection", "Upgrade, X-Secret-Hop")
+            .header("x-secret-hop", "1")
+            .header("keep-alive", "timeout=5")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-protocol", "chat, superchat")
+            .header("sec-websocket-extensions", "permessage-deflate")
+            .header("x-forwarded-for", "6.6.6.6")
+            .header("cookie", "a=b")
+            .body(())
+            .unwrap()
+            .into_parts();
+        parts
+    }
+
+    #[test]
+    fn request_keeps_end_to_end_headers_and_sets_forwarding() {
+        let pod = PodAddress::parse("http://10.0.0.5:8080/app", "/metric").unwrap();
+        let client: SocketAddr = "192.0.2.9:5555".parse().unwrap();
+        let r = pod_request(&client_parts(), &pod, client, "http");
+        let h = r.headers();
+        assert_eq!(r.uri(), "/app/ws?room=7");
+        assert_eq!(h["host"], "10.0.0.5:8080");
+        assert_eq!(h["sec-websocket-key"], "dGhlIHNhbXBsZSBub25jZQ==");
+        assert_eq!(h["sec-websocket-protocol"], "chat, superchat");
+        assert_eq!(h["sec-websocket-extensions"], "permessage-deflate");
+        assert_eq!(h["cookie"], "a=b");
+        assert_eq!(h["x-forwarded-for"], "192.0.2.9");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "chat.example.com");
+        assert_eq!(h["connection"], "Upgrade");
+        assert_eq!(h["upgrade"], "websocket");
+        assert!(!h.contains_key("x-secret-hop"));
+        assert!(!h.contains_key("keep-alive"));
+    }
+
+    #[test]
+    fn switching_protocols_keeps_pod_headers() {
+        let (parts, ()) = Response::builder()
+            .status(101)
+            .header("upgrade", "websocket")
+            .header("connection", "upgrade")
+            .header("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+            .header("sec-websocket-protocol", "chat")
+            .header("x-pod-name", "pod-1")
+            .header("keep-alive", "x")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let r = switching_protocols(&parts);
+        assert_eq!(r.status(), 101);
+        assert_eq!(
+            r.headers()["sec-websocket-accept"],
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+        assert_eq!(r.headers()["sec-websocket-protocol"], "chat");
+        assert_eq!(r.headers()["x-pod-name"], "pod-1");
+        assert!(!r.headers().contains_key("keep-alive"));
+    }
+}

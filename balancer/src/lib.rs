@@ -1,0 +1,178 @@
+//! wsbalancer: a WebSocket connection balancer.
+//!
+//! A connection's path through the code, in order: [`listener`] accepts it,
+//! [`handshake`] checks the upgrade, [`upgrade`] ranks pods from the
+//! [`registry`] (kept fresh by the [`poller`]), [`dial`] reaches one
+//! (through [`tls`] when needed) with the request [`forward`] built, and
+//! [`relay`] moves bytes until it ends. [`admin`] shows the state.
+//! [`Balancer::start`] wires them together.
+
+pub mod admin;
+pub mod cli;
+pub mod dial;
+pub mod forward;
+pub mod handshake;
+pub mod listener;
+pub mod logging;
+pub mod poller;
+pub mod registry;
+pub mod relay;
+pub mod tls;
+pub mod upgrade;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Config, ConfigError};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::poller::PollSchedule;
+use crate::registry::PodRegistry;
+use crate::relay::RelayLimits;
+use crate::upgrade::Proxy;
+
+/// Why the balancer could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A listener could not bind.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// `listen` or `adminListen`.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// TLS toward pods could not be set up.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsSetupError),
+    /// The polling HTTP client could not be built.
+    #[error("http client: {0}")]
+    HttpClient(#[from] reqwest::Error),
+}
+
+/// A running balancer.
+pub struct Balancer {
+    listen_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    registry: Arc<PodRegistry>,
+    stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Balancer {
+    /// Binds both listeners, starts polling and starts accepting.
+    pub async fn start(config: Config) -> Result<Balancer, StartError> {
+        config.validate()?;
+        let bind = |what: &'static str, addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { what, addr, source })
+        };
+        let listener = bind("listen", config.listen).await?;
+        let admin_listener = bind("adminListen", config.admin_listen).await?;
+        let listen_addr = local_addr(&listener, "listen", config.listen)?;
+        let admin_addr = local_addr(&admin_listener, "adminListen", config.admin_listen)?;
+
+        let tls = tls::client_config(&config)?;
+        let registry = Arc::new(PodRegistry::new(config.pod_addresses()?, config.cache_ttl));
+        let stop = CancellationToken::new();
+        let tasks = TaskTracker::new();
+
+        poller::spawn_all(
+            registry.pods(),
+            poller::http_client(tls.clone())?,
+            PollSchedule::from_ttl(config.cache_ttl, config.dial_timeout),
+            &tasks,
+            &stop,
+        );
+
+        let proxy = Arc::new(Proxy::new(
+            registry.clone(),
+            tls,
+            config.dial_timeout,
+            RelayLimits {
+                idle: config.read_timeout,
+                write: config.write_timeout,
+            },
+            stop.clone(),
+            tasks.clone(),
+        ));
+        tasks.spawn(listener::accept_loop(
+            listener,
+            proxy,
+            tasks.clone(),
+            stop.clone(),
+        ));
+
+        let admin = admin::router(admin::AdminState {
+            registry: registry.clone(),
+            stop: stop.clone(),
+        });
+        let admin_stop = stop.clone();
+        tasks.spawn(async move {
+            let serve = axum::serve(admin_listener, admin)
+                .with_graceful_shutdown(admin_stop.cancelled_owned());
+            if let Err(error) = serve.await {
+                tracing::error!(%error, "admin listener failed");
+            }
+        });
+
+        tracing::info!(listen = %listen_addr, admin = %admin_addr, pods = config.pods.len(), "wsbalancer started");
+        Ok(Balancer {
+            listen_addr,
+            admin_addr,
+            registry,
+            stop,
+            tasks,
+        })
+    }
+
+    /// Address the WebSocket listener is bound to.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen_addr
+    }
+
+    /// Address the admin listener is bound to.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The pods and what is known of them.
+    pub fn registry(&self) -> &Arc<PodRegistry> {
+        &self.registry
+    }
+
+    /// Stops accepting, ends every relayed connection and waits (at most
+    /// `grace`) for all tasks to finish.
+    pub async fn shutdown(self, grace: Duration) {
+        self.stop.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = self.tasks.len(),
+                "tasks still running at shutdown"
+            );
+        }
+    }
+}
+
+fn local_addr(
+    listener: &TcpListener,
+    what: &'static str,
+    addr: SocketAddr,
+) -> Result<SocketAddr, StartError> {
+    listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { what, addr, source })
+}

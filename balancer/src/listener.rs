@@ -1,0 +1,59 @@
+//! The client-facing listener: accepts TCP connections and serves each as
+//! HTTP/1.1 with upgrades, handing every request to the [`Proxy`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::upgrade::Proxy;
+
+/// How long a client may take to send its request headers (slowloris guard).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts until `stop` is cancelled. Connections are tracked by `tasks`.
+pub async fn accept_loop(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    tasks: TaskTracker,
+    stop: CancellationToken,
+) {
+    loop {
+        let (tcp, client) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(error) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = stop.cancelled() => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        let proxy = proxy.clone();
+        let stopped = stop.clone().cancelled_owned();
+        tasks.spawn(async move {
+            let service = service_fn(move |request| proxy.clone().handle(client, request));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(tcp), service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(error) = result {
+                        tracing::debug!(%client, %error, "http connection ended with an error");
+                    }
+                }
+                () = stopped => {}
+            }
+        });
+    }
+}

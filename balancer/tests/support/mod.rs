@@ -1,0 +1,101 @@
+//! Shared helpers for the balancer's integration tests: real pods and a real
+//! balancer on ephemeral loopback ports, and condition waits with deadlines.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::Config;
+use test_server::{Pod, PodOptions};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::Response;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use wsbalancer::Balancer;
+
+/// A client WebSocket as tokio-tungstenite gives it.
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Longest any condition in a test may take to become true.
+pub const DEADLINE: Duration = Duration::from_secs(15);
+
+/// Polls `condition` every 10 ms until it holds; panics naming `what`
+/// after [`DEADLINE`].
+pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Starts `n` plain pods named `pod-0`...
+pub async fn pods(n: usize) -> Vec<Pod> {
+    let mut pods = Vec::new();
+    for i in 0..n {
+        pods.push(
+            Pod::start(PodOptions::new(format!("pod-{i}")))
+                .await
+                .expect("pod starts"),
+        );
+    }
+    pods
+}
+
+/// A config for tests: loopback listeners on port 0 and a short TTL.
+pub fn config(pods: Vec<String>) -> Config {
+    Config {
+        pods,
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        cache_ttl: Duration::from_millis(400),
+        dial_timeout: Duration::from_secs(2),
+        ..Config::default()
+    }
+}
+
+/// Sends the balancer's logs to the test output (shown for failing tests).
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("wsbalancer=debug,info")
+        .with_test_writer()
+        .try_init();
+}
+
+/// Starts a balancer in front of `pods`.
+pub async fn balancer_for(pods: &[Pod]) -> Balancer {
+    init_logs();
+    Balancer::start(config(pods.iter().map(Pod::url).collect()))
+        .await
+        .expect("balancer starts")
+}
+
+/// `ws://` URL of the balancer's listener.
+pub fn ws_url(balancer: &Balancer, path: &str) -> String {
+    format!("ws://{}{path}", balancer.listen_addr())
+}
+
+/// Connects through the balancer, failing the test on error.
+pub async fn connect(url: &str) -> (Ws, Response<Option<Vec<u8>>>) {
+    tokio::time::timeout(
+        DEADLINE,
+        tokio_tungstenite::connect_async(url.into_client_request().expect("url")),
+    )
+    .await
+    .expect("connect in time")
+    .expect("connects")
+}
+
+/// The pod a connection landed on, from `x-pod-name`.
+pub fn landed_on(response: &Response<Option<Vec<u8>>>) -> String {
+    response
+        .headers()
+        .get("x-pod-name")
+        .and_then(|v| v.to_str().ok())
+        .expect("x-pod-name header")
+        .to_owned()
+}

@@ -1,0 +1,179 @@
+//! The configuration model: every key the balancer understands, its default,
+//! and the checks a value must pass before the balancer starts.
+//!
+//! Key names are the original plugin's camelCase names (`cacheTTL`,
+//! `dialTimeout`, ...) so that existing YAML files load unchanged. Loading and
+//! layering (file, environment, flags) lives in [`crate::load`]; this module
+//! only knows what a valid configuration looks like.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::load::ConfigError;
+use crate::pod_address::PodAddress;
+
+/// The balancer's whole configuration, after all layers are merged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Path of each pod's load report, appended to the pod URL.
+    #[serde(rename = "metricPath")]
+    pub metric_path: String,
+
+    /// Pod base URLs (`http`, `https`, `ws` or `wss`). A comma-separated
+    /// string is accepted too, so `WSB_PODS=a,b` works from the environment.
+    #[serde(rename = "pods", deserialize_with = "string_or_list")]
+    pub pods: Vec<String>,
+
+    /// Verify the certificates of `https`/`wss` pods. Turning this off is
+    /// for test clusters only.
+    #[serde(rename = "tlsVerify")]
+    pub tls_verify: bool,
+
+    /// Extra PEM file of CA certificates trusted for pods, on top of the
+    /// system roots (a private cluster CA, typically).
+    #[serde(rename = "caFile", default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+
+    /// How old a pod's report may get before it is treated as unknown. Pods
+    /// are polled often enough that a live pod's report never gets this old.
+    #[serde(rename = "cacheTTL", with = "humantime_serde")]
+    pub cache_ttl: Duration,
+
+    /// Bound on connect + TLS + WebSocket handshake to one pod; past it the
+    /// next pod is tried.
+    #[serde(rename = "dialTimeout", with = "humantime_serde")]
+    pub dial_timeout: Duration,
+
+    /// Bound on one blocked write toward either side of a relayed connection.
+    #[serde(rename = "writeTimeout", with = "humantime_serde")]
+    pub write_timeout: Duration,
+
+    /// Idle limit of a relayed connection: no byte in either direction for
+    /// this long closes it.
+    #[serde(rename = "readTimeout", with = "humantime_serde")]
+    pub read_timeout: Duration,
+
+    /// Address the WebSocket listener binds.
+    #[serde(rename = "listen")]
+    pub listen: SocketAddr,
+
+    /// Address of the admin listener (health, readiness, status). Loopback by
+    /// default so it is not exposed by accident.
+    #[serde(rename = "adminListen")]
+    pub admin_listen: SocketAddr,
+}
+
+/// Every key of [`Config`], as written in files. Used to map environment
+/// variables (`WSB_CACHE_TTL`) and to name keys in errors.
+pub const KEYS: &[&str] = &[
+    "metricPath",
+    "pods",
+    "tlsVerify",
+    "caFile",
+    "cacheTTL",
+    "dialTimeout",
+    "writeTimeout",
+    "readTimeout",
+    "listen",
+    "adminListen",
+];
+
+impl Default for Config {
+    /// The original plugin's defaults, plus listen addresses.
+    fn default() -> Self {
+        Config {
+            metric_path: "/metric".to_owned(),
+            pods: Vec::new(),
+            tls_verify: true,
+            ca_file: None,
+            cache_ttl: Duration::from_secs(30),
+            dial_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(30),
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+        }
+    }
+}
+
+impl Config {
+    /// Checks what serde cannot: non-empty pod list, valid pod URLs, non-zero
+    /// durations, a metric path that is a path. The first problem found is
+    /// returned, naming its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.pods.is_empty() {
+            return Err(ConfigError::invalid(
+                "pods",
+                "at least one pod URL is required",
+            ));
+        }
+        for pod in &self.pods {
+            PodAddress::parse(pod, &self.metric_path)
+                .map_err(|e| ConfigError::invalid("pods", format!("{pod:?}: {e}")))?;
+        }
+        if !self.metric_path.starts_with('/') {
+            return Err(ConfigError::invalid(
+                "metricPath",
+                format!("{:?} must start with '/'", self.metric_path),
+            ));
+        }
+        for (key, value) in [
+            ("cacheTTL", self.cache_ttl),
+            ("dialTimeout", self.dial_timeout),
+            ("writeTimeout", self.write_timeout),
+            ("readTimeout", self.read_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::invalid(key, "must be greater than zero"));
+            }
+        }
+        if let Some(path) = &self.ca_file
+            && !path.is_file()
+        {
+            return Err(ConfigError::invalid(
+                "caFile",
+                format!("{} is not a readable file", path.display()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The pod list as parsed addresses. Call after [`Config::validate`];
+    /// an invalid entry is reported the same way validation reports it.
+    pub fn pod_addresses(&self) -> Result<Vec<PodAddress>, ConfigError> {
+        self.pods
+            .iter()
+            .map(|pod| {
+                PodAddress::parse(pod, &self.metric_path)
+                    .map_err(|e| ConfigError::invalid("pods", format!("{pod:?}: {e}")))
+            })
+            .collect()
+    }
+}
+
+/// Accepts `["a", "b"]` or `"a,b"` (the form environment variables and
+/// single flags give), trimming blanks and dropping empty entries.
+fn string_or_list<'de, D>(deserializer: D) -> Result<Vec<String>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    let items = match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(s) => s.split(',').map(str::to_owned).collect(),
+        OneOrMany::Many(v) => v,
+    };
+    Ok(items
+        .into_iter()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect())
+}

@@ -1,0 +1,17 @@
+//! Shared, I/O-free parts of wsbalancer.
+//!
+//! Everything here can be unit-tested and fuzzed without a socket: the
+//! configuration model and its layered loading ([`config`], [`load`]), pod
+//! addresses ([`pod_address`]), the `/metric` report a pod serves
+//! ([`report`]) and the choice of a pod for a new connection ([`selection`]).
+
+pub mod config;
+pub mod load;
+pub mod pod_address;
+pub mod report;
+pub mod selection;
+
+pub use config::Config;
+pub use load::{ConfigError, ConfigSources, Overrides};
+pub use pod_address::{PodAddress, PodAddressError};
+pub use report::{PodState, Report, ReportError};

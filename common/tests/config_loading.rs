@@ -1,0 +1,153 @@
+//! Layered config loading against real files and environment variables
+//! (isolated per test by `figment::Jail`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::{ConfigError, ConfigSources, Overrides};
+use figment::Jail;
+
+const ORIGINAL_YAML: &str = r#"
+wsbalancer:
+  metricPath: "/metric"
+  pods: ["http://backend1:8080", "http://backend2:8080"]
+  tlsVerify: true
+  cacheTTL: "30s"
+  dialTimeout: "10s"
+  writeTimeout: "10s"
+  readTimeout: "30s"
+"#;
+
+fn from_file(name: &str) -> ConfigSources {
+    ConfigSources {
+        file: Some(PathBuf::from(name)),
+        overrides: Overrides::default(),
+    }
+}
+
+/// Loads `body` as file `name` and returns the error's key.
+fn failing_key(name: &str, body: &str) -> String {
+    let mut key = String::new();
+    Jail::expect_with(|jail| {
+        jail.create_file(name, body)?;
+        let err = from_file(name)
+            .load()
+            .expect_err("config should be rejected");
+        key = err.key().unwrap_or("<none>").to_owned();
+        assert!(err.to_string().contains(&key), "{err}");
+        Ok(())
+    });
+    key
+}
+
+#[test]
+fn original_yaml_loads_unchanged() {
+    Jail::expect_with(|jail| {
+        jail.create_file("wsbalancer.yaml", ORIGINAL_YAML)?;
+        let c = from_file("wsbalancer.yaml").load().expect("loads");
+        assert_eq!(c.pods, ["http://backend1:8080", "http://backend2:8080"]);
+        assert_eq!(c.metric_path, "/metric");
+        assert!(c.tls_verify);
+        assert_eq!(c.cache_ttl, Duration::from_secs(30));
+        assert_eq!(c.dial_timeout, Duration::from_secs(10));
+        assert_eq!(c.write_timeout, Duration::from_secs(10));
+        assert_eq!(c.read_timeout, Duration::from_secs(30));
+        assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9090");
+        Ok(())
+    });
+}
+
+#[test]
+fn toml_and_json_with_and_without_root_key() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "a.toml",
+            "[wsbalancer]\npods = [\"ws://a:1\"]\ncacheTTL = \"250ms\"\n",
+        )?;
+        jail.create_file("b.json", r#"{"pods": ["wss://b:2"], "dialTimeout": "2s"}"#)?;
+        let a = from_file("a.toml").load().expect("toml loads");
+        assert_eq!(a.cache_ttl, Duration::from_millis(250));
+        let b = from_file("b.json").load().expect("json loads");
+        assert_eq!(b.pods, ["wss://b:2"]);
+        assert_eq!(b.dial_timeout, Duration::from_secs(2));
+        Ok(())
+    });
+}
+
+#[test]
+fn layers_file_then_env_then_flags() {
+    Jail::expect_with(|jail| {
+        jail.create_file("c.yaml", ORIGINAL_YAML)?;
+        jail.set_env("WSB_CACHE_TTL", "5s");
+        jail.set_env("WSB_DIALTIMEOUT", "3s");
+        jail.set_env("WSB_PODS", "http://e1:1, http://e2:2");
+        let mut sources = from_file("c.yaml");
+        let env_only = sources.load().expect("loads");
+        assert_eq!(env_only.cache_ttl, Duration::from_secs(5));
+        assert_eq!(env_only.dial_timeout, Duration::from_secs(3));
+        assert_eq!(env_only.pods, ["http://e1:1", "http://e2:2"]);
+
+        sources.overrides.cache_ttl = Some("7s".into());
+        sources.overrides.pods = Some(vec!["http://f:1".into()]);
+        let flags = sources.load().expect("loads");
+        assert_eq!(flags.cache_ttl, Duration::from_secs(7));
+        assert_eq!(flags.dial_timeout, Duration::from_secs(3));
+        assert_eq!(flags.pods, ["http://f:1"]);
+        Ok(())
+    });
+}
+
+#[test]
+fn each_invalid_value_names_its_key() {
+    let cases = [
+        ("pods: [\"ftp://x:1\"]\n", "pods"),
+        ("pods: []\n", "pods"),
+        ("pods: [\"http://x:1\"]\ncacheTTL: \"0s\"\n", "cacheTTL"),
+        (
+            "pods: [\"http://x:1\"]\ndialTimeout: \"soon\"\n",
+            "dialTimeout",
+        ),
+        ("pods: [\"http://x:1\"]\nlisten: \"nowhere\"\n", "listen"),
+        (
+            "pods: [\"http://x:1\"]\nadminListen: \"1.2.3.4\"\n",
+            "adminListen",
+        ),
+        (
+            "pods: [\"http://x:1\"]\ntlsVerify: \"maybe\"\n",
+            "tlsVerify",
+        ),
+        (
+            "pods: [\"http://x:1\"]\nmetricPath: \"metric\"\n",
+            "metricPath",
+        ),
+        ("pods: [\"http://x:1\"]\ncacheTtl: \"1s\"\n", "cacheTtl"),
+    ];
+    for (body, key) in cases {
+        assert_eq!(failing_key("bad.yaml", body), key, "for {body:?}");
+    }
+}
+
+#[test]
+fn missing_pods_without_file_names_pods() {
+    Jail::expect_with(|_| {
+        let err = ConfigSources::default().load().expect_err("no pods");
+        assert_eq!(err.key(), Some("pods"));
+        Ok(())
+    });
+}
+
+#[test]
+fn file_problems_name_the_file() {
+    Jail::expect_with(|jail| {
+        jail.create_file("x.ini", "pods=1")?;
+        jail.create_file("broken.yaml", "wsbalancer: [unclosed")?;
+        for name in ["missing.yaml", "x.ini", "broken.yaml"] {
+            match from_file(name).load() {
+                Err(ConfigError::File { path, .. }) => assert_eq!(path, PathBuf::from(name)),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        Ok(())
+    });
+}

@@ -1,0 +1,301 @@
+//! Echo pods for exercising wsbalancer.
+//!
+//! A [`Pod`] is what a real backend pod looks like to the balancer: `/ws`
+//! accepts a WebSocket and echoes every text and binary message, `/metric`
+//! reports the live connection count in the `/metric` contract, and the 101
+//! answer carries `x-pod-name` so a client can see where it landed. Many pods
+//! run in one process (the `test-server` binary) or inside a test.
+//!
+//! One text message is a command rather than data: `close:CODE` (for
+//! example `close:4002`) makes the pod close the connection with that code,
+//! so tests can check that a pod's close reaches the client.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+/// Header naming the pod on its 101 answer.
+pub const POD_NAME_HEADER: &str = "x-pod-name";
+
+/// How to run one pod.
+#[derive(Clone)]
+pub struct PodOptions {
+    /// Reported as `podName` and sent as `x-pod-name`.
+    pub name: String,
+    /// Address to bind; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// Subprotocols this pod supports; it selects the first one the client
+    /// offers (in the client's order).
+    pub subprotocols: Vec<String>,
+    /// Serve HTTPS/WSS with this config instead of plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl PodOptions {
+    /// A plain pod on an ephemeral loopback port.
+    pub fn new(name: impl Into<String>) -> Self {
+        PodOptions {
+            name: name.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            subprotocols: Vec::new(),
+            tls: None,
+        }
+    }
+}
+
+/// State shared by a pod's handlers.
+struct Shared {
+    name: String,
+    ip: String,
+    subprotocols: Vec<String>,
+    /// Connections that completed the upgrade and have not ended.
+    connections: AtomicU64,
+    /// Connections that completed the upgrade since start.
+    accepted: AtomicU64,
+    /// Close codes received from clients, in order.
+    close_codes: Mutex<Vec<u16>>,
+    /// Cancelled when the pod stops: every connection task ends.
+    stop: CancellationToken,
+}
+
+/// A running pod. Dropping it does not stop it; call [`Pod::stop`].
+pub struct Pod {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    tls: bool,
+    accept_loop: JoinHandle<()>,
+}
+
+impl Pod {
+    /// Binds and starts serving.
+    pub async fn start(options: PodOptions) -> std::io::Result<Pod> {
+        let listener = TcpListener::bind(options.listen).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            name: options.name,
+            ip: addr.ip().to_string(),
+            subprotocols: options.subprotocols,
+            connections: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
+            close_codes: Mutex::new(Vec::new()),
+            stop: CancellationToken::new(),
+        });
+        let router = Router::new()
+            .route("/ws", get(upgrade))
+            .route("/metric", get(metric))
+            .with_state(shared.clone());
+        let tls = options.tls.is_some();
+        let acceptor = options.tls.map(TlsAcceptor::from);
+        let accept_loop =
+            tokio::spawn(accept_loop(listener, router, acceptor, shared.stop.clone()));
+        tracing::info!(pod = %shared.name, %addr, tls, "pod listening");
+        Ok(Pod {
+            shared,
+            addr,
+            tls,
+            accept_loop,
+        })
+    }
+
+    /// The pod's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Base URL to give the balancer (`http://` or `https://`).
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// Live upgraded connections, the number `/metric` reports.
+    pub fn connections(&self) -> u64 {
+        self.shared.connections.load(Ordering::SeqCst)
+    }
+
+    /// Upgraded connections since start.
+    pub fn accepted(&self) -> u64 {
+        self.shared.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Close codes clients sent to this pod, in arrival order (1005 for a
+    /// close frame without a code).
+    pub fn close_codes(&self) -> Vec<u16> {
+        self.shared
+            .close_codes
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default()
+    }
+
+    /// Stops listening and drops every connection at once, as a crashed pod
+    /// would.
+    pub async fn stop(self) {
+        self.shared.stop.cancel();
+        let _ = self.accept_loop.await;
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    router: Router,
+    acceptor: Option<TlsAcceptor>,
+    stop: CancellationToken,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    continue;
+                }
+            },
+            () = stop.cancelled() => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        let router = router.clone();
+        let acceptor = acceptor.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            match acceptor {
+                None => serve(tcp, router, stop).await,
+                Some(acceptor) => match acceptor.accept(tcp).await {
+                    Ok(tls) => serve(tls, router, stop).await,
+                    Err(error) => tracing::debug!(%error, client = %peer, "tls handshake failed"),
+                },
+            }
+        });
+    }
+}
+
+async fn serve<IO>(io: IO, router: Router, stop: CancellationToken)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = TowerToHyperService::new(router);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::select! {
+        _ = conn => {}
+        () = stop.cancelled() => {}
+    }
+}
+
+async fn metric(State(shared): State<Arc<Shared>>) -> Response {
+    let body = serde_json::json!({
+        "agentsConnections": shared.connections.load(Ordering::SeqCst),
+        "podName": shared.name,
+        "podIP": shared.ip,
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+async fn upgrade(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let chosen = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find(|offered| shared.subprotocols.iter().any(|s| s == offered))
+        .map(str::to_owned);
+    let ws = match chosen {
+        Some(protocol) => ws.protocols([protocol]),
+        None => ws,
+    };
+    let name = HeaderValue::from_str(&shared.name).ok();
+    let mut response = ws
+        .max_message_size(64 << 20)
+        .on_upgrade(move |socket| echo(socket, shared));
+    if let Some(name) = name {
+        response.headers_mut().insert(POD_NAME_HEADER, name);
+    }
+    response
+}
+
+/// Counts a connection for exactly as long as it lives.
+struct Live(Arc<Shared>);
+
+impl Live {
+    fn new(shared: Arc<Shared>) -> Self {
+        shared.connections.fetch_add(1, Ordering::SeqCst);
+        shared.accepted.fetch_add(1, Ordering::SeqCst);
+        Live(shared)
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Echoes text and binary messages until the peer closes. Pings are answered
+/// and the close handshake is completed (with the peer's code) by the
+/// WebSocket layer itself.
+async fn echo(mut socket: WebSocket, shared: Arc<Shared>) {
+    let live = Live::new(shared);
+    let stop = live.0.stop.clone();
+    loop {
+        let message = tokio::select! {
+            m = socket.recv() => m,
+            () = stop.cancelled() => return,
+        };
+        let reply = match message {
+            Some(Ok(Message::Text(text))) => match close_command(text.as_str()) {
+                Some(code) => Message::Close(Some(CloseFrame {
+                    code,
+                    reason: "closed by pod".into(),
+                })),
+                None => Message::Text(text),
+            },
+            Some(Ok(m @ Message::Binary(_))) => m,
+            Some(Ok(Message::Close(frame))) => {
+                let code = frame.map_or(1005, |f| f.code);
+                if let Ok(mut codes) = live.0.close_codes.lock() {
+                    codes.push(code);
+                }
+                continue;
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Err(_)) | None => return,
+        };
+        if socket.send(reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// `close:4002` → `Some(4002)`.
+fn close_command(text: &str) -> Option<u16> {
+    text.strip_prefix("close:")?.trim().parse().ok()
+}

@@ -1,0 +1,99 @@
+//! `test-server`: runs N echo pods in one process.
+//!
+//! Prints one `ready pod=<name> url=<url>` line per pod on stdout once every
+//! pod is listening, so scripts can start it on port 0 and read the ports.
+
+use std::net::{IpAddr, SocketAddr};
+
+use anyhow::Context;
+use clap::Parser;
+use test_server::{Pod, PodOptions};
+
+/// Echo pods with `/ws` and `/metric`, for trying and testing wsbalancer.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Number of pods, on consecutive ports from --base-port.
+    #[arg(long, default_value_t = 1)]
+    pods: u16,
+    /// Port of the first pod; 0 gives every pod a free port.
+    #[arg(long, default_value_t = 9001)]
+    base_port: u16,
+    /// Address the pods bind with --pods/--base-port.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+    /// Explicit pod addresses (repeatable); replaces --pods/--base-port.
+    #[arg(long = "listen")]
+    listen: Vec<SocketAddr>,
+    /// Subprotocols the pods support (comma-separated); each pod selects the
+    /// first one the client offers.
+    #[arg(long, value_delimiter = ',')]
+    subprotocols: Vec<String>,
+    /// Pod names are <prefix>-0, <prefix>-1, ...
+    #[arg(long, default_value = "pod")]
+    name_prefix: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let addrs: Vec<SocketAddr> = if args.listen.is_empty() {
+        (0..args.pods)
+            .map(|i| {
+                let port = if args.base_port == 0 {
+                    Ok(0)
+                } else {
+                    args.base_port
+                        .checked_add(i)
+                        .context("--base-port + --pods exceeds 65535")
+                };
+                port.map(|p| SocketAddr::new(args.host, p))
+            })
+            .collect::<anyhow::Result<_>>()?
+    } else {
+        args.listen.clone()
+    };
+
+    let mut pods = Vec::with_capacity(addrs.len());
+    for (i, addr) in addrs.into_iter().enumerate() {
+        let options = PodOptions {
+            listen: addr,
+            subprotocols: args.subprotocols.clone(),
+            ..PodOptions::new(format!("{}-{i}", args.name_prefix))
+        };
+        let pod = Pod::start(options)
+            .await
+            .with_context(|| format!("binding pod {i} on {addr}"))?;
+        pods.push(pod);
+    }
+    for pod in &pods {
+        println!("ready pod={} url={}", pod.name(), pod.url());
+    }
+
+    shutdown_signal().await;
+    for pod in pods {
+        pod.stop().await;
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
