@@ -161,27 +161,25 @@ fn file_layer(path: &Path) -> Result<Figment, ConfigError> {
 }
 
 /// `WSB_CACHE_TTL=5s` and `WSB_CACHETTL=5s` both set `cacheTTL`. A `WSB_*`
-/// variable that matches no key is kept under its own name, so that it is
-/// reported as unknown instead of silently ignored.
+/// variable that matches no key is ignored: Kubernetes itself injects
+/// `<SERVICE>_SERVICE_HOST`-style variables, and a Service named `wsb` must
+/// not stop the balancer from starting.
 fn env_layer() -> Env {
-    // `lowercase(false)` must come after `map`: figment resets it on `map`.
     Env::prefixed(ENV_PREFIX)
-        .map(|key| canonical_key(key.as_str()).into())
+        .filter_map(|key| known_key(key.as_str()).map(Into::into))
+        // Must come after `filter_map`: figment resets it when chaining.
         .lowercase(false)
 }
 
 /// Maps a key written in any case, with or without underscores or dashes, to
-/// its name in [`KEYS`].
-pub fn canonical_key(raw: &str) -> String {
+/// its name in [`KEYS`] (`CACHE_TTL` → `cacheTTL`).
+pub fn known_key(raw: &str) -> Option<&'static str> {
     let folded: String = raw
         .chars()
         .filter(|c| *c != '_' && *c != '-')
         .flat_map(char::to_lowercase)
         .collect();
-    KEYS.iter()
-        .find(|k| k.to_lowercase() == folded)
-        .map(|k| (*k).to_owned())
-        .unwrap_or_else(|| raw.to_owned())
+    KEYS.iter().copied().find(|k| k.to_lowercase() == folded)
 }
 
 /// Turns figment's error into one naming the key.

@@ -82,6 +82,8 @@ fn layers_file_then_env_then_flags() {
         jail.set_env("WSB_CACHE_TTL", "5s");
         jail.set_env("WSB_DIALTIMEOUT", "3s");
         jail.set_env("WSB_PODS", "http://e1:1, http://e2:2");
+        // Kubernetes-style service variables are not config keys.
+        jail.set_env("WSB_SERVICE_HOST", "10.0.0.1");
         let mut sources = from_file("c.yaml");
         let env_only = sources.load().expect("loads");
         assert_eq!(env_only.cache_ttl, Duration::from_secs(5));

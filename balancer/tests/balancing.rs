@@ -1,0 +1,107 @@
+//! Pod choice against real pods: least reported connections first, the
+//! balancer's own opens counted between reports, and unreachable pods
+//! skipped without the client noticing.
+
+mod support;
+
+use std::collections::HashMap;
+
+use common::selection::Health;
+use support::{balancer_for, config, connect, landed_on, pods, wait_until, ws_url, DEADLINE};
+use wsbalancer::Balancer;
+
+#[tokio::test]
+async fn new_connections_go_to_the_least_loaded_pod_until_even() {
+    let pods = pods(3).await;
+    // Real connections held directly on the pods: 5, 0 and 2.
+    let mut direct = Vec::new();
+    for (pod, n) in [(&pods[0], 5), (&pods[2], 2)] {
+        for _ in 0..n {
+            direct.push(connect(&format!("ws://{}/ws", pod.addr())).await.0);
+        }
+    }
+    wait_until("pods count their direct connections", || {
+        pods[0].connections() == 5 && pods[2].connections() == 2
+    })
+    .await;
+
+    let balancer = balancer_for(&pods).await;
+    wait_until("balancer has fresh reports of 5, 0, 2", || {
+        let s = balancer.registry().snapshots();
+        s.iter().map(|p| p.reported).collect::<Vec<_>>() == [Some(5), Some(0), Some(2)]
+            && s.iter().all(|p| p.health == Health::Healthy)
+    })
+    .await;
+
+    let mut load: HashMap<String, u64> = pods
+        .iter()
+        .map(|p| (p.name().to_owned(), p.connections()))
+        .collect();
+    let mut through = Vec::new();
+    for i in 0..8 {
+        let (ws, response) = connect(&ws_url(&balancer, "/ws")).await;
+        let pod = landed_on(&response);
+        let least = *load.values().min().unwrap();
+        assert_eq!(load[&pod], least, "connection {i} went to {pod} with loads {load:?}");
+        *load.get_mut(&pod).unwrap() += 1;
+        through.push(ws);
+    }
+    wait_until("pods even at 5/5/5", || pods.iter().all(|p| p.connections() == 5)).await;
+    drop(through);
+    drop(direct);
+    wait_until("all connections ended", || pods.iter().all(|p| p.connections() == 0)).await;
+    wait_until("balancer relays nothing", || {
+        balancer.registry().snapshots().iter().all(|s| s.relayed == 0)
+    })
+    .await;
+    balancer.shutdown(DEADLINE).await;
+}
+
+#[tokio::test]
+async fn a_burst_inside_one_ttl_is_spread_by_local_counts() {
+    let pods = pods(3).await;
+    let mut cfg = config(pods.iter().map(|p| p.url()).collect());
+    // Reports are far apart: only the balancer's own counting can spread.
+    cfg.cache_ttl = std::time::Duration::from_secs(60);
+    let balancer = Balancer::start(cfg).await.unwrap();
+    wait_until("first reports", || {
+        balancer.registry().snapshots().iter().all(|s| s.reported == Some(0))
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..30 {
+        held.push(connect(&ws_url(&balancer, "/ws")).await.0);
+    }
+    wait_until("pods hold 10 each", || pods.iter().all(|p| p.connections() == 10)).await;
+    drop(held);
+    balancer.shutdown(DEADLINE).await;
+}
+
+#[tokio::test]
+async fn a_pod_that_is_not_listening_is_skipped() {
+    let pods = pods(2).await;
+    // A port that was free a moment ago and has nothing listening now.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let mut urls = vec![dead.clone()];
+    urls.extend(pods.iter().map(|p| p.url()));
+    let balancer = Balancer::start(config(urls)).await.unwrap();
+
+    // Connect at once, before any poll has found the dead pod out.
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        let (ws, response) = connect(&ws_url(&balancer, "/ws")).await;
+        assert!(["pod-0", "pod-1"].contains(&landed_on(&response).as_str()));
+        held.push(ws);
+    }
+    wait_until("pods hold all 20", || pods.iter().map(|p| p.connections()).sum::<u64>() == 20).await;
+    wait_until("dead pod ejected", || {
+        balancer.registry().snapshots()[0].health == Health::Ejected
+    })
+    .await;
+    assert_eq!(balancer.registry().snapshots()[0].relayed, 0);
+    drop(held);
+    balancer.shutdown(DEADLINE).await;
+}

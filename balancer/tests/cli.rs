@@ -1,0 +1,133 @@
+//! The `wsbalancer` binary as a user runs it: bad configs stop the start with
+//! exit code 2 and one line naming the key; a good one serves, answers on
+//! the admin port and stops cleanly on SIGTERM.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use support::{connect, landed_on, pods, DEADLINE};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+use tokio_tungstenite::tungstenite::Message;
+
+const BIN: &str = env!("CARGO_BIN_EXE_wsbalancer");
+
+/// Runs the binary to completion; returns (exit code, stderr).
+async fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env_remove("RUST_LOG").stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(DEADLINE, cmd.output())
+        .await
+        .expect("exits in time")
+        .expect("runs");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[tokio::test]
+async fn invalid_config_exits_2_naming_the_key() {
+    let ok = ["--pods", "http://127.0.0.1:1"];
+    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
+        (vec!["--pods", "ftp://x:1"], vec![], "pods"),
+        (vec![], vec![], "pods"),
+        (vec!["--cache-ttl", "0s"], vec![], "cacheTTL"),
+        (vec!["--dial-timeout", "soon"], vec![], "dialTimeout"),
+        (vec!["--listen", "nowhere"], vec![], "listen"),
+        (vec![], vec![("WSB_READ_TIMEOUT", "forever")], "readTimeout"),
+    ];
+    for (mut args, env, key) in cases {
+        if !args.contains(&"--pods") && key != "pods" {
+            args.extend(ok);
+        }
+        let (code, stderr) = run(&args, &env).await;
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains(&format!("`{key}`")), "{args:?} should name {key}: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn config_file_with_unknown_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("wsb.yaml");
+    std::fs::write(&file, "wsbalancer:\n  pods: [\"http://a:1\"]\n  cachTTL: \"3s\"\n").unwrap();
+    let (code, stderr) = run(&["--config", file.to_str().unwrap()], &[]).await;
+    assert_eq!(code, 2);
+    assert!(stderr.contains("`cachTTL`") && stderr.contains("unknown key"), "{stderr}");
+}
+
+/// One raw HTTP GET on the admin port.
+async fn admin_get(addr: &str, path: &str) -> String {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(DEADLINE, tcp.read_to_string(&mut out))
+        .await
+        .expect("admin answers")
+        .unwrap();
+    out
+}
+
+#[tokio::test]
+async fn serves_then_stops_on_sigterm() {
+    let pods = pods(2).await;
+    let urls: Vec<String> = pods.iter().map(|p| p.url()).collect();
+    let mut child = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--cache-ttl", "500ms"])
+        .arg("--pods")
+        .arg(urls.join(","))
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let ready = tokio::time::timeout(DEADLINE, lines.next_line())
+        .await
+        .expect("ready in time")
+        .unwrap()
+        .expect("a ready line");
+    let field = |name: &str| {
+        ready
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")).map(str::to_owned))
+            .expect("field in ready line")
+    };
+    let (listen, admin) = (field("listen"), field("admin"));
+
+    let (mut ws, response) = connect(&format!("ws://{listen}/ws")).await;
+    assert!(landed_on(&response).starts_with("pod-"));
+    ws.send(Message::text("through a process")).await.unwrap();
+    let echo = tokio::time::timeout(DEADLINE, ws.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(echo, Message::text("through a process"));
+
+    assert!(admin_get(&admin, "/healthz").await.starts_with("HTTP/1.1 200"));
+    let status = admin_get(&admin, "/balancer-metrics").await;
+    assert!(status.contains("\"totalConnections\""), "{status}");
+    assert!(status.contains(&urls[0]), "{status}");
+
+    let pid = child.id().expect("running").to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(DEADLINE, child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    // The relayed connection ended with the process.
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "client connection ended");
+}

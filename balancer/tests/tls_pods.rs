@@ -1,0 +1,92 @@
+//! `wss` pods with a self-signed certificate generated here: refused while
+//! verification is on and the CA is unknown, accepted with `caFile` or with
+//! `tlsVerify: false`.
+
+mod support;
+
+use std::io::Write;
+use std::sync::Arc;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use support::{config, connect, init_logs, landed_on, wait_until, ws_url, DEADLINE};
+use test_server::{Pod, PodOptions};
+use tokio_tungstenite::tungstenite::Error as WsError;
+use wsbalancer::Balancer;
+
+struct TlsPod {
+    pod: Pod,
+    ca_pem: String,
+}
+
+async fn tls_pod() -> TlsPod {
+    let generated = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .expect("certificate");
+    let cert = CertificateDer::from(generated.cert.der().to_vec());
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(generated.signing_key.serialize_der()));
+    let server = rustls::ServerConfig::builder_with_provider(wsbalancer::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .unwrap();
+    let pod = Pod::start(PodOptions {
+        tls: Some(Arc::new(server)),
+        ..PodOptions::new("tls-pod")
+    })
+    .await
+    .unwrap();
+    TlsPod {
+        pod,
+        ca_pem: generated.cert.pem(),
+    }
+}
+
+fn wss_url(pod: &Pod) -> String {
+    format!("wss://{}", pod.addr())
+}
+
+#[tokio::test]
+async fn unknown_ca_is_refused_when_verifying() {
+    init_logs();
+    let tls = tls_pod().await;
+    let balancer = Balancer::start(config(vec![wss_url(&tls.pod)])).await.unwrap();
+    match tokio_tungstenite::connect_async(ws_url(&balancer, "/ws")).await {
+        Err(WsError::Http(response)) => {
+            assert!([502, 503].contains(&response.status().as_u16()), "{}", response.status())
+        }
+        other => panic!("expected a refusal, got {:?}", other.map(|(_, r)| r.status())),
+    }
+    assert_eq!(tls.pod.accepted(), 0);
+    balancer.shutdown(DEADLINE).await;
+}
+
+#[tokio::test]
+async fn ca_file_makes_the_pod_trusted() {
+    init_logs();
+    let tls = tls_pod().await;
+    let mut ca = tempfile::NamedTempFile::new().unwrap();
+    ca.write_all(tls.ca_pem.as_bytes()).unwrap();
+    let mut cfg = config(vec![wss_url(&tls.pod)]);
+    cfg.ca_file = Some(ca.path().to_owned());
+    let balancer = Balancer::start(cfg).await.unwrap();
+    let (_ws, response) = connect(&ws_url(&balancer, "/ws")).await;
+    assert_eq!(landed_on(&response), "tls-pod");
+    // The poller reads the report over the same verified TLS.
+    wait_until("report over https", || {
+        balancer.registry().snapshots()[0].reported == Some(1)
+    })
+    .await;
+    balancer.shutdown(DEADLINE).await;
+}
+
+#[tokio::test]
+async fn tls_verify_false_accepts_any_certificate() {
+    init_logs();
+    let tls = tls_pod().await;
+    let mut cfg = config(vec![wss_url(&tls.pod)]);
+    cfg.tls_verify = false;
+    let balancer = Balancer::start(cfg).await.unwrap();
+    let (_ws, response) = connect(&ws_url(&balancer, "/ws")).await;
+    assert_eq!(landed_on(&response), "tls-pod");
+    balancer.shutdown(DEADLINE).await;
+}
