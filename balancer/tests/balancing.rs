@@ -7,7 +7,7 @@ mod support;
 use std::collections::HashMap;
 
 use common::selection::Health;
-use support::{balancer_for, config, connect, landed_on, pods, wait_until, ws_url, DEADLINE};
+use support::{DEADLINE, balancer_for, config, connect, landed_on, pods, wait_until, ws_url};
 use wsbalancer::Balancer;
 
 #[tokio::test]
@@ -42,16 +42,29 @@ async fn new_connections_go_to_the_least_loaded_pod_until_even() {
         let (ws, response) = connect(&ws_url(&balancer, "/ws")).await;
         let pod = landed_on(&response);
         let least = *load.values().min().unwrap();
-        assert_eq!(load[&pod], least, "connection {i} went to {pod} with loads {load:?}");
+        assert_eq!(
+            load[&pod], least,
+            "connection {i} went to {pod} with loads {load:?}"
+        );
         *load.get_mut(&pod).unwrap() += 1;
         through.push(ws);
     }
-    wait_until("pods even at 5/5/5", || pods.iter().all(|p| p.connections() == 5)).await;
+    wait_until("pods even at 5/5/5", || {
+        pods.iter().all(|p| p.connections() == 5)
+    })
+    .await;
     drop(through);
     drop(direct);
-    wait_until("all connections ended", || pods.iter().all(|p| p.connections() == 0)).await;
+    wait_until("all connections ended", || {
+        pods.iter().all(|p| p.connections() == 0)
+    })
+    .await;
     wait_until("balancer relays nothing", || {
-        balancer.registry().snapshots().iter().all(|s| s.relayed == 0)
+        balancer
+            .registry()
+            .snapshots()
+            .iter()
+            .all(|s| s.relayed == 0)
     })
     .await;
     balancer.shutdown(DEADLINE).await;
@@ -65,14 +78,21 @@ async fn a_burst_inside_one_ttl_is_spread_by_local_counts() {
     cfg.cache_ttl = std::time::Duration::from_secs(60);
     let balancer = Balancer::start(cfg).await.unwrap();
     wait_until("first reports", || {
-        balancer.registry().snapshots().iter().all(|s| s.reported == Some(0))
+        balancer
+            .registry()
+            .snapshots()
+            .iter()
+            .all(|s| s.reported == Some(0))
     })
     .await;
     let mut held = Vec::new();
     for _ in 0..30 {
         held.push(connect(&ws_url(&balancer, "/ws")).await.0);
     }
-    wait_until("pods hold 10 each", || pods.iter().all(|p| p.connections() == 10)).await;
+    wait_until("pods hold 10 each", || {
+        pods.iter().all(|p| p.connections() == 10)
+    })
+    .await;
     drop(held);
     balancer.shutdown(DEADLINE).await;
 }
@@ -96,7 +116,10 @@ async fn a_pod_that_is_not_listening_is_skipped() {
         assert!(["pod-0", "pod-1"].contains(&landed_on(&response).as_str()));
         held.push(ws);
     }
-    wait_until("pods hold all 20", || pods.iter().map(|p| p.connections()).sum::<u64>() == 20).await;
+    wait_until("pods hold all 20", || {
+        pods.iter().map(|p| p.connections()).sum::<u64>() == 20
+    })
+    .await;
     wait_until("dead pod ejected", || {
         balancer.registry().snapshots()[0].health == Health::Ejected
     })

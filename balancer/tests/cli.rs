@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use support::{connect, landed_on, pods, DEADLINE};
+use support::{DEADLINE, connect, landed_on, pods};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 use tokio_tungstenite::tungstenite::Message;
@@ -26,13 +26,18 @@ async fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
         .await
         .expect("exits in time")
         .expect("runs");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[tokio::test]
 async fn invalid_config_exits_2_naming_the_key() {
     let ok = ["--pods", "http://127.0.0.1:1"];
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
+    /// Flags, environment, and the key the error must name.
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
         (vec!["--pods", "ftp://x:1"], vec![], "pods"),
         (vec![], vec![], "pods"),
         (vec!["--cache-ttl", "0s"], vec![], "cacheTTL"),
@@ -47,7 +52,10 @@ async fn invalid_config_exits_2_naming_the_key() {
         let (code, stderr) = run(&args, &env).await;
         assert_eq!(code, 2, "{args:?}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
-        assert!(stderr.contains(&format!("`{key}`")), "{args:?} should name {key}: {stderr}");
+        assert!(
+            stderr.contains(&format!("`{key}`")),
+            "{args:?} should name {key}: {stderr}"
+        );
     }
 }
 
@@ -55,18 +63,27 @@ async fn invalid_config_exits_2_naming_the_key() {
 async fn config_file_with_unknown_key_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("wsb.yaml");
-    std::fs::write(&file, "wsbalancer:\n  pods: [\"http://a:1\"]\n  cachTTL: \"3s\"\n").unwrap();
+    std::fs::write(
+        &file,
+        "wsbalancer:\n  pods: [\"http://a:1\"]\n  cachTTL: \"3s\"\n",
+    )
+    .unwrap();
     let (code, stderr) = run(&["--config", file.to_str().unwrap()], &[]).await;
     assert_eq!(code, 2);
-    assert!(stderr.contains("`cachTTL`") && stderr.contains("unknown key"), "{stderr}");
+    assert!(
+        stderr.contains("`cachTTL`") && stderr.contains("unknown key"),
+        "{stderr}"
+    );
 }
 
 /// One raw HTTP GET on the admin port.
 async fn admin_get(addr: &str, path: &str) -> String {
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut out = String::new();
     tokio::time::timeout(DEADLINE, tcp.read_to_string(&mut out))
         .await
@@ -80,7 +97,14 @@ async fn serves_then_stops_on_sigterm() {
     let pods = pods(2).await;
     let urls: Vec<String> = pods.iter().map(|p| p.url()).collect();
     let mut child = Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--cache-ttl", "500ms"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--cache-ttl",
+            "500ms",
+        ])
         .arg("--pods")
         .arg(urls.join(","))
         .env_remove("RUST_LOG")
@@ -108,16 +132,28 @@ async fn serves_then_stops_on_sigterm() {
     let (mut ws, response) = connect(&format!("ws://{listen}/ws")).await;
     assert!(landed_on(&response).starts_with("pod-"));
     ws.send(Message::text("through a process")).await.unwrap();
-    let echo = tokio::time::timeout(DEADLINE, ws.next()).await.unwrap().unwrap().unwrap();
+    let echo = tokio::time::timeout(DEADLINE, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(echo, Message::text("through a process"));
 
-    assert!(admin_get(&admin, "/healthz").await.starts_with("HTTP/1.1 200"));
+    assert!(
+        admin_get(&admin, "/healthz")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
     let status = admin_get(&admin, "/balancer-metrics").await;
     assert!(status.contains("\"totalConnections\""), "{status}");
     assert!(status.contains(&urls[0]), "{status}");
 
     let pid = child.id().expect("running").to_string();
-    let killed = Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
     assert!(killed.success());
     let status = tokio::time::timeout(DEADLINE, child.wait())
         .await

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::sync::Arc;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use support::{config, connect, init_logs, landed_on, wait_until, ws_url, DEADLINE};
+use support::{DEADLINE, config, connect, init_logs, landed_on, wait_until, ws_url};
 use test_server::{Pod, PodOptions};
 use tokio_tungstenite::tungstenite::Error as WsError;
 use wsbalancer::Balancer;
@@ -19,10 +19,13 @@ struct TlsPod {
 }
 
 async fn tls_pod() -> TlsPod {
-    let generated = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-        .expect("certificate");
+    let generated =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .expect("certificate");
     let cert = CertificateDer::from(generated.cert.der().to_vec());
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(generated.signing_key.serialize_der()));
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+        generated.signing_key.serialize_der(),
+    ));
     let server = rustls::ServerConfig::builder_with_provider(wsbalancer::tls::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -49,12 +52,21 @@ fn wss_url(pod: &Pod) -> String {
 async fn unknown_ca_is_refused_when_verifying() {
     init_logs();
     let tls = tls_pod().await;
-    let balancer = Balancer::start(config(vec![wss_url(&tls.pod)])).await.unwrap();
+    let balancer = Balancer::start(config(vec![wss_url(&tls.pod)]))
+        .await
+        .unwrap();
     match tokio_tungstenite::connect_async(ws_url(&balancer, "/ws")).await {
         Err(WsError::Http(response)) => {
-            assert!([502, 503].contains(&response.status().as_u16()), "{}", response.status())
+            assert!(
+                [502, 503].contains(&response.status().as_u16()),
+                "{}",
+                response.status()
+            )
         }
-        other => panic!("expected a refusal, got {:?}", other.map(|(_, r)| r.status())),
+        other => panic!(
+            "expected a refusal, got {:?}",
+            other.map(|(_, r)| r.status())
+        ),
     }
     assert_eq!(tls.pod.accepted(), 0);
     balancer.shutdown(DEADLINE).await;

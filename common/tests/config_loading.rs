@@ -1,6 +1,9 @@
 //! Layered config loading against real files and environment variables
 //! (isolated per test by `figment::Jail`).
 
+// figment::Jail closures must return figment::Error, which is large by design.
+#![allow(clippy::result_large_err)]
+
 use std::path::PathBuf;
 use std::time::Duration;
 

@@ -1,1 +1,188 @@
-fn main() {}
+//! `cargo xtask`: orchestration written in Rust instead of shell scripts.
+//!
+//! `demo` builds the release binaries, starts echo pods and a balancer on
+//! free ports, runs the load client through the balancer, prints its report
+//! and the balancer's own view, and stops everything it started, also on
+//! failure or Ctrl-C.
+
+mod procs;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use tokio::process::Command;
+
+use crate::procs::{Procs, http_get};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Pods + balancer + load, a report, everything stopped afterwards.
+    Demo {
+        /// Echo pods to start.
+        #[arg(long, default_value_t = 3)]
+        pods: u16,
+        /// Connections the client opens through the balancer.
+        #[arg(long, default_value_t = 300)]
+        connections: usize,
+        /// Connections in progress at once.
+        #[arg(long, default_value_t = 50)]
+        concurrency: usize,
+        /// Messages per connection.
+        #[arg(long, default_value_t = 10)]
+        messages: usize,
+        /// How long each connection stays open.
+        #[arg(long, default_value = "2s")]
+        hold: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Demo {
+            pods,
+            connections,
+            concurrency,
+            messages,
+            hold,
+        } => {
+            let mut procs = Procs::default();
+            let result = tokio::select! {
+                r = demo(&mut procs, pods, connections, concurrency, messages, &hold) => r,
+                _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+            };
+            procs.stop_all().await;
+            result
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn release_bin(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    target.join("release").join(name)
+}
+
+async fn build_release() -> anyhow::Result<()> {
+    println!("==> building release binaries");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(workspace_root())
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "wsbalancer",
+            "-p",
+            "test-server",
+            "-p",
+            "test-client",
+        ])
+        .status()
+        .await
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build --release failed");
+    }
+    Ok(())
+}
+
+async fn demo(
+    procs: &mut Procs,
+    pods: u16,
+    connections: usize,
+    concurrency: usize,
+    messages: usize,
+    hold: &str,
+) -> anyhow::Result<()> {
+    build_release().await?;
+
+    println!("==> starting {pods} echo pods");
+    let pod_lines = procs
+        .start(
+            "test-server",
+            Command::new(release_bin("test-server")).args([
+                "--pods",
+                &pods.to_string(),
+                "--base-port",
+                "0",
+            ]),
+            usize::from(pods),
+        )
+        .await?;
+    let urls: Vec<String> = pod_lines.iter().filter_map(|l| field(l, "url")).collect();
+    for line in &pod_lines {
+        println!("    {line}");
+    }
+
+    println!("==> starting the balancer");
+    let balancer_line = procs
+        .start(
+            "wsbalancer",
+            Command::new(release_bin("wsbalancer"))
+                .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+                .args(["--cache-ttl", "1s", "--log-level", "warn"])
+                .arg("--pods")
+                .arg(urls.join(",")),
+            1,
+        )
+        .await?;
+    let line = balancer_line
+        .first()
+        .context("no ready line from wsbalancer")?;
+    let listen = field(line, "listen").context("no listen address in ready line")?;
+    let admin = field(line, "admin").context("no admin address in ready line")?;
+    println!("    listen ws://{listen}  admin http://{admin}/balancer-metrics");
+
+    println!(
+        "==> {connections} connections through the balancer ({concurrency} at a time, {messages} messages each)"
+    );
+    let status = Command::new(release_bin("test-client"))
+        .args(["--url", &format!("ws://{listen}/ws")])
+        .args(["--connections", &connections.to_string()])
+        .args(["--concurrency", &concurrency.to_string()])
+        .args(["--messages", &messages.to_string()])
+        .args(["--size", "64", "--hold", hold])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .status()
+        .await
+        .context("running test-client")?;
+
+    // Let one poll pass so the balancer's view shows the pods emptied.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    println!("==> the balancer's view (/balancer-metrics)");
+    match http_get(&admin, "/balancer-metrics").await {
+        Ok(body) => println!("    {body}"),
+        Err(error) => println!("    unavailable: {error:#}"),
+    }
+    if !status.success() {
+        bail!("test-client reported failures");
+    }
+    println!("==> demo ok");
+    Ok(())
+}
+
+/// `key=value` out of a ready line.
+fn field(line: &str, key: &str) -> Option<String> {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=').map(str::to_owned))
+}

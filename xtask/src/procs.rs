@@ -1,0 +1,96 @@
+//! Child processes started by a task: each announces itself with `ready`
+//! lines on stdout, and all are stopped (SIGTERM, then SIGKILL) when the
+//! task ends, whatever way it ends.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// How long a process may take to print its ready lines.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long a process may take to exit after SIGTERM.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The processes a task started. Dropping it kills them (`kill_on_drop`);
+/// [`Procs::stop_all`] stops them gracefully first.
+#[derive(Default)]
+pub struct Procs {
+    children: Vec<(String, Child)>,
+}
+
+impl Procs {
+    /// Spawns `cmd` and waits for `ready` lines (`ready ...` on stdout).
+    pub async fn start(
+        &mut self,
+        name: &str,
+        cmd: &mut Command,
+        ready: usize,
+    ) -> anyhow::Result<Vec<String>> {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        let stdout = child.stdout.take().context("child stdout")?;
+        self.children.push((name.to_owned(), child));
+        let mut lines = BufReader::new(stdout).lines();
+        let mut found = Vec::new();
+        let wait = async {
+            while found.len() < ready {
+                match lines.next_line().await? {
+                    Some(line) if line.starts_with("ready ") => found.push(line),
+                    Some(_) => {}
+                    None => bail!("{name} exited before it was ready"),
+                }
+            }
+            anyhow::Ok(())
+        };
+        tokio::time::timeout(READY_TIMEOUT, wait)
+            .await
+            .with_context(|| format!("{name} not ready within {READY_TIMEOUT:?}"))??;
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(found)
+    }
+
+    /// SIGTERM to every child, newest first, then SIGKILL to any still
+    /// running after [`STOP_TIMEOUT`].
+    pub async fn stop_all(&mut self) {
+        while let Some((name, mut child)) = self.children.pop() {
+            if let Some(pid) = child.id() {
+                let _ = Command::new("kill")
+                    .args(["-TERM", &pid.to_string()])
+                    .status()
+                    .await;
+            }
+            match tokio::time::timeout(STOP_TIMEOUT, child.wait()).await {
+                Ok(_) => {}
+                Err(_) => {
+                    eprintln!("{name} did not stop after SIGTERM; killing it");
+                    let _ = child.kill().await;
+                }
+            }
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 GET returning the body (for the admin endpoints).
+pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut response = String::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_string(&mut response)).await??;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    Ok(body)
+}
