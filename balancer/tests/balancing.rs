@@ -128,3 +128,62 @@ async fn a_pod_that_is_not_listening_is_skipped() {
     drop(held);
     balancer.shutdown(DEADLINE).await;
 }
+
+/// A loopback address with nothing listening.
+fn dead_pod() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://{}", l.local_addr().unwrap())
+}
+
+#[tokio::test]
+async fn no_reachable_pod_gives_502_then_503_once_ejected() {
+    support::init_logs();
+    let balancer = Balancer::start(config(vec![dead_pod()])).await.unwrap();
+    let status = |r: Result<_, tokio_tungstenite::tungstenite::Error>| match r {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => (
+            response.status().as_u16(),
+            response.headers().contains_key("retry-after"),
+        ),
+        Err(other) => panic!("expected an HTTP refusal, got {other}"),
+        Ok(_) => panic!("a dead pod cannot accept"),
+    };
+    // Not yet known dead: tried, unreachable, 502.
+    let first = tokio_tungstenite::connect_async(ws_url(&balancer, "/ws")).await;
+    assert_eq!(status(first), (502, false));
+    wait_until("pod ejected", || {
+        balancer.registry().snapshots()[0].health == Health::Ejected
+    })
+    .await;
+    // Known unhealthy: still tried as a last resort, then 503 + Retry-After.
+    let later = tokio_tungstenite::connect_async(ws_url(&balancer, "/ws")).await;
+    assert_eq!(status(later), (503, true));
+    balancer.shutdown(DEADLINE).await;
+}
+
+#[tokio::test]
+async fn a_pod_that_never_answers_is_skipped_after_dial_timeout() {
+    support::init_logs();
+    let pods = pods(1).await;
+    // Accepts TCP, never says a word.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("http://{}", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = silent.accept().await {
+            conns.push(c);
+        }
+    });
+    let mut cfg = config(vec![silent_url, pods[0].url()]);
+    cfg.dial_timeout = std::time::Duration::from_millis(300);
+    let balancer = Balancer::start(cfg).await.unwrap();
+    let mut landed = HashMap::<String, u32>::new();
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        let (ws, response) = connect(&ws_url(&balancer, "/ws")).await;
+        *landed.entry(landed_on(&response)).or_default() += 1;
+        open.push(ws);
+    }
+    assert_eq!(landed.get("pod-0"), Some(&4), "{landed:?}");
+    held.abort();
+    balancer.shutdown(DEADLINE).await;
+}
