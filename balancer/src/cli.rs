@@ -46,6 +46,25 @@ pub struct Cli {
     /// Idle limit of a relayed connection [default: 30s].
     #[arg(long, value_name = "DURATION")]
     pub read_timeout: Option<String>,
+    /// Pod selection: least-connections, power-of-two (or, for comparison,
+    /// cached or local) [default: least-connections].
+    #[arg(long, value_name = "STRATEGY")]
+    pub selection: Option<String>,
+    /// Consecutive failed polls or dials that eject a pod [default: 3].
+    #[arg(long, value_name = "N")]
+    pub eject_after: Option<u32>,
+    /// Hard cap on one pod's connections, 0 = none [default: 0].
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_pod: Option<u64>,
+    /// Hard cap on connections relayed at once, 0 = none [default: 0].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<u64>,
+    /// Linear ramp for pods that join or come back, 0s = off [default: 0s].
+    #[arg(long, value_name = "DURATION")]
+    pub slow_start: Option<String>,
+    /// Balancer replicas sharing the pods [default: 1].
+    #[arg(long, value_name = "N")]
+    pub replicas: Option<u32>,
     /// Log level or filter (RUST_LOG wins when set).
     #[arg(long, default_value = "info", value_name = "LEVEL")]
     pub log_level: String,
@@ -70,6 +89,12 @@ impl Cli {
                 read_timeout: self.read_timeout.clone(),
                 listen: self.listen.clone(),
                 admin_listen: self.admin_listen.clone(),
+                selection: self.selection.clone(),
+                eject_after: self.eject_after,
+                max_connections_per_pod: self.max_connections_per_pod,
+                max_connections: self.max_connections,
+                slow_start: self.slow_start.clone(),
+                replicas: self.replicas,
             },
         }
     }

@@ -31,7 +31,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::poller::PollSchedule;
 use crate::registry::PodRegistry;
-use crate::relay::RelayLimits;
 use crate::upgrade::Proxy;
 
 /// Why the balancer could not start.
@@ -82,12 +81,15 @@ impl Balancer {
         let admin_addr = local_addr(&admin_listener, "adminListen", config.admin_listen)?;
 
         let tls = tls::client_config(&config)?;
-        let registry = Arc::new(PodRegistry::new(config.pod_addresses()?, config.cache_ttl));
+        let registry = Arc::new(PodRegistry::new(
+            config.pod_addresses()?,
+            registry::Settings::from_config(&config),
+        ));
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
 
         poller::spawn_all(
-            registry.pods(),
+            &registry,
             poller::http_client(tls.clone())?,
             PollSchedule::from_ttl(config.cache_ttl, config.dial_timeout),
             &tasks,
@@ -95,13 +97,9 @@ impl Balancer {
         );
 
         let proxy = Arc::new(Proxy::new(
+            &config,
             registry.clone(),
             tls,
-            config.dial_timeout,
-            RelayLimits {
-                idle: config.read_timeout,
-                write: config.write_timeout,
-            },
             stop.clone(),
             tasks.clone(),
         ));

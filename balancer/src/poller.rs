@@ -4,7 +4,9 @@
 //! Each pod has its own task, so one slow pod delays nobody else's reports.
 //! Polls are spaced at half of `cacheTTL` with ±10% jitter, so a live pod's
 //! report never gets older than `cacheTTL` and many balancer replicas do not
-//! poll in lockstep.
+//! poll in lockstep. A pod is polled early (at most every `min_gap`) when
+//! this balancer opened many connections on it since its last report, and
+//! a failing pod is re-checked sooner, then backed off once ejected.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +17,7 @@ use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::registry::Pod;
+use crate::registry::{Pod, PodRegistry, ReportChange};
 
 /// Why one poll failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,48 +39,77 @@ pub enum PollError {
 /// How polling is paced.
 #[derive(Debug, Clone, Copy)]
 pub struct PollSchedule {
-    /// Mean time between two polls of one pod.
+    /// Mean time between two polls of one healthy pod.
     pub interval: Duration,
     /// Bound on one whole poll (connect, headers and body).
     pub timeout: Duration,
+    /// Shortest gap between two polls of one pod (early refreshes included).
+    pub min_gap: Duration,
+    /// Longest wait between two probes of an ejected pod.
+    pub max_backoff: Duration,
 }
 
 impl PollSchedule {
     /// Derives the schedule from `cacheTTL` and `dialTimeout`.
     pub fn from_ttl(cache_ttl: Duration, dial_timeout: Duration) -> Self {
+        let interval = cache_ttl / 2;
         PollSchedule {
-            interval: cache_ttl / 2,
+            interval,
             timeout: dial_timeout.min(cache_ttl),
+            min_gap: (interval / 10).min(Duration::from_millis(25)),
+            max_backoff: interval.max(Duration::from_secs(30)),
         }
     }
 
-    fn next_delay(&self) -> Duration {
-        self.interval.mul_f64(rand::rng().random_range(0.9..1.1))
+    /// Delay before the next poll. A pod that just failed is re-checked four
+    /// times as often, so it is ejected within `cacheTTL`; an ejected pod is
+    /// probed with exponential backoff from a quarter interval up to
+    /// `max_backoff`.
+    pub fn next_delay(&self, failures: u32, ejected: bool, eject_after: u32) -> Duration {
+        let quick = self.interval / 4;
+        let base = if ejected {
+            let doublings = failures.saturating_sub(eject_after).min(16);
+            quick.saturating_mul(1 << doublings).min(self.max_backoff)
+        } else if failures > 0 {
+            quick
+        } else {
+            self.interval
+        };
+        base.mul_f64(rand::rng().random_range(0.9..1.1))
     }
 }
 
 /// Starts one polling task per pod, tracked by `tracker`, ending when `stop`
 /// is cancelled.
 pub fn spawn_all(
-    pods: Vec<Arc<Pod>>,
+    registry: &Arc<PodRegistry>,
     client: reqwest::Client,
     schedule: PollSchedule,
     tracker: &TaskTracker,
     stop: &CancellationToken,
 ) {
-    for pod in pods {
-        tracker.spawn(poll_loop(pod, client.clone(), schedule, stop.clone()));
+    for pod in registry.pods() {
+        tracker.spawn(poll_loop(
+            registry.clone(),
+            pod,
+            client.clone(),
+            schedule,
+            stop.clone(),
+        ));
     }
 }
 
 async fn poll_loop(
+    registry: Arc<PodRegistry>,
     pod: Arc<Pod>,
     client: reqwest::Client,
     schedule: PollSchedule,
     stop: CancellationToken,
 ) {
+    let eject_after = registry.settings().eject_after;
     let mut last_error: Option<String> = None;
     loop {
+        let started = tokio::time::Instant::now();
         let base = pod.poll_base();
         let outcome = tokio::select! {
             r = tokio::time::timeout(schedule.timeout, poll_once(&client, &pod.address.metric_url)) => r,
@@ -86,9 +117,15 @@ async fn poll_loop(
         };
         match outcome.unwrap_or(Err(PollError::Timeout)) {
             Ok(report) => {
-                tracing::debug!(pod = %pod.address.url, connections = report.agents_connections, "report");
-                if pod.record_report(base, report) {
-                    tracing::info!(pod = %pod.address.url, "pod reporting again, back in rotation");
+                tracing::trace!(pod = %pod.address.url, connections = report.agents_connections, "report");
+                match pod.record_report(base, report, registry.joined_late(&pod)) {
+                    ReportChange::Back => {
+                        tracing::info!(pod = %pod.address.url, "pod reporting again, back in rotation")
+                    }
+                    ReportChange::State(state) => {
+                        tracing::info!(pod = %pod.address.url, ?state, "pod changed state")
+                    }
+                    ReportChange::None => {}
                 }
                 last_error = None;
             }
@@ -97,14 +134,21 @@ async fn poll_loop(
                 if last_error.as_deref() != Some(error.as_str()) {
                     tracing::warn!(pod = %pod.address.url, %error, "poll failed");
                 }
-                if pod.record_failure() {
+                if pod.record_failure(eject_after) {
                     tracing::warn!(pod = %pod.address.url, %error, "pod ejected after repeated failures");
                 }
                 last_error = Some(error);
             }
         }
+        let (failures, ejected) = pod.failures();
+        let next = started + schedule.next_delay(failures, ejected, eject_after);
         tokio::select! {
-            () = tokio::time::sleep(schedule.next_delay()) => {}
+            () = tokio::time::sleep_until(next) => {}
+            // Early refresh, wanted when this balancer opened many
+            // connections on the pod since its last report.
+            () = pod.refresh_wanted(), if !ejected => {
+                tokio::time::sleep_until(started + schedule.min_gap).await;
+            }
             () = stop.cancelled() => return,
         }
     }

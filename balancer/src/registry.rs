@@ -3,18 +3,60 @@
 //!
 //! The effective load of a pod is its reported count plus the connections
 //! this balancer opened to it minus those it saw close, both counted since
-//! the moment the report was *requested*. Without that adjustment every
-//! connection in one `cacheTTL` window would go to the same pod.
+//! the moment the report was *requested* (and multiplied by `replicas`, on
+//! the assumption that the other replicas do the same meanwhile). A
+//! connection still being dialled when a poll is sent is not yet in the
+//! pod's count, so it stays in the adjustment until the next report: the
+//! base of a poll counts only dials that had *settled* (answered or failed). Without
+//! that adjustment every connection in one `cacheTTL` window would go to the
+//! same pod. When this balancer's own opens on a pod pile up, the pod's
+//! poller is woken early so the next decisions rest on a fresh count.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use common::selection::{self, Health, PodLoad};
-use common::{PodAddress, Report};
+use common::{Config, PodAddress, PodState, Report, Strategy};
+use tokio::sync::Notify;
 
-/// Consecutive failed polls or dials after which a pod is ejected.
-pub const EJECT_AFTER_FAILURES: u32 = 3;
+/// Smallest warm-up share of a pod in slow start, so it is never starved.
+const MIN_WARMUP: f64 = 0.05;
+
+/// Own opens on a pod since its last report that trigger an early poll, at
+/// least; larger pods allow 5% of their count.
+const EARLY_REFRESH_OPENS: u64 = 8;
+
+/// The selection-related settings, taken from [`Config`].
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Report age past which a pod is stale.
+    pub cache_ttl: Duration,
+    /// Failures in a row that eject a pod.
+    pub eject_after: u32,
+    /// `maxConnectionsPerPod` (0 = none).
+    pub max_per_pod: u64,
+    /// Slow-start ramp (zero = off).
+    pub slow_start: Duration,
+    /// Balancer replicas sharing the pods.
+    pub replicas: u32,
+    /// Selection strategy.
+    pub strategy: Strategy,
+}
+
+impl Settings {
+    /// The settings of `config`.
+    pub fn from_config(config: &Config) -> Self {
+        Settings {
+            cache_ttl: config.cache_ttl,
+            eject_after: config.eject_after.max(1),
+            max_per_pod: config.max_connections_per_pod,
+            slow_start: config.slow_start,
+            replicas: config.replicas.max(1),
+            strategy: config.selection,
+        }
+    }
+}
 
 /// One pod.
 #[derive(Debug)]
@@ -23,8 +65,14 @@ pub struct Pod {
     pub address: PodAddress,
     /// Connections this balancer opened (or is opening) to the pod, ever.
     opened: AtomicU64,
+    /// Of those, how many finished their dial (answered or failed).
+    settled: AtomicU64,
     /// Of those, how many have ended (or failed to open).
     closed: AtomicU64,
+    /// Woken when the pod should be polled before its next scheduled poll.
+    refresh: Notify,
+    /// When the pod joined this balancer's registry.
+    added_at: Instant,
     /// Report and health, changed by the poller and by dial outcomes.
     status: Mutex<Status>,
 }
@@ -39,16 +87,20 @@ struct Status {
     consecutive_failures: u32,
     /// Whether the pod is currently ejected, so changes are logged once.
     ejected: bool,
+    /// When the pod last failed a poll or a dial.
+    last_failure: Option<Instant>,
+    /// When the pod (re)joined the rotation, for slow start.
+    warm_since: Option<Instant>,
 }
 
 /// This balancer's own counters at the moment a poll was sent.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PollBase {
-    opened: u64,
+    settled: u64,
     closed: u64,
 }
 
-/// A point-in-time view of a pod, for the admin endpoints.
+/// A point-in-time view of a pod, for selection and the admin endpoints.
 #[derive(Debug, Clone)]
 pub struct PodSnapshot {
     /// Configured URL.
@@ -57,8 +109,14 @@ pub struct PodSnapshot {
     pub pod_name: Option<String>,
     /// Last reported `agentsConnections`.
     pub reported: Option<u64>,
+    /// Reported `capacity`.
+    pub capacity: Option<u64>,
+    /// Reported state (`ready` until the pod says otherwise).
+    pub state: PodState,
     /// Age of the last good report.
     pub report_age: Option<Duration>,
+    /// True when there is no report younger than `cacheTTL`.
+    pub stale: bool,
     /// Reported count adjusted by this balancer's own opens and closes.
     pub effective: u64,
     /// Connections this balancer is relaying to the pod now.
@@ -67,6 +125,23 @@ pub struct PodSnapshot {
     pub health: Health,
     /// Whether the pod accepts new connections (its reported state).
     pub accepting: bool,
+    /// Slow-start share in `(0, 1]`.
+    pub warmup: f64,
+    /// Failed polls or dials in a row.
+    pub consecutive_failures: u32,
+    /// When it last failed (for ordering ejected pods).
+    pub last_failure: Option<Instant>,
+}
+
+/// What a stored report changed, so the poller can log it once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportChange {
+    /// Nothing worth a log line.
+    None,
+    /// The pod was ejected and is back in rotation.
+    Back,
+    /// The pod's reported state changed (to drain, maint or ready).
+    State(PodState),
 }
 
 /// Marks one connection as counted against a pod; dropping it counts the
@@ -75,6 +150,7 @@ pub struct PodSnapshot {
 #[derive(Debug)]
 pub struct Lease {
     pod: Arc<Pod>,
+    settled: bool,
 }
 
 impl Lease {
@@ -82,10 +158,19 @@ impl Lease {
     pub fn pod_url(&self) -> &str {
         &self.pod.address.url
     }
+
+    /// Marks the dial as finished (answered or failed): from the next poll
+    /// on, the pod's own report is expected to include it.
+    pub fn settle(&mut self) {
+        if !std::mem::replace(&mut self.settled, true) {
+            self.pod.settled.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        self.settle();
         self.pod.closed.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -96,7 +181,10 @@ impl Pod {
         Pod {
             address,
             opened: AtomicU64::new(0),
+            settled: AtomicU64::new(0),
             closed: AtomicU64::new(0),
+            refresh: Notify::new(),
+            added_at: Instant::now(),
             status: Mutex::new(Status::default()),
         }
     }
@@ -107,10 +195,32 @@ impl Pod {
         self.status.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Counts a new connection to this pod until the lease is dropped.
+    /// Counts a new connection to this pod until the lease is dropped, and
+    /// asks for an early poll once enough were opened since the last one.
     pub fn lease(self: &Arc<Self>) -> Lease {
-        self.opened.fetch_add(1, Ordering::Relaxed);
-        Lease { pod: self.clone() }
+        let opened = self.opened.fetch_add(1, Ordering::Relaxed) + 1;
+        let (base, reported) = {
+            let status = self.status();
+            (
+                status.base.settled,
+                status
+                    .report
+                    .as_ref()
+                    .map_or(0, |(r, _)| r.agents_connections),
+            )
+        };
+        if opened.saturating_sub(base) >= EARLY_REFRESH_OPENS.max(reported / 20) {
+            self.refresh.notify_one();
+        }
+        Lease {
+            pod: self.clone(),
+            settled: false,
+        }
+    }
+
+    /// Resolves when an early poll is wanted.
+    pub async fn refresh_wanted(&self) {
+        self.refresh.notified().await;
     }
 
     /// Connections this balancer has open (or opening) to the pod.
@@ -121,58 +231,88 @@ impl Pod {
 
     /// Snapshot of the local counters, taken just before a poll is sent.
     pub fn poll_base(&self) -> PollBase {
+        // `settled` first: a lease that settles and closes between the two
+        // loads then errs toward counting as open (overcount, corrected by
+        // the next report) rather than as closed twice.
+        let settled = self.settled.load(Ordering::SeqCst);
         PollBase {
-            closed: self.closed.load(Ordering::Relaxed),
-            opened: self.opened.load(Ordering::Relaxed),
+            settled,
+            closed: self.closed.load(Ordering::SeqCst),
         }
     }
 
-    /// Stores a good report. Returns true when the pod was ejected before
-    /// (so the caller can log that it is back).
-    pub fn record_report(&self, base: PollBase, report: Report) -> bool {
+    /// Stores a good report. `joined_late` says whether a first report
+    /// should start slow start (pods added after the balancer started).
+    pub fn record_report(&self, base: PollBase, report: Report, joined_late: bool) -> ReportChange {
         let mut status = self.status();
-        status.report = Some((report, Instant::now()));
+        let now = Instant::now();
+        let previous_state = status.report.as_ref().map(|(r, _)| r.state);
+        let first = status.report.is_none();
+        let was_ejected = std::mem::replace(&mut status.ejected, false);
+        if was_ejected || (first && joined_late) {
+            status.warm_since = Some(now);
+        }
+        let state = report.state;
+        status.report = Some((report, now));
         status.base = base;
         status.consecutive_failures = 0;
-        std::mem::replace(&mut status.ejected, false)
+        if was_ejected {
+            ReportChange::Back
+        } else if previous_state.is_some_and(|s| s != state) {
+            ReportChange::State(state)
+        } else {
+            ReportChange::None
+        }
     }
 
     /// Counts a failed poll or dial. Returns true when this failure ejects
     /// the pod (so the caller can log it once).
-    pub fn record_failure(&self) -> bool {
+    pub fn record_failure(&self, eject_after: u32) -> bool {
         let mut status = self.status();
         status.consecutive_failures = status.consecutive_failures.saturating_add(1);
-        let eject = status.consecutive_failures >= EJECT_AFTER_FAILURES && !status.ejected;
+        status.last_failure = Some(Instant::now());
+        let eject = status.consecutive_failures >= eject_after && !status.ejected;
         if eject {
             status.ejected = true;
         }
         eject
     }
 
+    /// Failed polls or dials in a row, and whether the pod is ejected.
+    pub fn failures(&self) -> (u32, bool) {
+        let status = self.status();
+        (status.consecutive_failures, status.ejected)
+    }
+
     /// A dial reached the pod: it is alive whatever its polls say.
     pub fn record_dial_success(&self) {
         let mut status = self.status();
         status.consecutive_failures = 0;
-        status.ejected = false;
+        if std::mem::replace(&mut status.ejected, false) {
+            status.warm_since = Some(Instant::now());
+        }
     }
 
-    /// Current view of the pod; `cache_ttl` decides staleness.
-    pub fn snapshot(&self, cache_ttl: Duration) -> PodSnapshot {
+    /// Current view of the pod.
+    pub fn snapshot(&self, settings: &Settings) -> PodSnapshot {
         let status = self.status();
         let opened = self.opened.load(Ordering::Relaxed);
         let closed = self.closed.load(Ordering::Relaxed);
         let relayed = opened.saturating_sub(closed);
         let now = Instant::now();
+        let report = status.report.as_ref().map(|(r, _)| r);
         let (effective, report_age, stale) = match &status.report {
             Some((report, at)) => {
-                let since_opened = opened.saturating_sub(status.base.opened);
-                let since_closed = closed.saturating_sub(status.base.closed);
-                let effective = report
-                    .agents_connections
-                    .saturating_add(since_opened)
-                    .saturating_sub(since_closed);
+                let net_since = i128::from(opened.saturating_sub(status.base.settled))
+                    - i128::from(closed.saturating_sub(status.base.closed));
+                let scaled = net_since * i128::from(settings.replicas);
+                let effective = (i128::from(report.agents_connections) + scaled).max(0);
                 let age = now.saturating_duration_since(*at);
-                (effective, Some(age), age > cache_ttl)
+                (
+                    u64::try_from(effective).unwrap_or(u64::MAX),
+                    Some(age),
+                    age > settings.cache_ttl,
+                )
             }
             None => (relayed, None, true),
         };
@@ -183,16 +323,29 @@ impl Pod {
         } else {
             Health::Healthy
         };
-        let report = status.report.as_ref().map(|(r, _)| r);
+        let warmup = match status.warm_since {
+            Some(since) if !settings.slow_start.is_zero() => {
+                let elapsed = now.saturating_duration_since(since);
+                (elapsed.as_secs_f64() / settings.slow_start.as_secs_f64()).clamp(MIN_WARMUP, 1.0)
+            }
+            _ => 1.0,
+        };
+        let state = report.map(|r| r.state).unwrap_or_default();
         PodSnapshot {
             url: self.address.url.clone(),
             pod_name: report.and_then(|r| r.pod_name.clone()),
             reported: report.map(|r| r.agents_connections),
+            capacity: report.and_then(|r| r.capacity),
+            state,
             report_age,
+            stale,
             effective,
             relayed,
             health,
-            accepting: report.is_none_or(|r| r.state.accepts_new()),
+            accepting: state.accepts_new(),
+            warmup,
+            consecutive_failures: status.consecutive_failures,
+            last_failure: status.last_failure,
         }
     }
 }
@@ -204,18 +357,21 @@ pub struct Candidates {
     pub pods: Vec<Arc<Pod>>,
     /// How many at the front are not ejected.
     pub usable: usize,
+    /// Every accepting pod is at a hard limit.
+    pub all_full: bool,
 }
 
 /// All pods known to this balancer.
 #[derive(Debug)]
 pub struct PodRegistry {
     pods: RwLock<Vec<Arc<Pod>>>,
-    cache_ttl: Duration,
+    settings: Settings,
+    started: Instant,
 }
 
 impl PodRegistry {
     /// A registry of the given pods.
-    pub fn new(addresses: Vec<PodAddress>, cache_ttl: Duration) -> Self {
+    pub fn new(addresses: Vec<PodAddress>, settings: Settings) -> Self {
         PodRegistry {
             pods: RwLock::new(
                 addresses
@@ -223,7 +379,8 @@ impl PodRegistry {
                     .map(|a| Arc::new(Pod::new(a)))
                     .collect(),
             ),
-            cache_ttl,
+            settings,
+            started: Instant::now(),
         }
     }
 
@@ -232,16 +389,22 @@ impl PodRegistry {
         self.pods.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// How old a report may be before it is stale.
-    pub fn cache_ttl(&self) -> Duration {
-        self.cache_ttl
+    /// The selection settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Whether `pod` joined after the balancer's first `cacheTTL`: its first
+    /// report then starts slow start (pods known at start-up are warm).
+    pub fn joined_late(&self, pod: &Pod) -> bool {
+        pod.added_at.saturating_duration_since(self.started) > self.settings.cache_ttl
     }
 
     /// Every pod's current view, in configuration order.
     pub fn snapshots(&self) -> Vec<PodSnapshot> {
         self.pods()
             .iter()
-            .map(|p| p.snapshot(self.cache_ttl))
+            .map(|p| p.snapshot(&self.settings))
             .collect()
     }
 
@@ -255,21 +418,31 @@ impl PodRegistry {
     /// Ranks the pods for one new connection.
     pub fn candidates(&self) -> Candidates {
         let pods = self.pods();
+        let epoch = self.started;
         let loads: Vec<PodLoad> = pods
             .iter()
             .map(|p| {
-                let s = p.snapshot(self.cache_ttl);
+                let s = p.snapshot(&self.settings);
                 PodLoad {
                     load: s.effective,
+                    reported: s.reported.unwrap_or(0),
+                    local: s.relayed,
+                    capacity: s.capacity,
+                    limit: self.settings.max_per_pod,
+                    warmup: s.warmup,
                     health: s.health,
                     accepting: s.accepting,
+                    last_failure: s.last_failure.map_or(0, |at| {
+                        at.saturating_duration_since(epoch).as_millis() as u64
+                    }),
                 }
             })
             .collect();
-        let ranking = selection::rank(&loads, &mut rand::rng());
+        let ranking = selection::rank(&loads, self.settings.strategy, &mut rand::rng());
         Candidates {
             pods: ranking.order.iter().map(|&i| pods[i].clone()).collect(),
             usable: ranking.usable,
+            all_full: ranking.all_full,
         }
     }
 }

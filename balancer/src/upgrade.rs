@@ -20,6 +20,7 @@ use crate::forward;
 use crate::handshake::{self, Body, plain_response};
 use crate::registry::{Lease, Pod, PodRegistry};
 use crate::relay::{self, RelayLimits};
+use common::Config;
 
 /// Everything a connection needs from the running balancer.
 pub struct Proxy {
@@ -37,30 +38,59 @@ pub struct Proxy {
     pub stop: CancellationToken,
     /// Tracks relay tasks so shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// `maxConnections` (0 = unlimited).
+    pub max_connections: u64,
+    /// Connections being dialled or relayed now, against `max_connections`.
+    active: Arc<AtomicU64>,
     /// Source of connection ids for logs.
     next_id: AtomicU64,
+}
+
+/// One slot of `maxConnections`, released on drop.
+struct Slot(Arc<AtomicU64>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Proxy {
     /// Bundles the parts a connection needs.
     pub fn new(
+        config: &Config,
         registry: Arc<PodRegistry>,
         tls: Arc<rustls::ClientConfig>,
-        dial_timeout: std::time::Duration,
-        limits: RelayLimits,
         stop: CancellationToken,
         tasks: TaskTracker,
     ) -> Self {
         Proxy {
             registry,
             tls,
-            dial_timeout,
-            limits,
+            dial_timeout: config.dial_timeout,
+            limits: RelayLimits {
+                idle: config.read_timeout,
+                write: config.write_timeout,
+            },
             scheme: "http",
             stop,
             tasks,
+            max_connections: config.max_connections,
+            active: Arc::new(AtomicU64::new(0)),
             next_id: AtomicU64::new(1),
         }
+    }
+
+    /// Connections being dialled or relayed now.
+    pub fn active(&self) -> u64 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Takes a `maxConnections` slot, or `None` when the balancer is full.
+    fn slot(&self) -> Option<Slot> {
+        let before = self.active.fetch_add(1, Ordering::Relaxed);
+        let slot = Slot(self.active.clone());
+        (self.max_connections == 0 || before < self.max_connections).then_some(slot)
     }
 
     /// Answers one HTTP request on the listener.
@@ -74,19 +104,29 @@ impl Proxy {
             tracing::debug!(conn_id, %client, status = rejection.status.as_u16(), reason = rejection.reason, "request refused");
             return Ok(rejection.into_response());
         }
+        let Some(slot) = self.slot() else {
+            tracing::warn!(conn_id, %client, max = self.max_connections, "maxConnections reached");
+            return Ok(unavailable("the balancer is at maxConnections"));
+        };
         let on_upgrade = hyper::upgrade::on(&mut request);
         let (parts, _) = request.into_parts();
         let started = Instant::now();
         let candidates = self.registry.candidates();
+        if candidates.all_full {
+            tracing::warn!(conn_id, %client, "every pod is at its connection limit");
+            return Ok(unavailable("every pod is at its connection limit"));
+        }
         if candidates.pods.is_empty() {
             tracing::warn!(conn_id, %client, "no pod accepts connections");
             return Ok(unavailable("no pod accepts new connections"));
         }
         for pod in candidates.pods {
-            let lease = pod.lease();
+            let mut lease = pod.lease();
             let forwarded = forward::pod_request(&parts, &pod.address, client, self.scheme);
             let dial = dial::open(&pod.address, &self.tls, forwarded);
-            let answer = match tokio::time::timeout(self.dial_timeout, dial).await {
+            let answer = tokio::time::timeout(self.dial_timeout, dial).await;
+            lease.settle();
+            let answer = match answer {
                 Ok(Ok(answer)) => answer,
                 Ok(Err(error)) => {
                     self.dial_failed(&pod, conn_id, client, error.reason(), &error.to_string());
@@ -104,7 +144,7 @@ impl Proxy {
                     let response = forward::switching_protocols(&head);
                     let this = self.clone();
                     self.tasks
-                        .spawn(this.relay(conn_id, client, on_upgrade, io, lease));
+                        .spawn(this.relay(conn_id, client, on_upgrade, io, (lease, slot)));
                     response
                 }
                 PodAnswer::Status { head, body } => {
@@ -125,7 +165,7 @@ impl Proxy {
 
     fn dial_failed(&self, pod: &Pod, conn_id: u64, client: SocketAddr, reason: &str, error: &str) {
         tracing::warn!(conn_id, %client, pod = %pod.address.url, reason, error, "pod unreachable, trying the next");
-        if pod.record_failure() {
+        if pod.record_failure(self.registry.settings().eject_after) {
             tracing::warn!(pod = %pod.address.url, "pod ejected after repeated failures");
         }
     }
@@ -137,7 +177,7 @@ impl Proxy {
         client: SocketAddr,
         on_upgrade: OnUpgrade,
         pod_io: Upgraded,
-        lease: Lease,
+        (lease, _slot): (Lease, Slot),
     ) {
         let started = Instant::now();
         let client_io = match on_upgrade.await {

@@ -65,6 +65,53 @@ pub struct Config {
     /// default so it is not exposed by accident.
     #[serde(rename = "adminListen")]
     pub admin_listen: SocketAddr,
+
+    /// How a pod is chosen for a new connection.
+    #[serde(rename = "selection")]
+    pub selection: Strategy,
+
+    /// Consecutive failed polls or dials after which a pod is ejected.
+    #[serde(rename = "ejectAfter")]
+    pub eject_after: u32,
+
+    /// Hard cap on one pod's connections (as reported plus this balancer's
+    /// adjustments); 0 means no cap beyond what the pod reports as
+    /// `capacity`.
+    #[serde(rename = "maxConnectionsPerPod")]
+    pub max_connections_per_pod: u64,
+
+    /// Hard cap on the connections this balancer relays at once; 0 means
+    /// unlimited. Past it clients get 503 with `Retry-After`.
+    #[serde(rename = "maxConnections")]
+    pub max_connections: u64,
+
+    /// A pod that joins or comes back gets a share rising linearly from
+    /// almost nothing to its full share over this long; 0 turns it off.
+    #[serde(rename = "slowStart", with = "humantime_serde")]
+    pub slow_start: Duration,
+
+    /// How many balancer replicas share these pods. Between two reports
+    /// each replica assumes the others are opening connections at its own
+    /// pace, so its own opens and closes count this many times.
+    #[serde(rename = "replicas")]
+    pub replicas: u32,
+}
+
+/// Pod selection strategies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Lowest effective load relative to capacity; ties at random.
+    #[default]
+    LeastConnections,
+    /// Two pods sampled at random, the less loaded of the two wins.
+    PowerOfTwo,
+    /// The original plugin's rule: the cached report only, first listed
+    /// wins ties. For comparison in benchmarks; not recommended.
+    Cached,
+    /// Classic per-replica `leastconn`: only this balancer's own
+    /// connections count. For comparison in benchmarks; not recommended.
+    Local,
 }
 
 /// Every key of [`Config`], as written in files. Used to map environment
@@ -80,6 +127,12 @@ pub const KEYS: &[&str] = &[
     "readTimeout",
     "listen",
     "adminListen",
+    "selection",
+    "ejectAfter",
+    "maxConnectionsPerPod",
+    "maxConnections",
+    "slowStart",
+    "replicas",
 ];
 
 impl Default for Config {
@@ -96,6 +149,12 @@ impl Default for Config {
             read_timeout: Duration::from_secs(30),
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            selection: Strategy::LeastConnections,
+            eject_after: 3,
+            max_connections_per_pod: 0,
+            max_connections: 0,
+            slow_start: Duration::ZERO,
+            replicas: 1,
         }
     }
 }
@@ -130,6 +189,12 @@ impl Config {
             if value.is_zero() {
                 return Err(ConfigError::invalid(key, "must be greater than zero"));
             }
+        }
+        if self.eject_after == 0 {
+            return Err(ConfigError::invalid("ejectAfter", "must be at least 1"));
+        }
+        if self.replicas == 0 {
+            return Err(ConfigError::invalid("replicas", "must be at least 1"));
         }
         if let Some(path) = &self.ca_file
             && !path.is_file()

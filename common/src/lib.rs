@@ -11,7 +11,7 @@ pub mod pod_address;
 pub mod report;
 pub mod selection;
 
-pub use config::Config;
+pub use config::{Config, Strategy};
 pub use load::{ConfigError, ConfigSources, Overrides};
 pub use pod_address::{PodAddress, PodAddressError};
 pub use report::{PodState, Report, ReportError};

@@ -96,6 +96,27 @@ pub struct Overrides {
     /// `--admin-listen`
     #[serde(rename = "adminListen", skip_serializing_if = "Option::is_none")]
     pub admin_listen: Option<String>,
+    /// `--selection`
+    #[serde(rename = "selection", skip_serializing_if = "Option::is_none")]
+    pub selection: Option<String>,
+    /// `--eject-after`
+    #[serde(rename = "ejectAfter", skip_serializing_if = "Option::is_none")]
+    pub eject_after: Option<u32>,
+    /// `--max-connections-per-pod`
+    #[serde(
+        rename = "maxConnectionsPerPod",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_connections_per_pod: Option<u64>,
+    /// `--max-connections`
+    #[serde(rename = "maxConnections", skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u64>,
+    /// `--slow-start`
+    #[serde(rename = "slowStart", skip_serializing_if = "Option::is_none")]
+    pub slow_start: Option<String>,
+    /// `--replicas`
+    #[serde(rename = "replicas", skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
 }
 
 /// Where a configuration comes from: an optional file, the environment and

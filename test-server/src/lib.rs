@@ -20,6 +20,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use common::PodState;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -43,6 +44,8 @@ pub struct PodOptions {
     pub subprotocols: Vec<String>,
     /// Serve HTTPS/WSS with this config instead of plain HTTP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// `capacity` to report, if any.
+    pub capacity: Option<u64>,
 }
 
 impl PodOptions {
@@ -53,6 +56,7 @@ impl PodOptions {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             subprotocols: Vec::new(),
             tls: None,
+            capacity: None,
         }
     }
 }
@@ -68,6 +72,10 @@ struct Shared {
     accepted: AtomicU64,
     /// Close codes received from clients, in order.
     close_codes: Mutex<Vec<u16>>,
+    /// `capacity` in the report.
+    capacity: Option<u64>,
+    /// `state` in the report.
+    state: Mutex<PodState>,
     /// Cancelled when the pod stops: every connection task ends.
     stop: CancellationToken,
 }
@@ -92,6 +100,8 @@ impl Pod {
             connections: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
             close_codes: Mutex::new(Vec::new()),
+            capacity: options.capacity,
+            state: Mutex::new(PodState::Ready),
             stop: CancellationToken::new(),
         });
         let router = Router::new()
@@ -145,6 +155,14 @@ impl Pod {
             .lock()
             .map(|c| c.clone())
             .unwrap_or_default()
+    }
+
+    /// Changes the `state` the pod reports (`drain`, `maint`, `ready`).
+    /// Connections keep being accepted: only the balancer reads the state.
+    pub fn set_state(&self, state: PodState) {
+        if let Ok(mut current) = self.shared.state.lock() {
+            *current = state;
+        }
     }
 
     /// Stops listening and drops every connection at once, as a crashed pod
@@ -203,11 +221,16 @@ where
 }
 
 async fn metric(State(shared): State<Arc<Shared>>) -> Response {
-    let body = serde_json::json!({
+    let state = shared.state.lock().map(|s| *s).unwrap_or_default();
+    let mut body = serde_json::json!({
         "agentsConnections": shared.connections.load(Ordering::SeqCst),
         "podName": shared.name,
         "podIP": shared.ip,
+        "state": state,
     });
+    if let Some(capacity) = shared.capacity {
+        body["capacity"] = capacity.into();
+    }
     (
         [(header::CONTENT_TYPE, "application/json")],
         body.to_string(),

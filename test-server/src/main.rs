@@ -29,6 +29,9 @@ struct Args {
     /// first one the client offers.
     #[arg(long, value_delimiter = ',')]
     subprotocols: Vec<String>,
+    /// `capacity` every pod reports.
+    #[arg(long)]
+    capacity: Option<u64>,
     /// Pod names are <prefix>-0, <prefix>-1, ...
     #[arg(long, default_value = "pod")]
     name_prefix: String,
@@ -65,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
         let options = PodOptions {
             listen: addr,
             subprotocols: args.subprotocols.clone(),
+            capacity: args.capacity,
             ..PodOptions::new(format!("{}-{i}", args.name_prefix))
         };
         let pod = Pod::start(options)

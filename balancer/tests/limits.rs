@@ -1,0 +1,189 @@
+//! Pod states and hard limits with real pods: draining pods get no new
+//! connections (existing ones stay), full pods and a full balancer answer
+//! 503 with `Retry-After` before any upgrade, and slow start holds a pod
+//! that came back to a small share.
+
+mod support;
+
+use std::time::Duration;
+
+use common::PodState;
+use common::selection::Health;
+use support::{DEADLINE, config, connect, init_logs, landed_on, pods, wait_until, ws_url};
+use test_server::{Pod, PodOptions};
+use tokio_tungstenite::tungstenite::Error as WsError;
+use wsbalancer::Balancer;
+
+/// Status and `Retry-After` of a refused upgrade.
+async fn refused(url: &str) -> (u16, Option<String>) {
+    match tokio_tungstenite::connect_async(url).await {
+        Err(WsError::Http(r)) => (
+            r.status().as_u16(),
+            r.headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        ),
+        Err(other) => panic!("expected an HTTP refusal, got {other}"),
+        Ok((_, r)) => panic!(
+            "expected a refusal, landed on {:?}",
+            r.headers().get("x-pod-name")
+        ),
+    }
+}
+
+#[tokio::test]
+async fn draining_pod_gets_no_new_connections_and_keeps_its_old_ones() {
+    init_logs();
+    let pods = pods(2).await;
+    let balancer = support::balancer_for(&pods).await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(connect(&ws_url(&balancer, "/ws")).await.0);
+    }
+    wait_until("2 and 2", || pods.iter().all(|p| p.connections() == 2)).await;
+
+    pods[0].set_state(PodState::Drain);
+    wait_until("drain seen", || {
+        !balancer.registry().snapshots()[0].accepting
+    })
+    .await;
+    for _ in 0..6 {
+        let (ws, response) = connect(&ws_url(&balancer, "/ws")).await;
+        assert_eq!(landed_on(&response), "pod-1");
+        held.push(ws);
+    }
+    assert_eq!(pods[0].connections(), 2, "existing connections stay");
+
+    pods[1].set_state(PodState::Maint);
+    wait_until("maint seen", || {
+        !balancer.registry().snapshots()[1].accepting
+    })
+    .await;
+    let (status, retry) = refused(&ws_url(&balancer, "/ws")).await;
+    assert_eq!((status, retry.is_some()), (503, true));
+    assert_eq!(pods[0].connections() + pods[1].connections(), 10);
+    balancer.shutdown(DEADLINE).await;
+}
+
+#[tokio::test]
+async fn reported_capacity_and_max_connections_per_pod_are_hard_limits() {
+    init_logs();
+    let small = Pod::start(PodOptions {
+        capacity: Some(2),
+        ..PodOptions::new("small")
+    })
+    .await
+    .unwrap();
+    let other = Pod::start(PodOptions::new("other")).await.unwrap();
+    let mut cfg = config(vec![small.url(), other.url()]);
+    cfg.max_connections_per_pod = 3;
+    let balancer = Balancer::start(cfg).await.unwrap();
+    wait_until("capacity known", || {
+        balancer.registry().snapshots()[0].capacity == Some(2)
+    })
+    .await;
+
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(connect(&ws_url(&balancer, "/ws")).await.0);
+    }
+    wait_until("2 + 3", || {
+        small.connections() == 2 && other.connections() == 3
+    })
+    .await;
+    let (status, retry) = refused(&ws_url(&balancer, "/ws")).await;
+    assert_eq!(status, 503);
+    assert_eq!(retry.as_deref(), Some("1"));
+    assert_eq!(
+        small.accepted() + other.accepted(),
+        5,
+        "no upgrade reached a pod"
+    );
+
+    // Room again once a connection ends.
+    drop(held.pop());
+    wait_until("a slot frees", || {
+        small.connections() + other.connections() == 4
+    })
+    .await;
+    held.push(connect(&ws_url(&balancer, "/ws")).await.0);
+    balancer.shutdown(DEADLINE).await;
+}
+
+#[tokio::test]
+async fn max_connections_caps_the_whole_balancer() {
+    init_logs();
+    let pods = pods(2).await;
+    let mut cfg = config(pods.iter().map(Pod::url).collect());
+    cfg.max_connections = 3;
+    let balancer = Balancer::start(cfg).await.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(connect(&ws_url(&balancer, "/ws")).await.0);
+    }
+    let (status, retry) = refused(&ws_url(&balancer, "/ws")).await;
+    assert_eq!((status, retry.is_some()), (503, true));
+    assert_eq!(pods[0].accepted() + pods[1].accepted(), 3);
+    drop(held);
+    wait_until("slots released", || {
+        pods.iter().all(|p| p.connections() == 0)
+    })
+    .await;
+    wait_until("relays ended", || {
+        balancer
+            .registry()
+            .snapshots()
+            .iter()
+            .all(|s| s.relayed == 0)
+    })
+    .await;
+    let _back = connect(&ws_url(&balancer, "/ws")).await;
+    balancer.shutdown(DEADLINE).await;
+}
+
+#[tokio::test]
+async fn a_pod_back_from_ejection_warms_up_slowly() {
+    init_logs();
+    let warm = Pod::start(PodOptions::new("warm")).await.unwrap();
+    // Reserve an address for a pod that is down at first.
+    let later_addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let mut cfg = config(vec![warm.url(), format!("http://{later_addr}")]);
+    cfg.slow_start = Duration::from_secs(60);
+    let balancer = Balancer::start(cfg).await.unwrap();
+    wait_until("down pod ejected", || {
+        balancer.registry().snapshots()[1].health == Health::Ejected
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        held.push(connect(&ws_url(&balancer, "/ws")).await.0);
+    }
+    let back = Pod::start(PodOptions {
+        listen: later_addr,
+        ..PodOptions::new("back")
+    })
+    .await
+    .unwrap();
+    wait_until("pod back in rotation", || {
+        balancer.registry().snapshots()[1].health == Health::Healthy
+    })
+    .await;
+    // Without slow start the empty pod would take all of the next 20. At a
+    // few percent of its share it takes only its first one or two.
+    let mut landed_back = 0;
+    for _ in 0..20 {
+        let (ws, response) = connect(&ws_url(&balancer, "/ws")).await;
+        landed_back += u32::from(landed_on(&response) == "back");
+        held.push(ws);
+    }
+    assert!(
+        (1..=3).contains(&landed_back),
+        "back pod took {landed_back} of 20"
+    );
+    assert!(back.accepted() <= 3);
+    balancer.shutdown(DEADLINE).await;
+}
