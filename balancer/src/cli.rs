@@ -23,17 +23,17 @@ pub struct Cli {
     #[arg(long, value_name = "ADDR")]
     pub admin_listen: Option<String>,
     /// Pod URLs, comma-separated (http, https, ws or wss).
-    #[arg(long, value_name = "URLS", value_delimiter = ',')]
-    pub pods: Option<Vec<String>>,
+    #[arg(long, value_name = "URLS")]
+    pub pods: Option<String>,
     /// Path of each pod's load report [default: /metric].
     #[arg(long, value_name = "PATH")]
     pub metric_path: Option<String>,
     /// Verify TLS certificates of https/wss pods [default: true].
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
-    pub tls_verify: Option<bool>,
+    pub tls_verify: Option<String>,
     /// Extra CA certificates (PEM) trusted for pods.
     #[arg(long, value_name = "FILE")]
-    pub ca_file: Option<PathBuf>,
+    pub ca_file: Option<String>,
     /// Maximum age of a pod's report [default: 30s].
     #[arg(long, value_name = "DURATION")]
     pub cache_ttl: Option<String>,
@@ -52,19 +52,19 @@ pub struct Cli {
     pub selection: Option<String>,
     /// Consecutive failed polls or dials that eject a pod [default: 3].
     #[arg(long, value_name = "N")]
-    pub eject_after: Option<u32>,
+    pub eject_after: Option<String>,
     /// Hard cap on one pod's connections, 0 = none [default: 0].
     #[arg(long, value_name = "N")]
-    pub max_connections_per_pod: Option<u64>,
+    pub max_connections_per_pod: Option<String>,
     /// Hard cap on connections relayed at once, 0 = none [default: 0].
     #[arg(long, value_name = "N")]
-    pub max_connections: Option<u64>,
+    pub max_connections: Option<String>,
     /// Linear ramp for pods that join or come back, 0s = off [default: 0s].
     #[arg(long, value_name = "DURATION")]
     pub slow_start: Option<String>,
     /// Balancer replicas sharing the pods [default: 1].
     #[arg(long, value_name = "N")]
-    pub replicas: Option<u32>,
+    pub replicas: Option<String>,
     /// Log level or filter (RUST_LOG wins when set).
     #[arg(long, default_value = "info", value_name = "LEVEL")]
     pub log_level: String,
@@ -76,26 +76,33 @@ pub struct Cli {
 impl Cli {
     /// The configuration layers these flags describe.
     pub fn sources(&self) -> ConfigSources {
+        let mut overrides = Overrides::default();
+        let flags: [(&'static str, &Option<String>); 16] = [
+            ("listen", &self.listen),
+            ("adminListen", &self.admin_listen),
+            ("pods", &self.pods),
+            ("metricPath", &self.metric_path),
+            ("tlsVerify", &self.tls_verify),
+            ("caFile", &self.ca_file),
+            ("cacheTTL", &self.cache_ttl),
+            ("dialTimeout", &self.dial_timeout),
+            ("writeTimeout", &self.write_timeout),
+            ("readTimeout", &self.read_timeout),
+            ("selection", &self.selection),
+            ("ejectAfter", &self.eject_after),
+            ("maxConnectionsPerPod", &self.max_connections_per_pod),
+            ("maxConnections", &self.max_connections),
+            ("slowStart", &self.slow_start),
+            ("replicas", &self.replicas),
+        ];
+        for (key, value) in flags {
+            if let Some(value) = value {
+                overrides.set(key, value.clone());
+            }
+        }
         ConfigSources {
             file: self.config.clone(),
-            overrides: Overrides {
-                metric_path: self.metric_path.clone(),
-                pods: self.pods.clone(),
-                tls_verify: self.tls_verify,
-                ca_file: self.ca_file.clone(),
-                cache_ttl: self.cache_ttl.clone(),
-                dial_timeout: self.dial_timeout.clone(),
-                write_timeout: self.write_timeout.clone(),
-                read_timeout: self.read_timeout.clone(),
-                listen: self.listen.clone(),
-                admin_listen: self.admin_listen.clone(),
-                selection: self.selection.clone(),
-                eject_after: self.eject_after,
-                max_connections_per_pod: self.max_connections_per_pod,
-                max_connections: self.max_connections,
-                slow_start: self.slow_start.clone(),
-                replicas: self.replicas,
-            },
+            overrides,
         }
     }
 }

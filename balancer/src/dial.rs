@@ -8,12 +8,14 @@
 
 use std::sync::Arc;
 
+use base64::Engine;
 use bytes::Bytes;
-use http::{Request, StatusCode};
+use http::{Request, StatusCode, header};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
+use sha1::{Digest, Sha1};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -80,6 +82,30 @@ pub enum PodAnswer {
     },
 }
 
+/// The `Sec-WebSocket-Accept` a pod must answer to `key` (RFC 6455 §4.2.2).
+pub fn accept_key(key: &[u8]) -> String {
+    const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    let mut sha1 = Sha1::new();
+    sha1.update(key);
+    sha1.update(GUID);
+    base64::engine::general_purpose::STANDARD.encode(sha1.finalize())
+}
+
+/// A 101 must really switch to WebSocket, for this very handshake; anything
+/// else (h2c, a wrong accept key) is a broken pod, and the next is tried.
+fn check_switch(headers: &http::HeaderMap, expected_accept: Option<&str>) -> Result<(), DialError> {
+    if !crate::handshake::has_token(headers, header::UPGRADE, "websocket") {
+        return Err(DialError::BadUpgrade("101 without Upgrade: websocket"));
+    }
+    let accept = headers
+        .get(header::SEC_WEBSOCKET_ACCEPT)
+        .map(|v| v.as_bytes());
+    if accept != expected_accept.map(str::as_bytes) {
+        return Err(DialError::BadUpgrade("wrong Sec-WebSocket-Accept"));
+    }
+    Ok(())
+}
+
 /// Connects to `pod` and sends it the upgrade request.
 pub async fn open(
     pod: &PodAddress,
@@ -118,6 +144,10 @@ pub async fn handshake<T>(io: T, request: Request<Empty<Bytes>>) -> Result<PodAn
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let expected_accept = request
+        .headers()
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(|key| accept_key(key.as_bytes()));
     let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
         .handshake(TokioIo::new(io))
         .await?;
@@ -143,6 +173,7 @@ where
     drop(sender);
     let drive_conn = async { if conn_done { Ok(()) } else { conn.await } };
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        check_switch(response.headers(), expected_accept.as_deref())?;
         let on_upgrade = hyper::upgrade::on(&mut response);
         let (upgraded, conn_result) = tokio::join!(on_upgrade, drive_conn);
         conn_result?;
@@ -159,4 +190,31 @@ where
         Err(_) => Bytes::new(),
     };
     Ok(PodAnswer::Status { head, body })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_key_matches_rfc_example() {
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn a_101_must_be_a_websocket_switch_for_this_key() {
+        let mut h = http::HeaderMap::new();
+        h.insert(header::UPGRADE, "websocket".parse().unwrap());
+        h.insert(
+            header::SEC_WEBSOCKET_ACCEPT,
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".parse().unwrap(),
+        );
+        assert!(check_switch(&h, Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")).is_ok());
+        assert!(check_switch(&h, Some("other")).is_err());
+        h.insert(header::UPGRADE, "h2c".parse().unwrap());
+        assert!(check_switch(&h, Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")).is_err());
+    }
 }

@@ -4,10 +4,9 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Parser;
-use wsbalancer::Balancer;
 use wsbalancer::cli::Cli;
+use wsbalancer::{Balancer, StartError};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -26,7 +25,13 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("wsbalancer: {error:#}");
-            ExitCode::FAILURE
+            // A config that only fails once used (an unparsable caFile) is
+            // still a config error.
+            let config_error = matches!(
+                error.downcast_ref::<StartError>(),
+                Some(StartError::Config(_) | StartError::Tls(_))
+            );
+            ExitCode::from(if config_error { 2 } else { 1 })
         }
     }
 }
@@ -34,7 +39,7 @@ fn main() -> ExitCode {
 #[tokio::main]
 async fn run(config: common::Config) -> anyhow::Result<()> {
     let write_timeout = config.write_timeout;
-    let balancer = Balancer::start(config).await.context("start")?;
+    let balancer = Balancer::start(config).await?;
     // Scripts and tests read this line to learn the bound ports.
     println!(
         "ready listen={} admin={}",

@@ -45,7 +45,8 @@ pub struct PollSchedule {
     pub timeout: Duration,
     /// Shortest gap between two polls of one pod (early refreshes included).
     pub min_gap: Duration,
-    /// Longest wait between two probes of an ejected pod.
+    /// Longest wait between two probes of an ejected pod: `cacheTTL`, so a
+    /// pod that comes back is in rotation again within about that long.
     pub max_backoff: Duration,
 }
 
@@ -57,7 +58,7 @@ impl PollSchedule {
             interval,
             timeout: dial_timeout.min(cache_ttl),
             min_gap: (interval / 10).min(Duration::from_millis(25)),
-            max_backoff: interval.max(Duration::from_secs(30)),
+            max_backoff: cache_ttl,
         }
     }
 
@@ -184,6 +185,8 @@ pub fn http_client(tls: Arc<rustls::ClientConfig>) -> Result<reqwest::Client, re
     reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
         .no_proxy()
+        // A pod's report comes from the pod: never follow it elsewhere.
+        .redirect(reqwest::redirect::Policy::none())
         .tcp_nodelay(true)
         .pool_max_idle_per_host(1)
         .user_agent(concat!("wsbalancer/", env!("CARGO_PKG_VERSION")))

@@ -45,6 +45,16 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// Whether the strategy uses this balancer's own counts between reports
+    /// (early refresh, replica scaling). The comparison strategies do not:
+    /// they replay rules that lack it.
+    pub fn adjusts_counts(&self) -> bool {
+        matches!(
+            self.strategy,
+            Strategy::LeastConnections | Strategy::PowerOfTwo
+        )
+    }
+
     /// The settings of `config`.
     pub fn from_config(config: &Config) -> Self {
         Settings {
@@ -163,15 +173,18 @@ impl Lease {
     /// on, the pod's own report is expected to include it.
     pub fn settle(&mut self) {
         if !std::mem::replace(&mut self.settled, true) {
-            self.pod.settled.fetch_add(1, Ordering::Relaxed);
+            self.pod.settled.fetch_add(1, Ordering::SeqCst);
         }
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        // `closed` before `settled`: a poll base taken in between then
+        // over-counts this connection (harmless until the next report)
+        // instead of under-counting it.
+        self.pod.closed.fetch_add(1, Ordering::SeqCst);
         self.settle();
-        self.pod.closed.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -196,8 +209,9 @@ impl Pod {
     }
 
     /// Counts a new connection to this pod until the lease is dropped, and
-    /// asks for an early poll once enough were opened since the last one.
-    pub fn lease(self: &Arc<Self>) -> Lease {
+    /// (with `early_refresh`) asks for an early poll once enough were opened
+    /// since the last one.
+    pub fn lease(self: &Arc<Self>, early_refresh: bool) -> Lease {
         let opened = self.opened.fetch_add(1, Ordering::Relaxed) + 1;
         let (base, reported) = {
             let status = self.status();
@@ -209,7 +223,7 @@ impl Pod {
                     .map_or(0, |(r, _)| r.agents_connections),
             )
         };
-        if opened.saturating_sub(base) >= EARLY_REFRESH_OPENS.max(reported / 20) {
+        if early_refresh && opened.saturating_sub(base) >= EARLY_REFRESH_OPENS.max(reported / 20) {
             self.refresh.notify_one();
         }
         Lease {

@@ -3,12 +3,14 @@
 //! blocks past `writeTimeout`, or the balancer stops.
 //!
 //! Frames pass unchanged (close frames included, so close codes travel end
-//! to end). One task drives both directions; when one side ends, the other
-//! is shut down for writing and given [`CLOSE_LINGER`] to finish, so no
-//! socket or task outlives its connection.
+//! to end). One task drives both directions, each independently of the
+//! other; when one side ends, the other is shut down for writing and given
+//! [`CLOSE_LINGER`] to finish, so no socket or task outlives its connection.
 
 use std::fmt;
 use std::time::Duration;
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, sleep_until, timeout};
@@ -87,27 +89,94 @@ pub struct RelayOutcome {
     pub ending: Ending,
 }
 
-/// One direction's state.
-struct Direction {
-    open: bool,
-    bytes: u64,
-    buf: Box<[u8]>,
+/// Counters shared by the two directions of one connection.
+struct Shared {
+    /// Bytes client -> pod.
+    up: AtomicU64,
+    /// Bytes pod -> client.
+    down: AtomicU64,
+    /// Milliseconds since `epoch` of the last byte moved either way.
+    last_activity: AtomicU64,
+    /// Writes in progress: a blocked write is bounded by the write timeout,
+    /// not by the idle one.
+    writing: AtomicU64,
+    /// Start of the connection.
+    epoch: Instant,
 }
 
-impl Direction {
-    fn new() -> Self {
-        Direction {
-            open: true,
-            bytes: 0,
-            buf: vec![0u8; CHUNK].into_boxed_slice(),
-        }
+impl Shared {
+    fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_activity.store(ms, Ordering::Relaxed);
+    }
+
+    fn idle_deadline(&self, idle: Duration) -> Instant {
+        let last = Duration::from_millis(self.last_activity.load(Ordering::Relaxed));
+        far_future_add(self.epoch, last.saturating_add(idle))
     }
 }
 
-/// Relays until both directions are done. `stop` ends it at once.
+/// `at + by`, or a time a century away when that would overflow.
+pub fn far_future_add(at: Instant, by: Duration) -> Instant {
+    at.checked_add(by)
+        .unwrap_or_else(|| at + Duration::from_secs(100 * 365 * 24 * 3600))
+}
+
+/// How one direction ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PumpEnd {
+    /// The reading side closed (EOF).
+    Eof,
+    /// Reading failed.
+    ReadError,
+    /// Writing failed or blocked past the write timeout.
+    WriteFailed,
+}
+
+/// Copies one direction until EOF or an error. On EOF the writing side is
+/// shut down, so the peer sees the close.
+async fn pump<R, W>(
+    mut from: R,
+    mut to: W,
+    counter: &AtomicU64,
+    shared: &Shared,
+    write_limit: Duration,
+) -> PumpEnd
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) => {
+                let _ = timeout(write_limit, to.shutdown()).await;
+                return PumpEnd::Eof;
+            }
+            Ok(n) => n,
+            Err(_) => {
+                let _ = timeout(write_limit, to.shutdown()).await;
+                return PumpEnd::ReadError;
+            }
+        };
+        shared.touch();
+        shared.writing.fetch_add(1, Ordering::Relaxed);
+        let written = forward(&mut to, &buf[..n], write_limit).await;
+        shared.writing.fetch_sub(1, Ordering::Relaxed);
+        if written.is_err() {
+            return PumpEnd::WriteFailed;
+        }
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+        shared.touch();
+    }
+}
+
+/// Relays until both directions are done. The two directions run
+/// independently, so a blocked write one way never delays the other; `stop`
+/// ends the relay at once.
 pub async fn relay<C, P>(
-    mut client: C,
-    mut pod: P,
+    client: C,
+    pod: P,
     limits: RelayLimits,
     stop: CancellationToken,
 ) -> RelayOutcome
@@ -115,58 +184,51 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     P: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut up = Direction::new(); // client -> pod
-    let mut down = Direction::new(); // pod -> client
+    let shared = Shared {
+        up: AtomicU64::new(0),
+        down: AtomicU64::new(0),
+        last_activity: AtomicU64::new(0),
+        writing: AtomicU64::new(0),
+        epoch: Instant::now(),
+    };
+    let (client_read, client_write) = tokio::io::split(client);
+    let (pod_read, pod_write) = tokio::io::split(pod);
+    let up = pump(client_read, pod_write, &shared.up, &shared, limits.write);
+    let down = pump(pod_read, client_write, &shared.down, &shared, limits.write);
+    tokio::pin!(up, down);
+    let (mut up_done, mut down_done) = (false, false);
     let mut ending: Option<Ending> = None;
-    let mut deadline = Instant::now() + limits.idle;
+    let mut linger: Option<Instant> = None;
+    let end_of = |end: PumpEnd, reader: Side, writer: Side| match end {
+        PumpEnd::Eof => Ending::Closed(reader),
+        PumpEnd::ReadError => Ending::ReadError(reader),
+        PumpEnd::WriteFailed => Ending::WriteFailed(writer),
+    };
 
-    while up.open || down.open {
+    while !(up_done && down_done) {
+        let deadline = linger.unwrap_or_else(|| shared.idle_deadline(limits.idle));
         tokio::select! {
-            read = client.read(&mut up.buf), if up.open => {
-                match read {
-                    Ok(0) | Err(_) => {
-                        let side_ending = if read.is_ok() { Ending::Closed(Side::Client) } else { Ending::ReadError(Side::Client) };
-                        ending.get_or_insert(side_ending);
-                        up.open = false;
-                        let _ = timeout(limits.write, pod.shutdown()).await;
-                        deadline = Instant::now() + limits.write.min(CLOSE_LINGER);
-                    }
-                    Ok(n) => {
-                        if forward(&mut pod, &up.buf[..n], limits.write).await.is_err() {
-                            ending.get_or_insert(Ending::WriteFailed(Side::Pod));
-                            break;
-                        }
-                        up.bytes += n as u64;
-                        if ending.is_none() {
-                            deadline = Instant::now() + limits.idle;
-                        }
-                    }
-                }
+            end = &mut up, if !up_done => {
+                up_done = true;
+                ending.get_or_insert(end_of(end, Side::Client, Side::Pod));
+                if end == PumpEnd::WriteFailed { break; }
+                linger.get_or_insert_with(|| far_future_add(Instant::now(), limits.write.min(CLOSE_LINGER)));
             }
-            read = pod.read(&mut down.buf), if down.open => {
-                match read {
-                    Ok(0) | Err(_) => {
-                        let side_ending = if read.is_ok() { Ending::Closed(Side::Pod) } else { Ending::ReadError(Side::Pod) };
-                        ending.get_or_insert(side_ending);
-                        down.open = false;
-                        let _ = timeout(limits.write, client.shutdown()).await;
-                        deadline = Instant::now() + limits.write.min(CLOSE_LINGER);
-                    }
-                    Ok(n) => {
-                        if forward(&mut client, &down.buf[..n], limits.write).await.is_err() {
-                            ending.get_or_insert(Ending::WriteFailed(Side::Client));
-                            break;
-                        }
-                        down.bytes += n as u64;
-                        if ending.is_none() {
-                            deadline = Instant::now() + limits.idle;
-                        }
-                    }
-                }
+            end = &mut down, if !down_done => {
+                down_done = true;
+                ending.get_or_insert(end_of(end, Side::Pod, Side::Client));
+                if end == PumpEnd::WriteFailed { break; }
+                linger.get_or_insert_with(|| far_future_add(Instant::now(), limits.write.min(CLOSE_LINGER)));
             }
             () = sleep_until(deadline) => {
-                ending.get_or_insert(Ending::Idle);
-                break;
+                // The idle deadline moves with traffic: only stop when it
+                // has really passed (or the linger after a close is over).
+                if linger.is_none() && shared.writing.load(Ordering::Relaxed) > 0 {
+                    shared.touch();
+                } else if linger.is_some() || Instant::now() >= shared.idle_deadline(limits.idle) {
+                    ending.get_or_insert(Ending::Idle);
+                    break;
+                }
             }
             () = stop.cancelled() => {
                 ending.get_or_insert(Ending::Shutdown);
@@ -175,8 +237,8 @@ where
         }
     }
     RelayOutcome {
-        client_to_pod: up.bytes,
-        pod_to_client: down.bytes,
+        client_to_pod: shared.up.load(Ordering::Relaxed),
+        pod_to_client: shared.down.load(Ordering::Relaxed),
         ending: ending.unwrap_or(Ending::Idle),
     }
 }
@@ -245,6 +307,34 @@ mod tests {
         let (pod_near, _pod_far) = duplex(64);
         let outcome = relay(client_near, pod_near, limits(), CancellationToken::new()).await;
         assert_eq!(outcome.ending, Ending::Idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_blocked_direction_does_not_stall_the_other() {
+        let (mut client_far, client_near) = duplex(64);
+        let (pod_near, pod_far) = duplex(64);
+        let (mut pod_far_read, mut pod_far_write) = tokio::io::split(pod_far);
+        let task = tokio::spawn(relay(
+            client_near,
+            pod_near,
+            limits(),
+            CancellationToken::new(),
+        ));
+        // The client never reads while the pod pushes more than fits.
+        let pushing = tokio::spawn(async move {
+            let _ = pod_far_write.write_all(&[7u8; 8192]).await;
+        });
+        client_far.write_all(b"still here").await.unwrap();
+        let mut got = [0u8; 10];
+        tokio::time::timeout(Duration::from_secs(1), pod_far_read.read_exact(&mut got))
+            .await
+            .expect("client bytes reach the pod while the other way is blocked")
+            .unwrap();
+        assert_eq!(&got, b"still here");
+        assert!(!pushing.is_finished());
+        let outcome = task.await.unwrap();
+        assert_eq!(outcome.ending, Ending::WriteFailed(Side::Client));
+        assert_eq!(outcome.client_to_pod, 10);
     }
 
     #[tokio::test(start_paused = true)]

@@ -120,13 +120,13 @@ impl Proxy {
             tracing::warn!(conn_id, %client, "no pod accepts connections");
             return Ok(unavailable("no pod accepts new connections"));
         }
-        for pod in candidates.pods {
-            let mut lease = pod.lease();
+        // Bounded, so a client never waits for more than a few dial
+        // timeouts when many pods are black holes.
+        for pod in candidates.pods.into_iter().take(MAX_ATTEMPTS) {
+            let mut lease = pod.lease(self.registry.settings().adjusts_counts());
             let forwarded = forward::pod_request(&parts, &pod.address, client, self.scheme);
             let dial = dial::open(&pod.address, &self.tls, forwarded);
-            let answer = tokio::time::timeout(self.dial_timeout, dial).await;
-            lease.settle();
-            let answer = match answer {
+            let answer = match tokio::time::timeout(self.dial_timeout, dial).await {
                 Ok(Ok(answer)) => answer,
                 Ok(Err(error)) => {
                     self.dial_failed(&pod, conn_id, client, error.reason(), &error.to_string());
@@ -137,6 +137,7 @@ impl Proxy {
                     continue;
                 }
             };
+            lease.settle();
             pod.record_dial_success();
             return Ok(match answer {
                 PodAnswer::Upgraded { head, io } => {
@@ -183,7 +184,7 @@ impl Proxy {
         let client_io = match on_upgrade.await {
             Ok(io) => io,
             Err(error) => {
-                tracing::warn!(conn_id, %client, %error, "client upgrade failed");
+                tracing::info!(conn_id, %client, pod = lease.pod_url(), %error, closed_by = "client upgrade failed", "connection closed");
                 return;
             }
         };
@@ -208,6 +209,9 @@ impl Proxy {
         );
     }
 }
+
+/// Pods tried for one connection before the client gets a 502.
+pub const MAX_ATTEMPTS: usize = 3;
 
 fn unavailable(reason: &str) -> Response<Body> {
     let mut response = plain_response(StatusCode::SERVICE_UNAVAILABLE, reason);

@@ -100,11 +100,8 @@ async fn a_burst_inside_one_ttl_is_spread_by_local_counts() {
 #[tokio::test]
 async fn a_pod_that_is_not_listening_is_skipped() {
     let pods = pods(2).await;
-    // A port that was free a moment ago and has nothing listening now.
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("http://{}", l.local_addr().unwrap())
-    };
+    let (_reserved, dead_addr) = support::dead_addr();
+    let dead = format!("http://{dead_addr}");
     let mut urls = vec![dead.clone()];
     urls.extend(pods.iter().map(|p| p.url()));
     let balancer = Balancer::start(config(urls)).await.unwrap();
@@ -129,16 +126,13 @@ async fn a_pod_that_is_not_listening_is_skipped() {
     balancer.shutdown(DEADLINE).await;
 }
 
-/// A loopback address with nothing listening.
-fn dead_pod() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    format!("http://{}", l.local_addr().unwrap())
-}
-
 #[tokio::test]
 async fn no_reachable_pod_gives_502_then_503_once_ejected() {
     support::init_logs();
-    let balancer = Balancer::start(config(vec![dead_pod()])).await.unwrap();
+    let (_reserved, dead_addr) = support::dead_addr();
+    let balancer = Balancer::start(config(vec![format!("http://{dead_addr}")]))
+        .await
+        .unwrap();
     let status = |r: Result<_, tokio_tungstenite::tungstenite::Error>| match r {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => (
             response.status().as_u16(),

@@ -18,7 +18,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_wsbalancer");
 /// Runs the binary to completion; returns (exit code, stderr).
 async fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
     let mut cmd = Command::new(BIN);
-    cmd.args(args).env_remove("RUST_LOG").stdin(Stdio::null());
+    // Only what the test sets: a developer's WSB_* must not change results.
+    cmd.args(args).env_clear().stdin(Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -44,6 +45,10 @@ async fn invalid_config_exits_2_naming_the_key() {
         (vec!["--dial-timeout", "soon"], vec![], "dialTimeout"),
         (vec!["--listen", "nowhere"], vec![], "listen"),
         (vec![], vec![("WSB_READ_TIMEOUT", "forever")], "readTimeout"),
+        (vec!["--eject-after", "x"], vec![], "ejectAfter"),
+        (vec!["--tls-verify", "maybe"], vec![], "tlsVerify"),
+        (vec!["--selection", "fastest"], vec![], "selection"),
+        (vec!["--pods", "http://a:1,http://a:1"], vec![], "pods"),
     ];
     for (mut args, env, key) in cases {
         if !args.contains(&"--pods") && key != "pods" {
@@ -107,7 +112,7 @@ async fn serves_then_stops_on_sigterm() {
         ])
         .arg("--pods")
         .arg(urls.join(","))
-        .env_remove("RUST_LOG")
+        .env_clear()
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -114,6 +114,16 @@ pub enum Strategy {
     Local,
 }
 
+/// Shortest `cacheTTL`: polls must have time to complete.
+pub const MIN_CACHE_TTL: Duration = Duration::from_millis(100);
+
+/// Shortest dial, read and write timeout.
+pub const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+
+/// Longest duration any key accepts (one year): far beyond any sane value,
+/// and far from the overflow of time arithmetic.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Every key of [`Config`], as written in files. Used to map environment
 /// variables (`WSB_CACHE_TTL`) and to name keys in errors.
 pub const KEYS: &[&str] = &[
@@ -170,25 +180,57 @@ impl Config {
                 "at least one pod URL is required",
             ));
         }
-        for pod in &self.pods {
-            PodAddress::parse(pod, &self.metric_path)
-                .map_err(|e| ConfigError::invalid("pods", format!("{pod:?}: {e}")))?;
-        }
-        if !self.metric_path.starts_with('/') {
+        let valid_path = self.metric_path.starts_with('/')
+            && self
+                .metric_path
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#');
+        if !valid_path {
             return Err(ConfigError::invalid(
                 "metricPath",
-                format!("{:?} must start with '/'", self.metric_path),
+                format!(
+                    "{:?} must be a plain path starting with '/' (no spaces, query or fragment)",
+                    self.metric_path
+                ),
             ));
         }
-        for (key, value) in [
-            ("cacheTTL", self.cache_ttl),
-            ("dialTimeout", self.dial_timeout),
-            ("writeTimeout", self.write_timeout),
-            ("readTimeout", self.read_timeout),
-        ] {
-            if value.is_zero() {
-                return Err(ConfigError::invalid(key, "must be greater than zero"));
+        let addresses = self.pod_addresses()?;
+        for (i, address) in addresses.iter().enumerate() {
+            if let Some(first) = addresses[..i]
+                .iter()
+                .find(|a| a.metric_url == address.metric_url)
+            {
+                return Err(ConfigError::invalid(
+                    "pods",
+                    format!("{:?} and {:?} are the same pod", first.url, address.url),
+                ));
             }
+        }
+        for (key, value, min) in [
+            ("cacheTTL", self.cache_ttl, MIN_CACHE_TTL),
+            ("dialTimeout", self.dial_timeout, MIN_TIMEOUT),
+            ("writeTimeout", self.write_timeout, MIN_TIMEOUT),
+            ("readTimeout", self.read_timeout, MIN_TIMEOUT),
+        ] {
+            if value < min || value > MAX_DURATION {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!(
+                        "must be between {} and {}",
+                        humantime::format_duration(min),
+                        humantime::format_duration(MAX_DURATION)
+                    ),
+                ));
+            }
+        }
+        if self.slow_start > MAX_DURATION {
+            return Err(ConfigError::invalid(
+                "slowStart",
+                format!(
+                    "must be at most {}",
+                    humantime::format_duration(MAX_DURATION)
+                ),
+            ));
         }
         if self.eject_after == 0 {
             return Err(ConfigError::invalid("ejectAfter", "must be at least 1"));
@@ -196,13 +238,15 @@ impl Config {
         if self.replicas == 0 {
             return Err(ConfigError::invalid("replicas", "must be at least 1"));
         }
-        if let Some(path) = &self.ca_file
-            && !path.is_file()
-        {
-            return Err(ConfigError::invalid(
-                "caFile",
-                format!("{} is not a readable file", path.display()),
-            ));
+        if let Some(path) = &self.ca_file {
+            let pem = std::fs::read_to_string(path)
+                .map_err(|e| ConfigError::invalid("caFile", format!("{}: {e}", path.display())))?;
+            if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                return Err(ConfigError::invalid(
+                    "caFile",
+                    format!("{} holds no PEM certificate", path.display()),
+                ));
+            }
         }
         Ok(())
     }

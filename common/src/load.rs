@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use figment::error::Kind;
 use figment::providers::{Env, Format, Json, Serialized, Toml, Yaml};
 use figment::{Figment, Provider};
-use serde::Serialize;
+use std::collections::BTreeMap;
+
+use figment::value::{Dict, Value};
 
 use crate::config::{Config, KEYS};
 
@@ -60,63 +62,53 @@ impl ConfigError {
     }
 }
 
-/// Values given on the command line. Each is optional; a present one wins
-/// over every other layer. Durations and addresses stay strings here so that
-/// a bad one is reported by the same code, naming the same key, wherever it
-/// came from.
-#[derive(Debug, Clone, Default, Serialize)]
+/// Values given on the command line, by config key. A present one wins over
+/// every other layer. Values stay strings until loading, so that a bad one
+/// is reported by the same code, naming the same key, wherever it came from.
+#[derive(Debug, Clone, Default)]
 pub struct Overrides {
-    /// `--metric-path`
-    #[serde(rename = "metricPath", skip_serializing_if = "Option::is_none")]
-    pub metric_path: Option<String>,
-    /// `--pods a,b,c`
-    #[serde(rename = "pods", skip_serializing_if = "Option::is_none")]
-    pub pods: Option<Vec<String>>,
-    /// `--tls-verify true|false`
-    #[serde(rename = "tlsVerify", skip_serializing_if = "Option::is_none")]
-    pub tls_verify: Option<bool>,
-    /// `--ca-file`
-    #[serde(rename = "caFile", skip_serializing_if = "Option::is_none")]
-    pub ca_file: Option<PathBuf>,
-    /// `--cache-ttl`
-    #[serde(rename = "cacheTTL", skip_serializing_if = "Option::is_none")]
-    pub cache_ttl: Option<String>,
-    /// `--dial-timeout`
-    #[serde(rename = "dialTimeout", skip_serializing_if = "Option::is_none")]
-    pub dial_timeout: Option<String>,
-    /// `--write-timeout`
-    #[serde(rename = "writeTimeout", skip_serializing_if = "Option::is_none")]
-    pub write_timeout: Option<String>,
-    /// `--read-timeout`
-    #[serde(rename = "readTimeout", skip_serializing_if = "Option::is_none")]
-    pub read_timeout: Option<String>,
-    /// `--listen`
-    #[serde(rename = "listen", skip_serializing_if = "Option::is_none")]
-    pub listen: Option<String>,
-    /// `--admin-listen`
-    #[serde(rename = "adminListen", skip_serializing_if = "Option::is_none")]
-    pub admin_listen: Option<String>,
-    /// `--selection`
-    #[serde(rename = "selection", skip_serializing_if = "Option::is_none")]
-    pub selection: Option<String>,
-    /// `--eject-after`
-    #[serde(rename = "ejectAfter", skip_serializing_if = "Option::is_none")]
-    pub eject_after: Option<u32>,
-    /// `--max-connections-per-pod`
-    #[serde(
-        rename = "maxConnectionsPerPod",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub max_connections_per_pod: Option<u64>,
-    /// `--max-connections`
-    #[serde(rename = "maxConnections", skip_serializing_if = "Option::is_none")]
-    pub max_connections: Option<u64>,
-    /// `--slow-start`
-    #[serde(rename = "slowStart", skip_serializing_if = "Option::is_none")]
-    pub slow_start: Option<String>,
-    /// `--replicas`
-    #[serde(rename = "replicas", skip_serializing_if = "Option::is_none")]
-    pub replicas: Option<u32>,
+    values: BTreeMap<&'static str, String>,
+}
+
+/// Keys whose flag values are numbers or booleans rather than strings.
+const TYPED_KEYS: &[&str] = &[
+    "tlsVerify",
+    "ejectAfter",
+    "maxConnectionsPerPod",
+    "maxConnections",
+    "replicas",
+];
+
+impl Overrides {
+    /// Sets `key` (a name from [`KEYS`]) to `value` as typed by the user.
+    pub fn set(&mut self, key: &'static str, value: impl Into<String>) -> &mut Self {
+        debug_assert!(KEYS.contains(&key), "unknown config key {key}");
+        self.values.insert(key, value.into());
+        self
+    }
+
+    /// The value given for `key`, if any.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.values.get(key).map(String::as_str)
+    }
+
+    /// The values as a figment layer.
+    fn layer(&self) -> Serialized<Dict> {
+        let dict: Dict = self
+            .values
+            .iter()
+            .map(|(key, raw)| {
+                let value = if TYPED_KEYS.contains(key) {
+                    raw.parse::<Value>()
+                        .unwrap_or_else(|_| Value::from(raw.clone()))
+                } else {
+                    Value::from(raw.clone())
+                };
+                ((*key).to_owned(), value)
+            })
+            .collect();
+        Serialized::defaults(dict)
+    }
 }
 
 /// Where a configuration comes from: an optional file, the environment and
@@ -138,7 +130,7 @@ impl ConfigSources {
         }
         let config: Config = figment
             .merge(env_layer())
-            .merge(Serialized::defaults(&self.overrides))
+            .merge(self.overrides.layer())
             .extract()
             .map_err(from_figment)?;
         config.validate()?;
@@ -171,14 +163,22 @@ fn file_layer(path: &Path) -> Result<Figment, ConfigError> {
         }
     };
     // A file that does not parse at all is a file problem, not a key problem.
-    if let Err(e) = layer.data() {
-        return Err(file_error(e.to_string()));
+    let data = layer.data().map_err(|e| file_error(e.to_string()))?;
+    if !layer.contains(ROOT_KEY) {
+        return Ok(layer);
     }
-    if layer.contains(ROOT_KEY) {
-        Ok(layer.focus(ROOT_KEY))
-    } else {
-        Ok(layer)
+    // With the root key, anything beside it would be silently ignored.
+    if let Some(stray) = data
+        .values()
+        .flat_map(|dict| dict.keys())
+        .find(|key| key.as_str() != ROOT_KEY)
+    {
+        return Err(ConfigError::invalid(
+            stray.clone(),
+            format!("unknown key outside the `{ROOT_KEY}:` root key"),
+        ));
     }
+    Ok(layer.focus(ROOT_KEY))
 }
 
 /// `WSB_CACHE_TTL=5s` and `WSB_CACHETTL=5s` both set `cacheTTL`. A `WSB_*`

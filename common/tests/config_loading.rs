@@ -93,8 +93,10 @@ fn layers_file_then_env_then_flags() {
         assert_eq!(env_only.dial_timeout, Duration::from_secs(3));
         assert_eq!(env_only.pods, ["http://e1:1", "http://e2:2"]);
 
-        sources.overrides.cache_ttl = Some("7s".into());
-        sources.overrides.pods = Some(vec!["http://f:1".into()]);
+        sources
+            .overrides
+            .set("cacheTTL", "7s")
+            .set("pods", "http://f:1");
         let flags = sources.load().expect("loads");
         assert_eq!(flags.cache_ttl, Duration::from_secs(7));
         assert_eq!(flags.dial_timeout, Duration::from_secs(3));
@@ -127,10 +129,80 @@ fn each_invalid_value_names_its_key() {
             "metricPath",
         ),
         ("pods: [\"http://x:1\"]\ncacheTtl: \"1s\"\n", "cacheTtl"),
+        ("pods: [\"http://x:1\"]\ncacheTTL: \"1ns\"\n", "cacheTTL"),
+        (
+            "pods: [\"http://x:1\"]\nreadTimeout: \"300000000000y\"\n",
+            "readTimeout",
+        ),
+        (
+            "pods: [\"http://x:1\"]\nmetricPath: \"/me tric\"\n",
+            "metricPath",
+        ),
+        (
+            "pods: [\"http://x:1\"]\nmetricPath: \"/m?x\"\n",
+            "metricPath",
+        ),
+        ("pods: [\"http://x:1\", \"http://x:1/\"]\n", "pods"),
+        ("pods: [\"http://x:1\"]\nejectAfter: 0\n", "ejectAfter"),
+        ("pods: [\"http://x:1\"]\nreplicas: 0\n", "replicas"),
+        (
+            "pods: [\"http://x:1\"]\nselection: \"fastest\"\n",
+            "selection",
+        ),
+        (
+            "pods: [\"http://x:1\"]\ncaFile: \"missing.pem\"\n",
+            "caFile",
+        ),
+        (
+            "wsbalancer:\n  pods: [\"http://x:1\"]\ncacheTTL: \"0s\"\n",
+            "cacheTTL",
+        ),
     ];
     for (body, key) in cases {
         assert_eq!(failing_key("bad.yaml", body), key, "for {body:?}");
     }
+}
+
+#[test]
+fn flag_values_are_typed_and_checked_by_key() {
+    Jail::expect_with(|_| {
+        let mut sources = ConfigSources::default();
+        sources
+            .overrides
+            .set("pods", "http://a:1,http://b:2")
+            .set("tlsVerify", "false")
+            .set("ejectAfter", "5")
+            .set("selection", "power-of-two");
+        let c = sources.load().expect("loads");
+        assert!(!c.tls_verify);
+        assert_eq!(c.eject_after, 5);
+        assert_eq!(c.selection, common::Strategy::PowerOfTwo);
+        for (key, bad) in [
+            ("tlsVerify", "maybe"),
+            ("ejectAfter", "x"),
+            ("maxConnections", "-1"),
+        ] {
+            let mut sources = sources.clone();
+            sources.overrides.set(key, bad);
+            let err = sources.load().expect_err("rejected");
+            assert_eq!(err.key(), Some(key), "{err}");
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn ca_file_must_hold_a_certificate() {
+    Jail::expect_with(|jail| {
+        jail.create_file("junk.pem", "not a certificate")?;
+        let mut sources = ConfigSources::default();
+        sources
+            .overrides
+            .set("pods", "https://a:1")
+            .set("caFile", "junk.pem");
+        assert_eq!(sources.load().expect_err("junk").key(), Some("caFile"));
+        Ok(())
+    });
 }
 
 #[test]

@@ -66,9 +66,9 @@ struct Shared {
     name: String,
     ip: String,
     subprotocols: Vec<String>,
-    /// Connections that completed the upgrade and have not ended.
+    /// Connections this pod answered 101 and that have not ended.
     connections: AtomicU64,
-    /// Connections that completed the upgrade since start.
+    /// Connections answered 101 since start.
     accepted: AtomicU64,
     /// Close codes received from clients, in order.
     close_codes: Mutex<Vec<u16>>,
@@ -137,12 +137,13 @@ impl Pod {
         format!("{scheme}://{}", self.addr)
     }
 
-    /// Live upgraded connections, the number `/metric` reports.
+    /// Live connections (counted from the 101 on), the number `/metric`
+    /// reports.
     pub fn connections(&self) -> u64 {
         self.shared.connections.load(Ordering::SeqCst)
     }
 
-    /// Upgraded connections since start.
+    /// Connections answered 101 since start.
     pub fn accepted(&self) -> u64 {
         self.shared.accepted.load(Ordering::SeqCst)
     }
@@ -256,9 +257,13 @@ async fn upgrade(
         None => ws,
     };
     let name = HeaderValue::from_str(&shared.name).ok();
+    // Counted from the moment the 101 is committed to, so that a report
+    // never lags behind a 101 the client has already seen; if the upgrade
+    // then fails, axum drops the callback and with it this count.
+    let live = Live::new(shared);
     let mut response = ws
         .max_message_size(64 << 20)
-        .on_upgrade(move |socket| echo(socket, shared));
+        .on_upgrade(move |socket| echo(socket, live));
     if let Some(name) = name {
         response.headers_mut().insert(POD_NAME_HEADER, name);
     }
@@ -285,8 +290,7 @@ impl Drop for Live {
 /// Echoes text and binary messages until the peer closes. Pings are answered
 /// and the close handshake is completed (with the peer's code) by the
 /// WebSocket layer itself.
-async fn echo(mut socket: WebSocket, shared: Arc<Shared>) {
-    let live = Live::new(shared);
+async fn echo(mut socket: WebSocket, live: Live) {
     let stop = live.0.stop.clone();
     loop {
         let message = tokio::select! {

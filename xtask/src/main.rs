@@ -5,6 +5,7 @@
 //! and the balancer's own view, and stops everything it started, also on
 //! failure or Ctrl-C.
 
+mod bench_balance;
 mod procs;
 
 use std::path::PathBuf;
@@ -26,6 +27,14 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
+    /// Benchmarks; each prints a markdown table (and writes it with --out).
+    Bench {
+        #[command(subcommand)]
+        bench: Bench,
+        /// Also write the table to this file.
+        #[arg(long, global = true)]
+        out: Option<PathBuf>,
+    },
     /// Pods + balancer + load, a report, everything stopped afterwards.
     Demo {
         /// Echo pods to start.
@@ -46,9 +55,34 @@ enum Task {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// Spread of connections over pods: bursts, replicas, scale-up, a kill.
+    Balance {
+        /// Run only the scenarios whose name contains this (burst,
+        /// replicas, scale-up, kill).
+        #[arg(long)]
+        only: Option<String>,
+    },
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
+        Task::Bench { bench, out } => {
+            build_release().await?;
+            let Bench::Balance { only } = bench;
+            let table = tokio::select! {
+                r = bench_balance::run(only.as_deref()) => r?,
+                _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
+            };
+            println!("\n{table}");
+            if let Some(path) = out {
+                std::fs::write(&path, &table)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(())
+        }
         Task::Demo {
             pods,
             connections,
@@ -74,7 +108,7 @@ fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-fn release_bin(name: &str) -> PathBuf {
+pub(crate) fn release_bin(name: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"));
@@ -182,7 +216,7 @@ async fn demo(
 }
 
 /// `key=value` out of a ready line.
-fn field(line: &str, key: &str) -> Option<String> {
+pub(crate) fn field(line: &str, key: &str) -> Option<String> {
     line.split_whitespace()
         .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=').map(str::to_owned))
 }

@@ -58,6 +58,33 @@ impl Procs {
         Ok(found)
     }
 
+    /// Spawns `cmd` without waiting for anything; its output is discarded.
+    pub fn spawn(&mut self, name: &str, cmd: &mut Command) -> anyhow::Result<()> {
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        self.children.push((name.to_owned(), child));
+        Ok(())
+    }
+
+    /// SIGKILL to the child started as `name`, as a crash would.
+    pub async fn kill(&mut self, name: &str) -> anyhow::Result<()> {
+        let index = self
+            .children
+            .iter()
+            .position(|(n, _)| n == name)
+            .with_context(|| format!("no process named {name}"))?;
+        let (_, mut child) = self.children.remove(index);
+        child
+            .kill()
+            .await
+            .with_context(|| format!("killing {name}"))?;
+        Ok(())
+    }
+
     /// SIGTERM to every child, newest first, then SIGKILL to any still
     /// running after [`STOP_TIMEOUT`].
     pub async fn stop_all(&mut self) {

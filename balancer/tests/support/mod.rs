@@ -99,3 +99,15 @@ pub fn landed_on(response: &Response<Option<Vec<u8>>>) -> String {
         .expect("x-pod-name header")
         .to_owned()
 }
+
+/// A loopback address where nothing listens, and the socket that keeps the
+/// port reserved (bound, never listening: connections are refused) for as
+/// long as it lives.
+pub fn dead_addr() -> (tokio::net::TcpSocket, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    (socket, addr)
+}
