@@ -111,7 +111,7 @@ async fn poll_loop(
     let mut last_error: Option<String> = None;
     loop {
         let started = tokio::time::Instant::now();
-        let base = pod.poll_base();
+        let closes = pod.closes_before_poll();
         let outcome = tokio::select! {
             r = tokio::time::timeout(schedule.timeout, poll_once(&client, &pod.address.metric_url)) => r,
             () = stop.cancelled() => return,
@@ -119,6 +119,7 @@ async fn poll_loop(
         match outcome.unwrap_or(Err(PollError::Timeout)) {
             Ok(report) => {
                 tracing::trace!(pod = %pod.address.url, connections = report.agents_connections, "report");
+                let base = pod.poll_base(closes);
                 match pod.record_report(base, report, registry.joined_late(&pod)) {
                     ReportChange::Back => {
                         tracing::info!(pod = %pod.address.url, "pod reporting again, back in rotation")

@@ -243,15 +243,19 @@ impl Pod {
         self.opened.load(Ordering::Relaxed).saturating_sub(closed)
     }
 
-    /// Snapshot of the local counters, taken just before a poll is sent.
-    pub fn poll_base(&self) -> PollBase {
-        // `settled` first: a lease that settles and closes between the two
-        // loads then errs toward counting as open (overcount, corrected by
-        // the next report) rather than as closed twice.
-        let settled = self.settled.load(Ordering::SeqCst);
+    /// Closes seen so far: taken just before a poll is sent, since a close
+    /// this balancer saw may not have reached the pod's count yet.
+    pub fn closes_before_poll(&self) -> u64 {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// The poll base once the answer is in: dials settled by now had their
+    /// 101 sent, so the pod counted them before answering (bar the few
+    /// 101s still in transit); dials still in flight stay in the adjustment.
+    pub fn poll_base(&self, closes_before_poll: u64) -> PollBase {
         PollBase {
-            settled,
-            closed: self.closed.load(Ordering::SeqCst),
+            settled: self.settled.load(Ordering::SeqCst),
+            closed: closes_before_poll,
         }
     }
 

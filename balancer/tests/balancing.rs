@@ -89,10 +89,16 @@ async fn a_burst_inside_one_ttl_is_spread_by_local_counts() {
     for _ in 0..30 {
         held.push(connect(&ws_url(&balancer, "/ws")).await.0);
     }
-    wait_until("pods hold 10 each", || {
-        pods.iter().all(|p| p.connections() == 10)
+    wait_until("pods hold all 30", || {
+        pods.iter().map(|p| p.connections()).sum::<u64>() == 30
     })
     .await;
+    // Without local counts all 30 would land on one pod. A handshake in
+    // flight while an early poll is answered may be counted twice for a
+    // moment, so allow a difference of 2.
+    let counts: Vec<u64> = pods.iter().map(|p| p.connections()).collect();
+    let spread = counts.iter().max().unwrap() - counts.iter().min().unwrap();
+    assert!(spread <= 2, "{counts:?}");
     drop(held);
     balancer.shutdown(DEADLINE).await;
 }

@@ -368,35 +368,21 @@ async fn kill(rule: Rule) -> anyhow::Result<Outcome> {
         client(procs, &url, 300, 300)?;
         settle(&pods, 300).await;
         procs.kill("pod2").await?;
-        // What the survivors still hold of the first 300.
+        // What the survivors still hold of the first 300, then 300 more.
         let survivors = pods[..2].to_vec();
-        let before = settle(&survivors, 0).await;
-        let report =
-            std::env::temp_dir().join(format!("wsb-bench-kill-{}.json", std::process::id()));
-        let status = Command::new(release_bin("test-client"))
-            .args(["--url", &url, "--connections", "300", "--concurrency", "50"])
-            .args(["--messages", "1", "--hold", "0s", "--json"])
-            .arg(&report)
-            .stdout(std::process::Stdio::null())
-            .status();
+        let before: u64 = settle(&survivors, 0).await.iter().sum();
+        client(procs, &url, 300, 300)?;
         let ejected = wait_status(&admin, 2, "the killed pod ejected", |s| {
             s["healthy"] == false
-        });
-        let (status, ejected) = tokio::join!(status, ejected);
-        status.context("running test-client")?;
-        let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report)?)?;
-        let _ = std::fs::remove_file(&report);
-        let totals: Vec<u64> = ["pod0-0", "pod1-0"]
-            .iter()
-            .zip(&before)
-            .map(|(name, held)| held + json["per_pod"][name].as_u64().unwrap_or(0))
-            .collect();
+        })
+        .await;
+        let totals = settle(&survivors, before + 300).await;
+        let failed = (before + 300).saturating_sub(totals.iter().sum());
         Ok(Outcome {
             scenario: "300 on 3 pods, one killed, +300",
             rule: rule.name,
             note: format!(
-                "new connections failed: {}; killed pod ejected after {}",
-                json["failed"],
+                "new connections failed: {failed}; killed pod ejected after {}",
                 match ejected {
                     Ok(after) => format!("{:.2}s", after.as_secs_f64()),
                     Err(_) => "never".to_owned(),
