@@ -39,6 +39,7 @@ fn main() -> ExitCode {
 #[tokio::main]
 async fn run(config: common::Config) -> anyhow::Result<()> {
     let write_timeout = config.write_timeout;
+    let stop = shutdown_signal();
     let balancer = Balancer::start(config).await?;
     // Scripts and tests read this line to learn the bound ports.
     println!(
@@ -46,7 +47,7 @@ async fn run(config: common::Config) -> anyhow::Result<()> {
         balancer.listen_addr(),
         balancer.admin_addr()
     );
-    shutdown_signal().await;
+    stop.await;
     tracing::info!("stopping");
     balancer
         .shutdown(write_timeout.max(Duration::from_secs(1)))
@@ -54,17 +55,22 @@ async fn run(config: common::Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is
+/// called, not when it is first polled, so call it before announcing
+/// readiness: a signal sent right after the ready line is never missed.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let ctrl_c = tokio::signal::ctrl_c();
+    async move {
+        #[cfg(unix)]
+        if let Some(mut term) = term {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
+                _ = ctrl_c => {}
                 _ = term.recv() => {}
             }
             return;
         }
+        let _ = ctrl_c.await;
     }
-    let _ = tokio::signal::ctrl_c().await;
 }
