@@ -13,6 +13,7 @@ use axum::routing::get;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use common::PodState;
 use common::selection::Health;
 
 use crate::registry::PodRegistry;
@@ -74,8 +75,10 @@ pub struct ServiceStatus {
     /// `podName` from the pod's report.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod_name: Option<String>,
-    /// `ready` or `drain`/`maint` as reported.
-    pub state: &'static str,
+    /// `ready`, `drain` or `maint` as reported.
+    pub state: PodState,
+    /// True when there is no report younger than `cacheTTL`.
+    pub stale: bool,
     /// Seconds since the last good report.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub report_age: Option<f64>,
@@ -94,7 +97,8 @@ pub fn status(registry: &PodRegistry) -> Status {
             url: s.url,
             connections: s.effective,
             pod_name: s.pod_name,
-            state: if s.accepting { "ready" } else { "drain" },
+            state: s.state,
+            stale: s.stale,
             report_age: s.report_age.map(|a| a.as_secs_f64()),
             healthy: s.health != Health::Ejected,
             relayed: s.relayed,

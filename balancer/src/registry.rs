@@ -45,14 +45,17 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Whether the strategy uses this balancer's own counts between reports
-    /// (early refresh, replica scaling). The comparison strategies do not:
-    /// they replay rules that lack it.
-    pub fn adjusts_counts(&self) -> bool {
-        matches!(
-            self.strategy,
-            Strategy::LeastConnections | Strategy::PowerOfTwo
-        )
+    /// Whether a pod is polled early once this balancer opened many
+    /// connections on it. Only with other replicas: alone, this balancer's
+    /// own counts are exact between reports, and an early poll answered
+    /// while handshakes are in flight can only add noise. The comparison
+    /// strategies never do it: they replay rules that lack it.
+    pub fn early_refresh(&self) -> bool {
+        self.replicas > 1
+            && matches!(
+                self.strategy,
+                Strategy::LeastConnections | Strategy::PowerOfTwo
+            )
     }
 
     /// The settings of `config`.

@@ -123,7 +123,7 @@ impl Proxy {
         // Bounded, so a client never waits for more than a few dial
         // timeouts when many pods are black holes.
         for pod in candidates.pods.into_iter().take(MAX_ATTEMPTS) {
-            let mut lease = pod.lease(self.registry.settings().adjusts_counts());
+            let mut lease = pod.lease(self.registry.settings().early_refresh());
             let forwarded = forward::pod_request(&parts, &pod.address, client, self.scheme);
             let dial = dial::open(&pod.address, &self.tls, forwarded);
             let answer = match tokio::time::timeout(self.dial_timeout, dial).await {

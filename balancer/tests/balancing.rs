@@ -93,12 +93,10 @@ async fn a_burst_inside_one_ttl_is_spread_by_local_counts() {
         pods.iter().map(|p| p.connections()).sum::<u64>() == 30
     })
     .await;
-    // Without local counts all 30 would land on one pod. A handshake in
-    // flight while an early poll is answered may be counted twice for a
-    // moment, so allow a difference of 2.
+    // Without local counts all 30 would land on one pod.
     let counts: Vec<u64> = pods.iter().map(|p| p.connections()).collect();
     let spread = counts.iter().max().unwrap() - counts.iter().min().unwrap();
-    assert!(spread <= 2, "{counts:?}");
+    assert!(spread <= 1, "{counts:?}");
     drop(held);
     balancer.shutdown(DEADLINE).await;
 }
