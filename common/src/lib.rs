@@ -6,6 +6,7 @@
 //! ([`report`]) and the choice of a pod for a new connection ([`selection`]).
 
 pub mod config;
+pub mod frame;
 pub mod load;
 pub mod pod_address;
 pub mod report;
