@@ -23,8 +23,8 @@ use crate::registry::PodRegistry;
 pub struct AdminState {
     /// Pods and loads.
     pub registry: Arc<PodRegistry>,
-    /// Cancelled when the balancer stops: readiness turns 503.
-    pub stop: CancellationToken,
+    /// Cancelled when the balancer drains or stops: readiness turns 503.
+    pub draining: CancellationToken,
 }
 
 /// Routes of the admin listener.
@@ -37,8 +37,8 @@ pub fn router(state: AdminState) -> Router {
 }
 
 async fn readyz(State(state): State<AdminState>) -> Response {
-    if state.stop.is_cancelled() {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: stopping\n").into_response()
+    if state.draining.is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: draining\n").into_response()
     } else if !state.registry.has_usable_pod() {
         (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -65,6 +65,15 @@ pub struct Cli {
     /// Balancer replicas sharing the pods [default: 1].
     #[arg(long, value_name = "N")]
     pub replicas: Option<String>,
+    /// Window over which connections are closed on SIGTERM [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    pub drain_window: Option<String>,
+    /// Longest wait for connections to close on SIGTERM [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    pub drain_timeout: Option<String>,
+    /// Close code sent when draining: 1001 or 1012 [default: 1001].
+    #[arg(long, value_name = "CODE")]
+    pub drain_close_code: Option<String>,
     /// Log level or filter (RUST_LOG wins when set).
     #[arg(long, default_value = "info", value_name = "LEVEL")]
     pub log_level: String,
@@ -77,7 +86,7 @@ impl Cli {
     /// The configuration layers these flags describe.
     pub fn sources(&self) -> ConfigSources {
         let mut overrides = Overrides::default();
-        let flags: [(&'static str, &Option<String>); 16] = [
+        let flags: [(&'static str, &Option<String>); 19] = [
             ("listen", &self.listen),
             ("adminListen", &self.admin_listen),
             ("pods", &self.pods),
@@ -94,6 +103,9 @@ impl Cli {
             ("maxConnections", &self.max_connections),
             ("slowStart", &self.slow_start),
             ("replicas", &self.replicas),
+            ("drainWindow", &self.drain_window),
+            ("drainTimeout", &self.drain_timeout),
+            ("drainCloseCode", &self.drain_close_code),
         ];
         for (key, value) in flags {
             if let Some(value) = value {

@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod cli;
 pub mod dial;
+pub mod ends;
 pub mod forward;
 pub mod handshake;
 pub mod listener;
@@ -62,8 +63,25 @@ pub struct Balancer {
     listen_addr: SocketAddr,
     admin_addr: SocketAddr,
     registry: Arc<PodRegistry>,
+    /// Cancelled when draining starts: no new connections, relays close.
+    drain: CancellationToken,
+    /// Cancelled to stop at once.
     stop: CancellationToken,
+    /// Listener, per-connection, admin and poller tasks.
     tasks: TaskTracker,
+    /// Relayed connections, which a drain waits for.
+    relays: TaskTracker,
+    /// Longest a drain waits for relayed connections.
+    drain_timeout: Duration,
+}
+
+/// How a drain went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Connections still open when the drain gave up (0 when all closed).
+    pub left_open: usize,
+    /// How long it took.
+    pub took: Duration,
 }
 
 impl Balancer {
@@ -85,8 +103,10 @@ impl Balancer {
             config.pod_addresses()?,
             registry::Settings::from_config(&config),
         ));
+        let drain = CancellationToken::new();
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
+        let relays = TaskTracker::new();
 
         poller::spawn_all(
             &registry,
@@ -100,19 +120,21 @@ impl Balancer {
             &config,
             registry.clone(),
             tls,
+            drain.clone(),
             stop.clone(),
-            tasks.clone(),
+            relays.clone(),
         ));
         tasks.spawn(listener::accept_loop(
             listener,
             proxy,
             tasks.clone(),
+            drain.clone(),
             stop.clone(),
         ));
 
         let admin = admin::router(admin::AdminState {
             registry: registry.clone(),
-            stop: stop.clone(),
+            draining: drain.clone(),
         });
         let admin_stop = stop.clone();
         tasks.spawn(async move {
@@ -128,8 +150,11 @@ impl Balancer {
             listen_addr,
             admin_addr,
             registry,
+            drain,
             stop,
             tasks,
+            relays,
+            drain_timeout: config.drain_timeout,
         })
     }
 
@@ -148,17 +173,56 @@ impl Balancer {
         &self.registry
     }
 
-    /// Stops accepting, ends every relayed connection and waits (at most
+    /// A handle that stops the balancer at once when cancelled (a second
+    /// signal during a drain).
+    pub fn stop_handle(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// Connections relayed right now.
+    pub fn relayed(&self) -> usize {
+        self.relays.len()
+    }
+
+    /// Drains: readiness turns 503 and the listener stops accepting at once;
+    /// every relayed connection gets a Close frame (the configured code)
+    /// toward both sides at a random moment of `drainWindow`; returns once
+    /// all are closed or `drainTimeout` has passed, then stops the rest.
+    pub async fn drain(self) -> DrainReport {
+        let started = tokio::time::Instant::now();
+        tracing::info!(connections = self.relays.len(), "draining");
+        self.drain.cancel();
+        self.relays.close();
+        tokio::select! {
+            () = self.relays.wait() => {}
+            () = tokio::time::sleep(self.drain_timeout) => {}
+            () = self.stop.cancelled() => {}
+        }
+        let left_open = self.relays.len();
+        let took = started.elapsed();
+        tracing::info!(
+            left_open,
+            took_ms = took.as_millis() as u64,
+            "drain finished"
+        );
+        self.shutdown(Duration::from_secs(2)).await;
+        DrainReport { left_open, took }
+    }
+
+    /// Stops at once: every relayed connection is dropped. Waits (at most
     /// `grace`) for all tasks to finish.
     pub async fn shutdown(self, grace: Duration) {
+        self.drain.cancel();
         self.stop.cancel();
         self.tasks.close();
-        if tokio::time::timeout(grace, self.tasks.wait())
-            .await
-            .is_err()
-        {
+        self.relays.close();
+        let all = async {
+            self.tasks.wait().await;
+            self.relays.wait().await;
+        };
+        if tokio::time::timeout(grace, all).await.is_err() {
             tracing::warn!(
-                remaining = self.tasks.len(),
+                remaining = self.tasks.len() + self.relays.len(),
                 "tasks still running at shutdown"
             );
         }

@@ -15,11 +15,14 @@ use crate::upgrade::Proxy;
 /// How long a client may take to send its request headers (slowloris guard).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Accepts until `stop` is cancelled. Connections are tracked by `tasks`.
+/// Accepts until `drain` (or `stop`) is cancelled; the listening socket is
+/// closed then, so new clients are refused at once. Connections are tracked
+/// by `tasks` and dropped when `stop` is cancelled.
 pub async fn accept_loop(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     tasks: TaskTracker,
+    drain: CancellationToken,
     stop: CancellationToken,
 ) {
     loop {
@@ -33,6 +36,7 @@ pub async fn accept_loop(
                     continue;
                 }
             },
+            () = drain.cancelled() => return,
             () = stop.cancelled() => return,
         };
         let _ = tcp.set_nodelay(true);

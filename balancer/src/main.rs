@@ -2,7 +2,6 @@
 //! until SIGTERM or Ctrl-C.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::Parser;
 use wsbalancer::cli::Cli;
@@ -38,7 +37,6 @@ fn main() -> ExitCode {
 
 #[tokio::main]
 async fn run(config: common::Config) -> anyhow::Result<()> {
-    let write_timeout = config.write_timeout;
     let stop = shutdown_signal();
     let balancer = Balancer::start(config).await?;
     // Scripts and tests read this line to learn the bound ports.
@@ -48,10 +46,21 @@ async fn run(config: common::Config) -> anyhow::Result<()> {
         balancer.admin_addr()
     );
     stop.await;
-    tracing::info!("stopping");
-    balancer
-        .shutdown(write_timeout.max(Duration::from_secs(1)))
-        .await;
+    // A second signal during the drain stops at once.
+    let stop_now = balancer.stop_handle();
+    let second = shutdown_signal();
+    tokio::spawn(async move {
+        second.await;
+        tracing::warn!("second signal: stopping at once");
+        stop_now.cancel();
+    });
+    let report = balancer.drain().await;
+    if report.left_open > 0 {
+        tracing::warn!(
+            left_open = report.left_open,
+            "connections still open when the drain ended"
+        );
+    }
     Ok(())
 }
 

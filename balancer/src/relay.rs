@@ -1,28 +1,38 @@
-//! Moving bytes both ways between a client and its pod after the 101, until
+//! Moving a WebSocket connection's bytes both ways after the 101, until
 //! either side closes, the connection idles past `readTimeout`, a write
-//! blocks past `writeTimeout`, or the balancer stops.
+//! blocks past `writeTimeout`, or the balancer drains or stops.
 //!
-//! Frames pass unchanged (close frames included, so close codes travel end
-//! to end). One task drives both directions, each independently of the
-//! other; when one side ends, the other is shut down for writing and given
-//! [`CLOSE_LINGER`] to finish, so no socket or task outlives its connection.
+//! Bytes pass unchanged (no re-encoding, no unmasking, compression
+//! untouched) while a [`FrameTracker`] per direction follows frame
+//! boundaries. That lets the relay count messages and insert its own Close
+//! frame between two frames: 1001/1012 toward both sides when draining or
+//! idle, 1014 toward the client when the pod vanishes without a Close, 1001
+//! toward the pod when the client does. Frames toward the pod are masked,
+//! frames toward the client are not. The two directions run independently,
+//! so a blocked write one way never delays the other.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::time::{Instant, sleep_until, timeout};
+use common::frame::{FrameTracker, close_frame};
+use rand::Rng;
+use tokio::sync::watch;
+use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 
-/// Bytes read per wake-up in each direction.
-const CHUNK: usize = 16 * 1024;
+use crate::ends::{ReadEnd, WriteEnd};
 
-/// Once one side has closed, how long the other direction may still carry
-/// bytes (a close reply, say) before the connection is dropped. Bounded by
-/// the write timeout too.
+/// Once one side has closed (or the relay sent its own Close), how long the
+/// rest may still take before the connection is dropped. Bounded by the
+/// write timeout too.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// Close code sent to the client when the pod went away without a Close.
+pub const CLOSE_BAD_GATEWAY: u16 = 1014;
+
+/// Close code for "going away": idle timeout, client gone, drain.
+pub const CLOSE_GOING_AWAY: u16 = 1001;
 
 /// Timeouts of one relayed connection.
 #[derive(Debug, Clone, Copy)]
@@ -31,6 +41,18 @@ pub struct RelayLimits {
     pub idle: Duration,
     /// One write blocked for this long ends the connection.
     pub write: Duration,
+}
+
+/// How a drain reaches one connection.
+#[derive(Debug, Clone)]
+pub struct DrainSignal {
+    /// Cancelled when the balancer starts draining.
+    pub started: CancellationToken,
+    /// Each connection is closed at a random moment within this window, so
+    /// clients do not all reconnect at once.
+    pub window: Duration,
+    /// Close code sent to both sides (1001 or 1012).
+    pub code: u16,
 }
 
 /// Which end of a relayed connection.
@@ -62,7 +84,9 @@ pub enum Ending {
     WriteFailed(Side),
     /// Nothing moved for the idle timeout.
     Idle,
-    /// The balancer is stopping.
+    /// Closed by the balancer's drain.
+    Drained,
+    /// The balancer stopped at once.
     Shutdown,
 }
 
@@ -73,6 +97,7 @@ impl fmt::Display for Ending {
             Ending::ReadError(side) => write!(f, "{side} read error"),
             Ending::WriteFailed(side) => write!(f, "{side} write failed"),
             Ending::Idle => f.write_str("idle timeout"),
+            Ending::Drained => f.write_str("drained"),
             Ending::Shutdown => f.write_str("shutdown"),
         }
     }
@@ -85,23 +110,36 @@ pub struct RelayOutcome {
     pub client_to_pod: u64,
     /// Bytes from pod to client.
     pub pod_to_client: u64,
+    /// Complete messages from client to pod.
+    pub messages_in: u64,
+    /// Complete messages from pod to client.
+    pub messages_out: u64,
     /// The first reason the relay began to end.
     pub ending: Ending,
 }
 
 /// Counters shared by the two directions of one connection.
 struct Shared {
-    /// Bytes client -> pod.
-    up: AtomicU64,
-    /// Bytes pod -> client.
-    down: AtomicU64,
     /// Milliseconds since `epoch` of the last byte moved either way.
     last_activity: AtomicU64,
     /// Writes in progress: a blocked write is bounded by the write timeout,
     /// not by the idle one.
     writing: AtomicU64,
+    /// Bytes passed, toward the pod [0] and toward the client [1].
+    bytes: [AtomicU64; 2],
+    /// Complete messages passed, same order.
+    messages: [AtomicU64; 2],
     /// Start of the connection.
     epoch: Instant,
+}
+
+impl Side {
+    fn index(self) -> usize {
+        match self {
+            Side::Pod => 0,
+            Side::Client => 1,
+        }
+    }
 }
 
 impl Shared {
@@ -131,104 +169,249 @@ enum PumpEnd {
     ReadError,
     /// Writing failed or blocked past the write timeout.
     WriteFailed,
+    /// After the relay's own Close, the reading side answered (or ended).
+    Answered,
 }
 
-/// Copies one direction until EOF or an error. On EOF the writing side is
-/// shut down, so the peer sees the close.
-async fn pump<R, W>(
-    mut from: R,
-    mut to: W,
-    counter: &AtomicU64,
-    shared: &Shared,
-    write_limit: Duration,
-) -> PumpEnd
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) => {
-                let _ = timeout(write_limit, to.shutdown()).await;
-                return PumpEnd::Eof;
-            }
-            Ok(n) => n,
-            Err(_) => {
-                let _ = timeout(write_limit, to.shutdown()).await;
-                return PumpEnd::ReadError;
-            }
+/// One direction: reads `from`, writes to `to` (the `toward` side).
+struct Pump {
+    from: ReadEnd,
+    to: WriteEnd,
+    toward: Side,
+    tracker: FrameTracker,
+    /// The relay's own Close went out this way; data is no longer passed.
+    closed_by_us: bool,
+}
+
+impl Pump {
+    /// A Close frame toward this pump's side, masked toward the pod.
+    fn close(&self, code: u16) -> Vec<u8> {
+        let reason = match code {
+            CLOSE_BAD_GATEWAY => "pod went away",
+            1012 => "service restart",
+            _ => "going away",
         };
-        shared.touch();
-        shared.writing.fetch_add(1, Ordering::Relaxed);
-        let written = forward(&mut to, &buf[..n], write_limit).await;
-        shared.writing.fetch_sub(1, Ordering::Relaxed);
-        if written.is_err() {
-            return PumpEnd::WriteFailed;
+        let mask = (self.toward == Side::Pod).then(|| rand::rng().random::<[u8; 4]>());
+        close_frame(code, reason, mask)
+    }
+
+    fn result(&self, end: PumpEnd) -> PumpEnd {
+        end
+    }
+
+    async fn run(
+        mut self,
+        shared: &Shared,
+        write_limit: Duration,
+        mut close: watch::Receiver<Option<u16>>,
+    ) -> PumpEnd {
+        let side = self.toward.index();
+        // The tracker can lose the frame boundaries of a stream that is not
+        // WebSocket; bytes still pass, but nothing is inserted any more.
+        let mut framed = true;
+        loop {
+            let requested = *close.borrow_and_update();
+            if let Some(code) = requested
+                && !self.closed_by_us
+                && framed
+                && self.tracker.at_boundary()
+            {
+                self.closed_by_us = true;
+                // The peer reading this side already got a Close: none again.
+                if !self.tracker.close_seen() {
+                    let frame = self.close(code);
+                    if self.to.write(&frame, write_limit).await.is_err() {
+                        return self.result(PumpEnd::WriteFailed);
+                    }
+                }
+            }
+            let chunk = tokio::select! {
+                read = self.from.read() => read,
+                changed = close.changed(), if requested.is_none() => {
+                    if changed.is_err() {
+                        // The relay is gone; nothing will ask for a close.
+                        std::future::pending::<()>().await;
+                    }
+                    continue;
+                }
+            };
+            let chunk = match chunk {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) | Err(_) => {
+                    let end = if chunk.is_ok() {
+                        PumpEnd::Eof
+                    } else {
+                        PumpEnd::ReadError
+                    };
+                    let end = if self.closed_by_us {
+                        PumpEnd::Answered
+                    } else {
+                        end
+                    };
+                    // The reading side vanished without a Close: tell the
+                    // other side properly (1014 to a client, 1001 to a pod).
+                    if !self.closed_by_us
+                        && framed
+                        && self.tracker.at_boundary()
+                        && !self.tracker.close_seen()
+                    {
+                        let code = match self.toward {
+                            Side::Client => CLOSE_BAD_GATEWAY,
+                            Side::Pod => CLOSE_GOING_AWAY,
+                        };
+                        let frame = self.close(code);
+                        let _ = self.to.write(&frame, write_limit).await;
+                    }
+                    self.to.shutdown(write_limit).await;
+                    return self.result(end);
+                }
+            };
+            shared.touch();
+            let mut rest = chunk.bytes();
+            while !rest.is_empty() {
+                // Stop at the first frame boundary when a Close waits for one.
+                let stop = requested.is_some() && !self.closed_by_us;
+                let used = if framed {
+                    match self.tracker.feed(rest, stop, |_| {}) {
+                        Ok(used) => used,
+                        Err(_) => {
+                            framed = false;
+                            rest.len()
+                        }
+                    }
+                } else {
+                    rest.len()
+                };
+                let (now, later) = rest.split_at(used);
+                if !self.closed_by_us {
+                    shared.writing.fetch_add(1, Ordering::Relaxed);
+                    let written = self.to.write(now, write_limit).await;
+                    shared.writing.fetch_sub(1, Ordering::Relaxed);
+                    if written.is_err() {
+                        return self.result(PumpEnd::WriteFailed);
+                    }
+                    shared.bytes[side].fetch_add(now.len() as u64, Ordering::Relaxed);
+                    shared.messages[side].store(self.tracker.messages(), Ordering::Relaxed);
+                } else if self.tracker.close_seen() {
+                    // The answer to our Close: this direction is done.
+                    self.to.shutdown(write_limit).await;
+                    return self.result(PumpEnd::Answered);
+                }
+                if let (Some(code), false) = (requested, self.closed_by_us)
+                    && framed
+                    && self.tracker.at_boundary()
+                {
+                    self.closed_by_us = true;
+                    if !self.tracker.close_seen() {
+                        let frame = self.close(code);
+                        if self.to.write(&frame, write_limit).await.is_err() {
+                            return self.result(PumpEnd::WriteFailed);
+                        }
+                    }
+                }
+                rest = later;
+            }
+            shared.touch();
         }
-        counter.fetch_add(n as u64, Ordering::Relaxed);
-        shared.touch();
     }
 }
 
-/// Relays until both directions are done. The two directions run
-/// independently, so a blocked write one way never delays the other; `stop`
-/// ends the relay at once.
-pub async fn relay<C, P>(
-    client: C,
-    pod: P,
+/// Relays until both directions are done. `drain` closes the connection
+/// cleanly at a random point of the drain window; `stop` ends it at once.
+pub async fn relay(
+    client: (ReadEnd, WriteEnd),
+    pod: (ReadEnd, WriteEnd),
     limits: RelayLimits,
+    drain: DrainSignal,
     stop: CancellationToken,
-) -> RelayOutcome
-where
-    C: AsyncRead + AsyncWrite + Unpin,
-    P: AsyncRead + AsyncWrite + Unpin,
-{
+) -> RelayOutcome {
     let shared = Shared {
-        up: AtomicU64::new(0),
-        down: AtomicU64::new(0),
         last_activity: AtomicU64::new(0),
         writing: AtomicU64::new(0),
+        bytes: [AtomicU64::new(0), AtomicU64::new(0)],
+        messages: [AtomicU64::new(0), AtomicU64::new(0)],
         epoch: Instant::now(),
     };
-    let (client_read, client_write) = tokio::io::split(client);
-    let (pod_read, pod_write) = tokio::io::split(pod);
-    let up = pump(client_read, pod_write, &shared.up, &shared, limits.write);
-    let down = pump(pod_read, client_write, &shared.down, &shared, limits.write);
-    tokio::pin!(up, down);
-    let (mut up_done, mut down_done) = (false, false);
+    let (close_tx, close_rx) = watch::channel(None::<u16>);
+    let (client_read, client_write) = client;
+    let (pod_read, pod_write) = pod;
+    let up = Pump {
+        from: client_read,
+        to: pod_write,
+        toward: Side::Pod,
+        tracker: FrameTracker::new(),
+        closed_by_us: false,
+    }
+    .run(&shared, limits.write, close_rx.clone());
+    let down = Pump {
+        from: pod_read,
+        to: client_write,
+        toward: Side::Client,
+        tracker: FrameTracker::new(),
+        closed_by_us: false,
+    }
+    .run(&shared, limits.write, close_rx);
+    let window = drain.window;
+    let drain_code = drain.code;
+    let drain_at = async move {
+        drain.started.cancelled().await;
+        let jitter = if window.is_zero() {
+            Duration::ZERO
+        } else {
+            window.mul_f64(rand::rng().random_range(0.0..1.0))
+        };
+        sleep(jitter).await;
+    };
+    tokio::pin!(up, down, drain_at);
+    let mut up_result: Option<PumpEnd> = None;
+    let mut down_result: Option<PumpEnd> = None;
     let mut ending: Option<Ending> = None;
     let mut linger: Option<Instant> = None;
-    let end_of = |end: PumpEnd, reader: Side, writer: Side| match end {
-        PumpEnd::Eof => Ending::Closed(reader),
-        PumpEnd::ReadError => Ending::ReadError(reader),
-        PumpEnd::WriteFailed => Ending::WriteFailed(writer),
-    };
+    let linger_for = limits.write.min(CLOSE_LINGER);
+    let mut drained = false;
 
-    while !(up_done && down_done) {
+    while up_result.is_none() || down_result.is_none() {
         let deadline = linger.unwrap_or_else(|| shared.idle_deadline(limits.idle));
         tokio::select! {
-            end = &mut up, if !up_done => {
-                up_done = true;
-                ending.get_or_insert(end_of(end, Side::Client, Side::Pod));
-                if end == PumpEnd::WriteFailed { break; }
-                linger.get_or_insert_with(|| far_future_add(Instant::now(), limits.write.min(CLOSE_LINGER)));
+            r = &mut up, if up_result.is_none() => {
+                ending.get_or_insert(match r {
+                    PumpEnd::Eof | PumpEnd::Answered => Ending::Closed(Side::Client),
+                    PumpEnd::ReadError => Ending::ReadError(Side::Client),
+                    PumpEnd::WriteFailed => Ending::WriteFailed(Side::Pod),
+                });
+                let failed = r == PumpEnd::WriteFailed;
+                up_result = Some(r);
+                if failed { break; }
+                linger.get_or_insert_with(|| far_future_add(Instant::now(), linger_for));
             }
-            end = &mut down, if !down_done => {
-                down_done = true;
-                ending.get_or_insert(end_of(end, Side::Pod, Side::Client));
-                if end == PumpEnd::WriteFailed { break; }
-                linger.get_or_insert_with(|| far_future_add(Instant::now(), limits.write.min(CLOSE_LINGER)));
+            r = &mut down, if down_result.is_none() => {
+                ending.get_or_insert(match r {
+                    PumpEnd::Eof | PumpEnd::Answered => Ending::Closed(Side::Pod),
+                    PumpEnd::ReadError => Ending::ReadError(Side::Pod),
+                    PumpEnd::WriteFailed => Ending::WriteFailed(Side::Client),
+                });
+                let failed = r == PumpEnd::WriteFailed;
+                down_result = Some(r);
+                if failed { break; }
+                linger.get_or_insert_with(|| far_future_add(Instant::now(), linger_for));
             }
             () = sleep_until(deadline) => {
-                // The idle deadline moves with traffic: only stop when it
-                // has really passed (or the linger after a close is over).
-                if linger.is_none() && shared.writing.load(Ordering::Relaxed) > 0 {
-                    shared.touch();
-                } else if linger.is_some() || Instant::now() >= shared.idle_deadline(limits.idle) {
-                    ending.get_or_insert(Ending::Idle);
+                if linger.is_some() {
                     break;
                 }
+                if shared.writing.load(Ordering::Relaxed) > 0 {
+                    shared.touch();
+                } else if Instant::now() >= shared.idle_deadline(limits.idle) {
+                    ending.get_or_insert(Ending::Idle);
+                    let _ = close_tx.send(Some(CLOSE_GOING_AWAY));
+                    linger = Some(far_future_add(Instant::now(), linger_for));
+                }
+            }
+            () = &mut drain_at, if !drained => {
+                drained = true;
+                ending.get_or_insert(Ending::Drained);
+                let _ = close_tx.send(Some(drain_code));
+                linger.get_or_insert_with(|| far_future_add(Instant::now(), linger_for));
             }
             () = stop.cancelled() => {
                 ending.get_or_insert(Ending::Shutdown);
@@ -236,120 +419,162 @@ where
             }
         }
     }
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
     RelayOutcome {
-        client_to_pod: shared.up.load(Ordering::Relaxed),
-        pod_to_client: shared.down.load(Ordering::Relaxed),
+        client_to_pod: load(&shared.bytes[0]),
+        pod_to_client: load(&shared.bytes[1]),
+        messages_in: load(&shared.messages[0]),
+        messages_out: load(&shared.messages[1]),
         ending: ending.unwrap_or(Ending::Idle),
-    }
-}
-
-/// Writes and flushes one chunk within the write timeout.
-async fn forward<W: AsyncWrite + Unpin>(
-    to: &mut W,
-    bytes: &[u8],
-    limit: Duration,
-) -> std::io::Result<()> {
-    match timeout(limit, async {
-        to.write_all(bytes).await?;
-        to.flush().await
-    })
-    .await
-    {
-        Ok(result) => result,
-        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::duplex;
+    use crate::ends::tcp_end;
+    use common::frame::{OP_BINARY, OP_CLOSE, OP_TEXT, encode_frame};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A connected pair of real loopback sockets: (far end, near end).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let far = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (near, _) = listener.accept().await.unwrap();
+        (far, near)
+    }
 
     fn limits() -> RelayLimits {
         RelayLimits {
-            idle: Duration::from_secs(5),
-            write: Duration::from_secs(5),
+            idle: Duration::from_secs(30),
+            write: Duration::from_secs(2),
+        }
+    }
+
+    fn no_drain() -> DrainSignal {
+        DrainSignal {
+            started: CancellationToken::new(),
+            window: Duration::ZERO,
+            code: 1001,
         }
     }
 
     #[tokio::test]
-    async fn bytes_flow_both_ways_and_close_propagates() {
-        let (client_far, client_near) = duplex(1024);
-        let (pod_near, pod_far) = duplex(1024);
+    async fn frames_pass_unchanged_and_messages_are_counted() {
+        let (mut client, client_near) = pair().await;
+        let (pod_near, mut pod) = pair().await;
         let task = tokio::spawn(relay(
-            client_near,
-            pod_near,
+            tcp_end(client_near),
+            tcp_end(pod_near),
             limits(),
+            no_drain(),
             CancellationToken::new(),
         ));
-        let (mut client_far, mut pod_far) = (client_far, pod_far);
-        client_far.write_all(b"hello").await.unwrap();
-        let mut buf = [0u8; 5];
-        pod_far.read_exact(&mut buf).await.unwrap();
-        assert_eq!(&buf, b"hello");
-        pod_far.write_all(b"world!").await.unwrap();
-        let mut buf = [0u8; 6];
-        client_far.read_exact(&mut buf).await.unwrap();
-        assert_eq!(&buf, b"world!");
-        drop(pod_far);
-        // The client sees EOF once the pod is gone.
-        assert_eq!(client_far.read(&mut buf).await.unwrap(), 0);
-        drop(client_far);
+        let masked = encode_frame(true, OP_TEXT, b"hello", Some([1, 2, 3, 4]));
+        client.write_all(&masked).await.unwrap();
+        let mut got = vec![0u8; masked.len()];
+        pod.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, masked, "bytes reach the pod unchanged, still masked");
+        let reply = encode_frame(true, OP_BINARY, &[9u8; 70_000], None);
+        pod.write_all(&reply).await.unwrap();
+        let mut got = vec![0u8; reply.len()];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, reply);
+        drop(pod);
         let outcome = task.await.unwrap();
-        assert_eq!(outcome.client_to_pod, 5);
-        assert_eq!(outcome.pod_to_client, 6);
-        assert_eq!(outcome.ending, Ending::Closed(Side::Pod));
+        assert_eq!((outcome.messages_in, outcome.messages_out), (1, 1));
+        assert_eq!(outcome.client_to_pod, masked.len() as u64);
+        // The pod vanished without a Close: the client got 1014 after the data.
+        let mut close = [0u8; 4];
+        client.read_exact(&mut close).await.unwrap();
+        assert_eq!(close[0] & 0x0F, OP_CLOSE);
+        assert_eq!(u16::from_be_bytes([close[2], close[3]]), CLOSE_BAD_GATEWAY);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn idle_connection_times_out() {
-        let (_client_far, client_near) = duplex(64);
-        let (pod_near, _pod_far) = duplex(64);
-        let outcome = relay(client_near, pod_near, limits(), CancellationToken::new()).await;
-        assert_eq!(outcome.ending, Ending::Idle);
-    }
-
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_blocked_direction_does_not_stall_the_other() {
-        let (mut client_far, client_near) = duplex(64);
-        let (pod_near, pod_far) = duplex(64);
-        let (mut pod_far_read, mut pod_far_write) = tokio::io::split(pod_far);
+        let (client, client_near) = pair().await;
+        let (pod_near, pod) = pair().await;
         let task = tokio::spawn(relay(
-            client_near,
-            pod_near,
+            tcp_end(client_near),
+            tcp_end(pod_near),
             limits(),
+            no_drain(),
             CancellationToken::new(),
         ));
-        // The client never reads while the pod pushes more than fits.
+        let (mut pod_read, mut pod_write) = pod.into_split();
+        let (_client_read, mut client_write) = client.into_split();
+        // The client never reads while the pod pushes far more than the
+        // socket buffers hold.
         let pushing = tokio::spawn(async move {
-            let _ = pod_far_write.write_all(&[7u8; 8192]).await;
+            let frame = encode_frame(true, OP_BINARY, &vec![7u8; 1 << 20], None);
+            for _ in 0..64 {
+                if pod_write.write_all(&frame).await.is_err() {
+                    break;
+                }
+            }
         });
-        client_far.write_all(b"still here").await.unwrap();
-        let mut got = [0u8; 10];
-        tokio::time::timeout(Duration::from_secs(1), pod_far_read.read_exact(&mut got))
+        let frame = encode_frame(true, OP_TEXT, b"still here", Some([0; 4]));
+        client_write.write_all(&frame).await.unwrap();
+        let mut got = vec![0u8; frame.len()];
+        tokio::time::timeout(Duration::from_secs(1), pod_read.read_exact(&mut got))
             .await
             .expect("client bytes reach the pod while the other way is blocked")
             .unwrap();
-        assert_eq!(&got, b"still here");
-        assert!(!pushing.is_finished());
+        assert_eq!(got, frame);
         let outcome = task.await.unwrap();
         assert_eq!(outcome.ending, Ending::WriteFailed(Side::Client));
-        assert_eq!(outcome.client_to_pod, 10);
+        pushing.abort();
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn stuck_reader_hits_write_timeout() {
-        let (mut client_far, client_near) = duplex(64);
-        // The pod never reads, so its 64-byte pipe fills up.
-        let (pod_near, _pod_far) = duplex(64);
+    #[tokio::test]
+    async fn drain_waits_for_the_frame_in_flight_then_closes_both_sides() {
+        let (mut client, client_near) = pair().await;
+        let (pod_near, mut pod) = pair().await;
+        let drain = no_drain();
+        let started = drain.started.clone();
         let task = tokio::spawn(relay(
-            client_near,
-            pod_near,
+            tcp_end(client_near),
+            tcp_end(pod_near),
             limits(),
+            drain,
             CancellationToken::new(),
         ));
-        let _ = client_far.write_all(&[1u8; 4096]).await;
-        let outcome = task.await.unwrap();
-        assert_eq!(outcome.ending, Ending::WriteFailed(Side::Pod));
+        // Half a frame from the pod, then the drain starts.
+        let frame = encode_frame(true, OP_BINARY, &[5u8; 1000], None);
+        pod.write_all(&frame[..500]).await.unwrap();
+        let mut first = vec![0u8; 500];
+        client.read_exact(&mut first).await.unwrap();
+        started.cancel();
+        pod.write_all(&frame[500..]).await.unwrap();
+        // The client gets the whole frame, then the Close, never a Close inside it.
+        let mut rest = vec![0u8; frame.len() - 500];
+        client.read_exact(&mut rest).await.unwrap();
+        assert_eq!([first, rest].concat(), frame);
+        let mut close = [0u8; 4];
+        client.read_exact(&mut close).await.unwrap();
+        assert_eq!(close[0], 0x88);
+        assert_eq!(u16::from_be_bytes([close[2], close[3]]), 1001);
+        // The pod gets a masked Close.
+        let mut to_pod = [0u8; 2];
+        pod.read_exact(&mut to_pod).await.unwrap();
+        assert_eq!(to_pod[0], 0x88);
+        assert_ne!(to_pod[1] & 0x80, 0, "masked toward the pod");
+        // Both answer; the relay ends.
+        client
+            .write_all(&encode_frame(true, OP_CLOSE, &[0x03, 0xE9], Some([1; 4])))
+            .await
+            .unwrap();
+        pod.write_all(&encode_frame(true, OP_CLOSE, &[0x03, 0xE9], None))
+            .await
+            .unwrap();
+        let outcome = tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(outcome.ending, Ending::Drained);
     }
 }

@@ -11,15 +11,15 @@ use std::time::Instant;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::upgrade::{OnUpgrade, Upgraded};
-use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::dial::{self, PodAnswer};
+use crate::ends;
 use crate::forward;
 use crate::handshake::{self, Body, plain_response};
 use crate::registry::{Lease, Pod, PodRegistry};
-use crate::relay::{self, RelayLimits};
+use crate::relay::{self, DrainSignal, RelayLimits};
 use common::Config;
 
 /// Everything a connection needs from the running balancer.
@@ -34,8 +34,10 @@ pub struct Proxy {
     pub limits: RelayLimits,
     /// `X-Forwarded-Proto` value for this listener.
     pub scheme: &'static str,
-    /// Cancelled when the balancer stops.
+    /// Cancelled when the balancer stops at once.
     pub stop: CancellationToken,
+    /// How a drain closes relayed connections.
+    pub drain: DrainSignal,
     /// Tracks relay tasks so shutdown can wait for them.
     pub tasks: TaskTracker,
     /// `maxConnections` (0 = unlimited).
@@ -61,6 +63,7 @@ impl Proxy {
         config: &Config,
         registry: Arc<PodRegistry>,
         tls: Arc<rustls::ClientConfig>,
+        drain: CancellationToken,
         stop: CancellationToken,
         tasks: TaskTracker,
     ) -> Self {
@@ -74,6 +77,11 @@ impl Proxy {
             },
             scheme: "http",
             stop,
+            drain: DrainSignal {
+                started: drain,
+                window: config.drain_window,
+                code: config.drain_close_code,
+            },
             tasks,
             max_connections: config.max_connections,
             active: Arc::new(AtomicU64::new(0)),
@@ -189,9 +197,10 @@ impl Proxy {
             }
         };
         let outcome = relay::relay(
-            TokioIo::new(client_io),
-            TokioIo::new(pod_io),
+            ends::client_end(client_io),
+            ends::pod_end(pod_io),
             self.limits,
+            self.drain.clone(),
             self.stop.clone(),
         )
         .await;
@@ -204,6 +213,8 @@ impl Proxy {
             duration_ms = started.elapsed().as_millis() as u64,
             bytes_in = outcome.client_to_pod,
             bytes_out = outcome.pod_to_client,
+            messages_in = outcome.messages_in,
+            messages_out = outcome.messages_out,
             closed_by = %outcome.ending,
             "connection closed"
         );

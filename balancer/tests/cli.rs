@@ -109,6 +109,8 @@ async fn serves_then_stops_on_sigterm() {
             "127.0.0.1:0",
             "--cache-ttl",
             "500ms",
+            "--drain-window",
+            "200ms",
         ])
         .arg("--pods")
         .arg(urls.join(","))
@@ -160,15 +162,21 @@ async fn serves_then_stops_on_sigterm() {
         .await
         .unwrap();
     assert!(killed.success());
-    let status = tokio::time::timeout(DEADLINE, child.wait())
-        .await
-        .expect("exits after SIGTERM")
-        .unwrap();
-    assert!(status.success(), "{status:?}");
-    // The relayed connection ended with the process.
-    let ended = tokio::time::timeout(Duration::from_secs(5), async {
-        while let Some(Ok(_)) = ws.next().await {}
+    // The drain closed the relayed connection with 1001 (going away).
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(message)) = ws.next().await {
+            if let Message::Close(frame) = message {
+                return frame.map(|f| u16::from(f.code));
+            }
+        }
+        None
     })
     .await;
-    assert!(ended.is_ok(), "client connection ended");
+    assert_eq!(closed, Ok(Some(1001)), "client got a Close 1001");
+    drop(ws);
+    let status = tokio::time::timeout(DEADLINE, child.wait())
+        .await
+        .expect("exits after the drain")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
 }

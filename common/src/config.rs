@@ -95,6 +95,21 @@ pub struct Config {
     /// pace, so its own opens and closes count this many times.
     #[serde(rename = "replicas")]
     pub replicas: u32,
+
+    /// On SIGTERM, relayed connections are closed at random moments spread
+    /// over this window, so clients do not all reconnect at once.
+    #[serde(rename = "drainWindow", with = "humantime_serde")]
+    pub drain_window: Duration,
+
+    /// The process exits once every connection is closed, or after this
+    /// long, whichever comes first.
+    #[serde(rename = "drainTimeout", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+
+    /// Close code sent to both sides when draining: 1001 (going away) or
+    /// 1012 (service restart).
+    #[serde(rename = "drainCloseCode")]
+    pub drain_close_code: u16,
 }
 
 /// Pod selection strategies.
@@ -143,6 +158,9 @@ pub const KEYS: &[&str] = &[
     "maxConnections",
     "slowStart",
     "replicas",
+    "drainWindow",
+    "drainTimeout",
+    "drainCloseCode",
 ];
 
 impl Default for Config {
@@ -165,6 +183,9 @@ impl Default for Config {
             max_connections: 0,
             slow_start: Duration::ZERO,
             replicas: 1,
+            drain_window: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(30),
+            drain_close_code: 1001,
         }
     }
 }
@@ -222,6 +243,27 @@ impl Config {
                     ),
                 ));
             }
+        }
+        if !matches!(self.drain_close_code, 1001 | 1012) {
+            return Err(ConfigError::invalid(
+                "drainCloseCode",
+                "must be 1001 (going away) or 1012 (service restart)",
+            ));
+        }
+        if self.drain_window > self.drain_timeout {
+            return Err(ConfigError::invalid(
+                "drainWindow",
+                "must not be longer than drainTimeout",
+            ));
+        }
+        if self.drain_timeout > MAX_DURATION {
+            return Err(ConfigError::invalid(
+                "drainTimeout",
+                format!(
+                    "must be at most {}",
+                    humantime::format_duration(MAX_DURATION)
+                ),
+            ));
         }
         if self.slow_start > MAX_DURATION {
             return Err(ConfigError::invalid(

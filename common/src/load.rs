@@ -77,6 +77,7 @@ const TYPED_KEYS: &[&str] = &[
     "maxConnectionsPerPod",
     "maxConnections",
     "replicas",
+    "drainCloseCode",
 ];
 
 impl Overrides {

@@ -111,3 +111,57 @@ pub fn dead_addr() -> (tokio::net::TcpSocket, SocketAddr) {
     let addr = socket.local_addr().expect("addr");
     (socket, addr)
 }
+
+/// A WebSocket opened by hand on raw TCP (no library in the way): sends
+/// the upgrade, reads the response head, returns the stream and the head.
+pub async fn raw_upgrade(addr: SocketAddr, path: &str) -> (TcpStream, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes())
+        .await
+        .expect("send upgrade");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(DEADLINE, tcp.read(&mut byte))
+            .await
+            .expect("response in time")
+            .expect("read");
+        assert_eq!(n, 1, "closed during the handshake");
+        head.push(byte[0]);
+    }
+    (tcp, String::from_utf8_lossy(&head).into_owned())
+}
+
+/// Reads one unmasked server frame: (opcode, payload).
+pub async fn raw_frame(tcp: &mut TcpStream) -> (u8, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let read = async {
+        let mut h = [0u8; 2];
+        tcp.read_exact(&mut h).await?;
+        let len = match h[1] & 0x7F {
+            126 => {
+                let mut b = [0u8; 2];
+                tcp.read_exact(&mut b).await?;
+                usize::from(u16::from_be_bytes(b))
+            }
+            127 => {
+                let mut b = [0u8; 8];
+                tcp.read_exact(&mut b).await?;
+                u64::from_be_bytes(b) as usize
+            }
+            n => usize::from(n),
+        };
+        let mut payload = vec![0u8; len];
+        tcp.read_exact(&mut payload).await?;
+        std::io::Result::Ok((h[0] & 0x0F, payload))
+    };
+    tokio::time::timeout(DEADLINE, read)
+        .await
+        .expect("frame in time")
+        .expect("frame")
+}

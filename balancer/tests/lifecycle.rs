@@ -1,0 +1,112 @@
+//! How relayed connections end, with real pods and clients: a drain closes
+//! both sides with 1001 (or 1012) within the window, a pod that vanishes
+//! gives the client 1014, a client that vanishes gives the pod 1001, an idle
+//! connection is closed with 1001 on both sides.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use support::{DEADLINE, config, connect, init_logs, pods, wait_until, ws_url};
+use test_server::Pod;
+use tokio_tungstenite::tungstenite::Message;
+use wsbalancer::Balancer;
+
+/// Reads until a Close frame arrives; returns its code.
+async fn close_code(ws: &mut support::Ws) -> u16 {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let next = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .expect("a close in time");
+        match next {
+            Some(Ok(Message::Close(frame))) => return frame.map_or(1005, |f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            other => panic!("connection ended without a Close frame: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn drain_closes_both_sides_with_the_configured_code_within_the_window() {
+    init_logs();
+    let pods = pods(2).await;
+    let mut cfg = config(pods.iter().map(Pod::url).collect());
+    cfg.drain_window = Duration::from_millis(500);
+    cfg.drain_close_code = 1012;
+    let balancer = Balancer::start(cfg).await.unwrap();
+    let url = ws_url(&balancer, "/ws");
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        clients.push(connect(&url).await.0);
+    }
+    wait_until("10 relayed", || balancer.relayed() == 10).await;
+
+    let started = Instant::now();
+    let drain = tokio::spawn(balancer.drain());
+    for ws in &mut clients {
+        assert_eq!(close_code(ws).await, 1012);
+    }
+    let report = drain.await.unwrap();
+    assert_eq!(report.left_open, 0);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    wait_until("pods saw 1012 from the balancer", || {
+        pods.iter()
+            .map(|p| p.close_codes().iter().filter(|&&c| c == 1012).count())
+            .sum::<usize>()
+            == 10
+    })
+    .await;
+    // The listener is closed: new clients are refused.
+    assert!(tokio_tungstenite::connect_async(&url).await.is_err());
+}
+
+#[tokio::test]
+async fn a_vanished_pod_gives_the_client_1014() {
+    init_logs();
+    let mut pods = pods(1).await;
+    let balancer = support::balancer_for(&pods).await;
+    // A raw client: tungstenite does not yet accept 1014, browsers do.
+    let (mut tcp, head) = support::raw_upgrade(balancer.listen_addr(), "/ws").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    wait_until("pod counts it", || pods[0].connections() == 1).await;
+    pods.pop().unwrap().stop().await; // drops every connection, no Close
+    let (opcode, payload) = support::raw_frame(&mut tcp).await;
+    assert_eq!(opcode, 0x8);
+    assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1014);
+    balancer.shutdown(DEADLINE).await;
+}
+
+#[tokio::test]
+async fn a_vanished_client_gives_the_pod_1001_and_messages_are_counted() {
+    init_logs();
+    let pods = pods(1).await;
+    let balancer = support::balancer_for(&pods).await;
+    let (mut ws, _) = connect(&ws_url(&balancer, "/ws")).await;
+    for i in 0..3 {
+        ws.send(Message::text(format!("m{i}"))).await.unwrap();
+        ws.next().await.unwrap().unwrap();
+    }
+    drop(ws); // TCP closed without a Close frame
+    wait_until("pod saw 1001", || pods[0].close_codes() == [1001]).await;
+    wait_until("relay ended", || balancer.relayed() == 0).await;
+    balancer.shutdown(DEADLINE).await;
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_with_1001_on_both_sides() {
+    init_logs();
+    let pods = pods(1).await;
+    let mut cfg = config(vec![pods[0].url()]);
+    cfg.read_timeout = Duration::from_millis(300);
+    let balancer = Balancer::start(cfg).await.unwrap();
+    let (mut ws, _) = connect(&ws_url(&balancer, "/ws")).await;
+    assert_eq!(close_code(&mut ws).await, 1001);
+    wait_until("pod saw 1001", || pods[0].close_codes() == [1001]).await;
+    balancer.shutdown(DEADLINE).await;
+}
