@@ -74,6 +74,18 @@ pub struct Cli {
     /// Close code sent when draining: 1001 or 1012 [default: 1001].
     #[arg(long, value_name = "CODE")]
     pub drain_close_code: Option<String>,
+    /// Allowed Origins, comma-separated; empty allows all [default: empty].
+    #[arg(long, value_name = "ORIGINS")]
+    pub allowed_origins: Option<String>,
+    /// Append to incoming X-Forwarded-* instead of replacing them [default: false].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub trust_forwarded_headers: Option<String>,
+    /// Largest request head a client may send, in bytes [default: 32768].
+    #[arg(long, value_name = "BYTES")]
+    pub max_handshake_header_bytes: Option<String>,
+    /// Time a client has to send its request head [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    pub handshake_timeout: Option<String>,
     /// Log level or filter (RUST_LOG wins when set).
     #[arg(long, default_value = "info", value_name = "LEVEL")]
     pub log_level: String,
@@ -86,7 +98,7 @@ impl Cli {
     /// The configuration layers these flags describe.
     pub fn sources(&self) -> ConfigSources {
         let mut overrides = Overrides::default();
-        let flags: [(&'static str, &Option<String>); 19] = [
+        let flags: [(&'static str, &Option<String>); 23] = [
             ("listen", &self.listen),
             ("adminListen", &self.admin_listen),
             ("pods", &self.pods),
@@ -106,6 +118,10 @@ impl Cli {
             ("drainWindow", &self.drain_window),
             ("drainTimeout", &self.drain_timeout),
             ("drainCloseCode", &self.drain_close_code),
+            ("allowedOrigins", &self.allowed_origins),
+            ("trustForwardedHeaders", &self.trust_forwarded_headers),
+            ("maxHandshakeHeaderBytes", &self.max_handshake_header_bytes),
+            ("handshakeTimeout", &self.handshake_timeout),
         ];
         for (key, value) in flags {
             if let Some(value) = value {

@@ -63,6 +63,37 @@ fn end_to_end(from: &HeaderMap) -> HeaderMap {
     out
 }
 
+/// What the balancer adds to forwarded requests, from config.
+#[derive(Debug, Clone, Default)]
+pub struct ForwardPolicy {
+    /// `forwardHeaders`: set on every request to a pod.
+    pub extra: Vec<(HeaderName, HeaderValue)>,
+    /// `trustForwardedHeaders`: append to incoming `X-Forwarded-*` rather
+    /// than replacing them.
+    pub trust_incoming: bool,
+}
+
+impl ForwardPolicy {
+    /// The policy of `config` (whose header names and values were checked
+    /// when it was validated; an unusable one is skipped).
+    pub fn from_config(config: &common::Config) -> Self {
+        let extra = config
+            .forward_headers
+            .iter()
+            .filter_map(|(name, value)| {
+                Some((
+                    HeaderName::from_bytes(name.as_bytes()).ok()?,
+                    HeaderValue::from_str(value).ok()?,
+                ))
+            })
+            .collect();
+        ForwardPolicy {
+            extra,
+            trust_incoming: config.trust_forwarded_headers,
+        }
+    }
+}
+
 /// The upgrade request to send to `pod`: same path and query (under the
 /// pod URL's path), end-to-end headers, `Host` set to the pod, and
 /// `X-Forwarded-For`/`-Proto`/`-Host` describing the client.
@@ -71,6 +102,7 @@ pub fn pod_request(
     pod: &PodAddress,
     client_addr: SocketAddr,
     client_scheme: &'static str,
+    policy: &ForwardPolicy,
 ) -> Request<Empty<Bytes>> {
     let path_and_query = client
         .uri
@@ -80,8 +112,17 @@ pub fn pod_request(
     let target = format!("{}{}", pod.path_prefix, path_and_query);
     let mut headers = end_to_end(&client.headers);
     headers.remove(header::HOST);
-    for name in FORWARDED {
-        headers.remove(*name);
+    let incoming_for: Vec<String> = client
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .collect();
+    if !policy.trust_incoming {
+        for name in FORWARDED {
+            headers.remove(*name);
+        }
     }
     let original_host = client.headers.get(header::HOST).cloned();
     if let Ok(host) = HeaderValue::from_str(&pod.authority) {
@@ -89,12 +130,25 @@ pub fn pod_request(
     }
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    if let Ok(ip) = HeaderValue::from_str(&client_addr.ip().to_string()) {
-        headers.insert("x-forwarded-for", ip);
+    let ip = client_addr.ip().to_string();
+    let forwarded_for = if policy.trust_incoming && !incoming_for.is_empty() {
+        format!("{}, {ip}", incoming_for.join(", "))
+    } else {
+        ip
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert("x-forwarded-for", value);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(client_scheme));
-    if let Some(host) = original_host {
+    if !(policy.trust_incoming && headers.contains_key("x-forwarded-proto")) {
+        headers.insert("x-forwarded-proto", HeaderValue::from_static(client_scheme));
+    }
+    if let Some(host) = original_host
+        && !(policy.trust_incoming && headers.contains_key("x-forwarded-host"))
+    {
         headers.insert("x-forwarded-host", host);
+    }
+    for (name, value) in &policy.extra {
+        headers.insert(name.clone(), value.clone());
     }
     let mut request = Request::new(Empty::new());
     // A path that parsed as part of the client's request parses again here;
@@ -154,7 +208,13 @@ mod tests {
     fn request_keeps_end_to_end_headers_and_sets_forwarding() {
         let pod = PodAddress::parse("http://10.0.0.5:8080/app", "/metric").unwrap();
         let client: SocketAddr = "192.0.2.9:5555".parse().unwrap();
-        let r = pod_request(&client_parts(), &pod, client, "http");
+        let r = pod_request(
+            &client_parts(),
+            &pod,
+            client,
+            "http",
+            &ForwardPolicy::default(),
+        );
         let h = r.headers();
         assert_eq!(r.uri(), "/app/ws?room=7");
         assert_eq!(h["host"], "10.0.0.5:8080");
@@ -169,6 +229,22 @@ mod tests {
         assert_eq!(h["upgrade"], "websocket");
         assert!(!h.contains_key("x-secret-hop"));
         assert!(!h.contains_key("keep-alive"));
+    }
+
+    #[test]
+    fn trusted_forwarding_appends_and_extra_headers_are_set() {
+        let pod = PodAddress::parse("http://10.0.0.5:8080", "/metric").unwrap();
+        let client: SocketAddr = "192.0.2.9:5555".parse().unwrap();
+        let policy = ForwardPolicy {
+            extra: vec![(
+                HeaderName::from_static("x-env"),
+                HeaderValue::from_static("prod"),
+            )],
+            trust_incoming: true,
+        };
+        let r = pod_request(&client_parts(), &pod, client, "http", &policy);
+        assert_eq!(r.headers()["x-forwarded-for"], "6.6.6.6, 192.0.2.9");
+        assert_eq!(r.headers()["x-env"], "prod");
     }
 
     #[test]

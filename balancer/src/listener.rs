@@ -12,9 +12,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::upgrade::Proxy;
 
-/// How long a client may take to send its request headers (slowloris guard).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Accepts until `drain` (or `stop`) is cancelled; the listening socket is
 /// closed then, so new clients are refused at once. Connections are tracked
 /// by `tasks` and dropped when `stop` is cancelled.
@@ -41,12 +38,15 @@ pub async fn accept_loop(
         };
         let _ = tcp.set_nodelay(true);
         let proxy = proxy.clone();
+        let (header_timeout, max_header_bytes) = (proxy.handshake_timeout, proxy.max_header_bytes);
         let stopped = stop.clone().cancelled_owned();
         tasks.spawn(async move {
             let service = service_fn(move |request| proxy.clone().handle(client, request));
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
+                // Slowloris guard, and 431 for a head larger than allowed.
+                .header_read_timeout(header_timeout)
+                .max_buf_size(max_header_bytes)
                 .serve_connection(TokioIo::new(tcp), service)
                 .with_upgrades();
             tokio::pin!(conn);

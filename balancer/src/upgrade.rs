@@ -40,8 +40,16 @@ pub struct Proxy {
     pub drain: DrainSignal,
     /// Tracks relay tasks so shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// Headers added to forwarded requests.
+    pub forward: forward::ForwardPolicy,
+    /// `allowedOrigins`, lowercased; empty allows all.
+    pub allowed_origins: Vec<String>,
     /// `maxConnections` (0 = unlimited).
     pub max_connections: u64,
+    /// Time a client has to send its request head.
+    pub handshake_timeout: std::time::Duration,
+    /// Largest request head accepted (431 beyond).
+    pub max_header_bytes: usize,
     /// Connections being dialled or relayed now, against `max_connections`.
     active: Arc<AtomicU64>,
     /// Source of connection ids for logs.
@@ -83,9 +91,35 @@ impl Proxy {
                 code: config.drain_close_code,
             },
             tasks,
+            forward: forward::ForwardPolicy::from_config(config),
+            allowed_origins: config
+                .allowed_origins
+                .iter()
+                .map(|o| o.to_ascii_lowercase())
+                .collect(),
             max_connections: config.max_connections,
+            handshake_timeout: config.handshake_timeout,
+            max_header_bytes: config.max_handshake_header_bytes,
             active: Arc::new(AtomicU64::new(0)),
             next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Whether the request's `Origin` is allowed (absent is: not a browser).
+    fn origin_allowed(&self, headers: &http::HeaderMap) -> bool {
+        if self.allowed_origins.is_empty() {
+            return true;
+        }
+        let origins: Vec<&http::HeaderValue> =
+            headers.get_all(http::header::ORIGIN).iter().collect();
+        match origins.as_slice() {
+            [] => true,
+            [origin] => origin.to_str().is_ok_and(|o| {
+                self.allowed_origins
+                    .iter()
+                    .any(|a| a.eq_ignore_ascii_case(o))
+            }),
+            _ => false,
         }
     }
 
@@ -112,6 +146,10 @@ impl Proxy {
             tracing::debug!(conn_id, %client, status = rejection.status.as_u16(), reason = rejection.reason, "request refused");
             return Ok(rejection.into_response());
         }
+        if !self.origin_allowed(request.headers()) {
+            tracing::info!(conn_id, %client, "origin not allowed");
+            return Ok(plain_response(StatusCode::FORBIDDEN, "origin not allowed"));
+        }
         let Some(slot) = self.slot() else {
             tracing::warn!(conn_id, %client, max = self.max_connections, "maxConnections reached");
             return Ok(unavailable("the balancer is at maxConnections"));
@@ -132,7 +170,8 @@ impl Proxy {
         // timeouts when many pods are black holes.
         for pod in candidates.pods.into_iter().take(MAX_ATTEMPTS) {
             let mut lease = pod.lease(self.registry.settings().early_refresh());
-            let forwarded = forward::pod_request(&parts, &pod.address, client, self.scheme);
+            let forwarded =
+                forward::pod_request(&parts, &pod.address, client, self.scheme, &self.forward);
             let dial = dial::open(&pod.address, &self.tls, forwarded);
             let answer = match tokio::time::timeout(self.dial_timeout, dial).await {
                 Ok(Ok(answer)) => answer,

@@ -6,6 +6,7 @@
 //! layering (file, environment, flags) lives in [`crate::load`]; this module
 //! only knows what a valid configuration looks like.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -110,6 +111,34 @@ pub struct Config {
     /// 1012 (service restart).
     #[serde(rename = "drainCloseCode")]
     pub drain_close_code: u16,
+
+    /// Origins allowed to open connections (`https://app.example.com`);
+    /// others get 403 before any pod is dialled. Empty allows every origin,
+    /// and a request without `Origin` (not from a browser) is always allowed.
+    #[serde(
+        rename = "allowedOrigins",
+        default,
+        deserialize_with = "string_or_list"
+    )]
+    pub allowed_origins: Vec<String>,
+
+    /// Extra headers set on every request forwarded to a pod.
+    #[serde(rename = "forwardHeaders", default)]
+    pub forward_headers: BTreeMap<String, String>,
+
+    /// Append the client's address to an incoming `X-Forwarded-For` (and keep
+    /// an incoming `X-Forwarded-Proto`/`-Host`) instead of replacing them.
+    /// Only for a balancer behind a proxy that sets them itself.
+    #[serde(rename = "trustForwardedHeaders")]
+    pub trust_forwarded_headers: bool,
+
+    /// Largest request head a client may send; a larger one gets 431.
+    #[serde(rename = "maxHandshakeHeaderBytes")]
+    pub max_handshake_header_bytes: usize,
+
+    /// Time a client has to send its whole request head (slowloris guard).
+    #[serde(rename = "handshakeTimeout", with = "humantime_serde")]
+    pub handshake_timeout: Duration,
 }
 
 /// Pod selection strategies.
@@ -161,7 +190,15 @@ pub const KEYS: &[&str] = &[
     "drainWindow",
     "drainTimeout",
     "drainCloseCode",
+    "allowedOrigins",
+    "forwardHeaders",
+    "trustForwardedHeaders",
+    "maxHandshakeHeaderBytes",
+    "handshakeTimeout",
 ];
+
+/// Smallest `maxHandshakeHeaderBytes` (the HTTP parser's own minimum).
+pub const MIN_HEADER_BYTES: usize = 8192;
 
 impl Default for Config {
     /// The original plugin's defaults, plus listen addresses.
@@ -186,6 +223,11 @@ impl Default for Config {
             drain_window: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
             drain_close_code: 1001,
+            allowed_origins: Vec::new(),
+            forward_headers: BTreeMap::new(),
+            trust_forwarded_headers: false,
+            max_handshake_header_bytes: 32 * 1024,
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -241,6 +283,46 @@ impl Config {
                         humantime::format_duration(min),
                         humantime::format_duration(MAX_DURATION)
                     ),
+                ));
+            }
+        }
+        if self.max_handshake_header_bytes < MIN_HEADER_BYTES {
+            return Err(ConfigError::invalid(
+                "maxHandshakeHeaderBytes",
+                format!("must be at least {MIN_HEADER_BYTES}"),
+            ));
+        }
+        if self.handshake_timeout < MIN_TIMEOUT || self.handshake_timeout > MAX_DURATION {
+            return Err(ConfigError::invalid(
+                "handshakeTimeout",
+                "must be between 1ms and 1 year",
+            ));
+        }
+        for (name, value) in &self.forward_headers {
+            let token = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if !token {
+                return Err(ConfigError::invalid(
+                    "forwardHeaders",
+                    format!("{name:?} is not a valid header name"),
+                ));
+            }
+            if value.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
+                return Err(ConfigError::invalid(
+                    "forwardHeaders",
+                    format!("the value of {name:?} holds control characters"),
+                ));
+            }
+        }
+        for origin in &self.allowed_origins {
+            if !(origin.starts_with("http://") || origin.starts_with("https://"))
+                || origin.ends_with('/')
+            {
+                return Err(ConfigError::invalid(
+                    "allowedOrigins",
+                    format!("{origin:?} must look like https://host[:port] (no path)"),
                 ));
             }
         }

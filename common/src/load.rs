@@ -78,6 +78,8 @@ const TYPED_KEYS: &[&str] = &[
     "maxConnections",
     "replicas",
     "drainCloseCode",
+    "trustForwardedHeaders",
+    "maxHandshakeHeaderBytes",
 ];
 
 impl Overrides {
