@@ -7,7 +7,7 @@ mod support;
 use std::collections::HashMap;
 
 use common::selection::Health;
-use support::{DEADLINE, balancer_for, config, connect, landed_on, pods, wait_until, ws_url};
+use support::{DEADLINE, config, connect, landed_on, pods, wait_until, ws_url};
 use wsbalancer::Balancer;
 
 #[tokio::test]
@@ -25,7 +25,12 @@ async fn new_connections_go_to_the_least_loaded_pod_until_even() {
     })
     .await;
 
-    let balancer = balancer_for(&pods).await;
+    // One report at start, the next one a minute away: every choice below
+    // rests on that report plus the balancer's own counting, with no poll
+    // racing a handshake.
+    let mut cfg = config(pods.iter().map(|p| p.url()).collect());
+    cfg.cache_ttl = std::time::Duration::from_secs(120);
+    let balancer = Balancer::start(cfg).await.unwrap();
     wait_until("balancer has fresh reports of 5, 0, 2", || {
         let s = balancer.registry().snapshots();
         s.iter().map(|p| p.reported).collect::<Vec<_>>() == [Some(5), Some(0), Some(2)]

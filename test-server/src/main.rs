@@ -63,6 +63,8 @@ async fn main() -> anyhow::Result<()> {
         args.listen.clone()
     };
 
+    // Handlers first: a signal sent right after the ready lines must count.
+    let stop = shutdown_signal();
     let mut pods = Vec::with_capacity(addrs.len());
     for (i, addr) in addrs.into_iter().enumerate() {
         let options = PodOptions {
@@ -80,24 +82,27 @@ async fn main() -> anyhow::Result<()> {
         println!("ready pod={} url={}", pod.name(), pod.url());
     }
 
-    shutdown_signal().await;
+    stop.await;
     for pod in pods {
         pod.stop().await;
     }
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or Ctrl-C; the handlers are installed by the call.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let ctrl_c = tokio::signal::ctrl_c();
+    async move {
+        #[cfg(unix)]
+        if let Some(mut term) = term {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
+                _ = ctrl_c => {}
                 _ = term.recv() => {}
             }
             return;
         }
+        let _ = ctrl_c.await;
     }
-    let _ = tokio::signal::ctrl_c().await;
 }
