@@ -173,6 +173,18 @@ enum PumpEnd {
     Answered,
 }
 
+impl PumpEnd {
+    /// The connection's ending when this direction (read from `reader`,
+    /// written to `writer`) ends first.
+    fn ending(self, reader: Side, writer: Side) -> Ending {
+        match self {
+            PumpEnd::Eof | PumpEnd::Answered => Ending::Closed(reader),
+            PumpEnd::ReadError => Ending::ReadError(reader),
+            PumpEnd::WriteFailed => Ending::WriteFailed(writer),
+        }
+    }
+}
+
 /// One direction: reads `from`, writes to `to` (the `toward` side).
 struct Pump {
     from: ReadEnd,
@@ -195,8 +207,25 @@ impl Pump {
         close_frame(code, reason, mask)
     }
 
-    fn result(&self, end: PumpEnd) -> PumpEnd {
-        end
+    /// Sends the relay's own Close this way once one is requested and the
+    /// stream is at a frame boundary (none if this side's peer already sent
+    /// one: it must not get a second).
+    async fn insert_close(
+        &mut self,
+        requested: Option<u16>,
+        framed: bool,
+        write_limit: Duration,
+    ) -> std::io::Result<()> {
+        let Some(code) = requested else { return Ok(()) };
+        if self.closed_by_us || !framed || !self.tracker.at_boundary() {
+            return Ok(());
+        }
+        self.closed_by_us = true;
+        if self.tracker.close_seen() {
+            return Ok(());
+        }
+        let frame = self.close(code);
+        self.to.write(&frame, write_limit).await
     }
 
     async fn run(
@@ -211,19 +240,12 @@ impl Pump {
         let mut framed = true;
         loop {
             let requested = *close.borrow_and_update();
-            if let Some(code) = requested
-                && !self.closed_by_us
-                && framed
-                && self.tracker.at_boundary()
+            if self
+                .insert_close(requested, framed, write_limit)
+                .await
+                .is_err()
             {
-                self.closed_by_us = true;
-                // The peer reading this side already got a Close: none again.
-                if !self.tracker.close_seen() {
-                    let frame = self.close(code);
-                    if self.to.write(&frame, write_limit).await.is_err() {
-                        return self.result(PumpEnd::WriteFailed);
-                    }
-                }
+                return PumpEnd::WriteFailed;
             }
             let chunk = tokio::select! {
                 read = self.from.read() => read,
@@ -263,7 +285,7 @@ impl Pump {
                         let _ = self.to.write(&frame, write_limit).await;
                     }
                     self.to.shutdown(write_limit).await;
-                    return self.result(end);
+                    return end;
                 }
             };
             shared.touch();
@@ -288,26 +310,21 @@ impl Pump {
                     let written = self.to.write(now, write_limit).await;
                     shared.writing.fetch_sub(1, Ordering::Relaxed);
                     if written.is_err() {
-                        return self.result(PumpEnd::WriteFailed);
+                        return PumpEnd::WriteFailed;
                     }
                     shared.bytes[side].fetch_add(now.len() as u64, Ordering::Relaxed);
                     shared.messages[side].store(self.tracker.messages(), Ordering::Relaxed);
                 } else if self.tracker.close_seen() {
                     // The answer to our Close: this direction is done.
                     self.to.shutdown(write_limit).await;
-                    return self.result(PumpEnd::Answered);
+                    return PumpEnd::Answered;
                 }
-                if let (Some(code), false) = (requested, self.closed_by_us)
-                    && framed
-                    && self.tracker.at_boundary()
+                if self
+                    .insert_close(requested, framed, write_limit)
+                    .await
+                    .is_err()
                 {
-                    self.closed_by_us = true;
-                    if !self.tracker.close_seen() {
-                        let frame = self.close(code);
-                        if self.to.write(&frame, write_limit).await.is_err() {
-                            return self.result(PumpEnd::WriteFailed);
-                        }
-                    }
+                    return PumpEnd::WriteFailed;
                 }
                 rest = later;
             }
@@ -374,25 +391,15 @@ pub async fn relay(
         let deadline = linger.unwrap_or_else(|| shared.idle_deadline(limits.idle));
         tokio::select! {
             r = &mut up, if up_result.is_none() => {
-                ending.get_or_insert(match r {
-                    PumpEnd::Eof | PumpEnd::Answered => Ending::Closed(Side::Client),
-                    PumpEnd::ReadError => Ending::ReadError(Side::Client),
-                    PumpEnd::WriteFailed => Ending::WriteFailed(Side::Pod),
-                });
-                let failed = r == PumpEnd::WriteFailed;
+                ending.get_or_insert(r.ending(Side::Client, Side::Pod));
                 up_result = Some(r);
-                if failed { break; }
+                if r == PumpEnd::WriteFailed { break; }
                 linger.get_or_insert_with(|| far_future_add(Instant::now(), linger_for));
             }
             r = &mut down, if down_result.is_none() => {
-                ending.get_or_insert(match r {
-                    PumpEnd::Eof | PumpEnd::Answered => Ending::Closed(Side::Pod),
-                    PumpEnd::ReadError => Ending::ReadError(Side::Pod),
-                    PumpEnd::WriteFailed => Ending::WriteFailed(Side::Client),
-                });
-                let failed = r == PumpEnd::WriteFailed;
+                ending.get_or_insert(r.ending(Side::Pod, Side::Client));
                 down_result = Some(r);
-                if failed { break; }
+                if r == PumpEnd::WriteFailed { break; }
                 linger.get_or_insert_with(|| far_future_add(Instant::now(), linger_for));
             }
             () = sleep_until(deadline) => {

@@ -6,6 +6,7 @@
 //! failure or Ctrl-C.
 
 mod bench_balance;
+mod bench_relay;
 mod procs;
 
 use std::path::PathBuf;
@@ -64,6 +65,16 @@ enum Bench {
         #[arg(long)]
         only: Option<String>,
     },
+    /// Cost of the relay against a direct connection: connections/s, echo
+    /// throughput and latency, CPU per operation, idle memory.
+    Relay {
+        /// Runs per figure (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Idle connections held for the memory figure.
+        #[arg(long, default_value_t = 9000)]
+        idle: usize,
+    },
 }
 
 #[tokio::main]
@@ -71,9 +82,14 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Bench { bench, out } => {
             build_release().await?;
-            let Bench::Balance { only } = bench;
+            let work = async {
+                match bench {
+                    Bench::Balance { only } => bench_balance::run(only.as_deref()).await,
+                    Bench::Relay { runs, idle } => bench_relay::run(runs, idle).await,
+                }
+            };
             let table = tokio::select! {
-                r = bench_balance::run(only.as_deref()) => r?,
+                r = work => r?,
                 _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
             };
             println!("\n{table}");

@@ -70,6 +70,11 @@ impl Procs {
         Ok(())
     }
 
+    /// Process id of the child started as `name`.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.children.iter().find(|(n, _)| n == name)?.1.id()
+    }
+
     /// SIGKILL to the child started as `name`, as a crash would.
     pub async fn kill(&mut self, name: &str) -> anyhow::Result<()> {
         let index = self
