@@ -86,6 +86,12 @@ pub struct Cli {
     /// Time a client has to send its request head [default: 10s].
     #[arg(long, value_name = "DURATION")]
     pub handshake_timeout: Option<String>,
+    /// PEM certificate chain: serve TLS (wss://) on the listener.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<String>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<String>,
     /// Log level or filter (RUST_LOG wins when set).
     #[arg(long, default_value = "info", value_name = "LEVEL")]
     pub log_level: String,
@@ -98,7 +104,7 @@ impl Cli {
     /// The configuration layers these flags describe.
     pub fn sources(&self) -> ConfigSources {
         let mut overrides = Overrides::default();
-        let flags: [(&'static str, &Option<String>); 23] = [
+        let flags: [(&'static str, &Option<String>); 25] = [
             ("listen", &self.listen),
             ("adminListen", &self.admin_listen),
             ("pods", &self.pods),
@@ -122,6 +128,8 @@ impl Cli {
             ("trustForwardedHeaders", &self.trust_forwarded_headers),
             ("maxHandshakeHeaderBytes", &self.max_handshake_header_bytes),
             ("handshakeTimeout", &self.handshake_timeout),
+            ("tlsCert", &self.tls_cert),
+            ("tlsKey", &self.tls_key),
         ];
         for (key, value) in flags {
             if let Some(value) = value {

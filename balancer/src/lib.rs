@@ -19,6 +19,7 @@ pub mod poller;
 pub mod registry;
 pub mod relay;
 pub mod tls;
+pub mod tls_listener;
 pub mod upgrade;
 
 use std::net::SocketAddr;
@@ -53,6 +54,9 @@ pub enum StartError {
     /// TLS toward pods could not be set up.
     #[error(transparent)]
     Tls(#[from] tls::TlsSetupError),
+    /// The listener's certificate or key could not be loaded.
+    #[error(transparent)]
+    ServerTls(#[from] tls_listener::ServerTlsError),
     /// The polling HTTP client could not be built.
     #[error("http client: {0}")]
     HttpClient(#[from] reqwest::Error),
@@ -116,14 +120,21 @@ impl Balancer {
             &stop,
         );
 
-        let proxy = Arc::new(Proxy::new(
+        let mut proxy = Proxy::new(
             &config,
             registry.clone(),
             tls,
             drain.clone(),
             stop.clone(),
             relays.clone(),
-        ));
+        );
+        if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+            let server_tls = Arc::new(tls_listener::ServerTls::load(cert, key)?);
+            tasks.spawn(server_tls.clone().watch(stop.clone()));
+            proxy.server_tls = Some(server_tls);
+            proxy.scheme = "https";
+        }
+        let proxy = Arc::new(proxy);
         tasks.spawn(listener::accept_loop(
             listener,
             proxy,

@@ -7,7 +7,8 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 
 use crate::upgrade::Proxy;
@@ -38,26 +39,48 @@ pub async fn accept_loop(
         };
         let _ = tcp.set_nodelay(true);
         let proxy = proxy.clone();
-        let (header_timeout, max_header_bytes) = (proxy.handshake_timeout, proxy.max_header_bytes);
         let stopped = stop.clone().cancelled_owned();
         tasks.spawn(async move {
-            let service = service_fn(move |request| proxy.clone().handle(client, request));
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                // Slowloris guard, and 431 for a head larger than allowed.
-                .header_read_timeout(header_timeout)
-                .max_buf_size(max_header_bytes)
-                .serve_connection(TokioIo::new(tcp), service)
-                .with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                result = conn.as_mut() => {
-                    if let Err(error) = result {
-                        tracing::debug!(%client, %error, "http connection ended with an error");
+            match proxy.server_tls.clone() {
+                None => serve(tcp, proxy, client, stopped).await,
+                Some(tls) => {
+                    let accept = TlsAcceptor::from(tls.current()).accept(tcp);
+                    match tokio::time::timeout(proxy.handshake_timeout, accept).await {
+                        Ok(Ok(stream)) => serve(stream, proxy, client, stopped).await,
+                        Ok(Err(error)) => tracing::debug!(%client, %error, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%client, "TLS handshake timed out"),
                     }
                 }
-                () = stopped => {}
             }
         });
+    }
+}
+
+/// Serves one client connection (plain or TLS) as HTTP/1.1 with upgrades.
+async fn serve<IO>(
+    io: IO,
+    proxy: Arc<Proxy>,
+    client: std::net::SocketAddr,
+    stopped: WaitForCancellationFutureOwned,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (header_timeout, max_header_bytes) = (proxy.handshake_timeout, proxy.max_header_bytes);
+    let service = service_fn(move |request| proxy.clone().handle(client, request));
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        // Slowloris guard, and 431 for a head larger than allowed.
+        .header_read_timeout(header_timeout)
+        .max_buf_size(max_header_bytes)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(error) = result {
+                tracing::debug!(%client, %error, "http connection ended with an error");
+            }
+        }
+        () = stopped => {}
     }
 }

@@ -34,7 +34,7 @@ fn main() -> ExitCode {
             // still a config error.
             let config_error = matches!(
                 error.downcast_ref::<StartError>(),
-                Some(StartError::Config(_) | StartError::Tls(_))
+                Some(StartError::Config(_) | StartError::Tls(_) | StartError::ServerTls(_))
             );
             ExitCode::from(if config_error { 2 } else { 1 })
         }

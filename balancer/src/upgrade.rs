@@ -50,6 +50,8 @@ pub struct Proxy {
     pub handshake_timeout: std::time::Duration,
     /// Largest request head accepted (431 beyond).
     pub max_header_bytes: usize,
+    /// TLS termination on the listener, when configured.
+    pub server_tls: Option<Arc<crate::tls_listener::ServerTls>>,
     /// Connections being dialled or relayed now, against `max_connections`.
     active: Arc<AtomicU64>,
     /// Source of connection ids for logs.
@@ -100,6 +102,7 @@ impl Proxy {
             max_connections: config.max_connections,
             handshake_timeout: config.handshake_timeout,
             max_header_bytes: config.max_handshake_header_bytes,
+            server_tls: None,
             active: Arc::new(AtomicU64::new(0)),
             next_id: AtomicU64::new(1),
         }

@@ -139,6 +139,15 @@ pub struct Config {
     /// Time a client has to send its whole request head (slowloris guard).
     #[serde(rename = "handshakeTimeout", with = "humantime_serde")]
     pub handshake_timeout: Duration,
+
+    /// PEM certificate chain for TLS on the listener (with `tlsKey`);
+    /// reloaded when the file changes.
+    #[serde(rename = "tlsCert", default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for `tlsCert`.
+    #[serde(rename = "tlsKey", default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Pod selection strategies.
@@ -195,6 +204,8 @@ pub const KEYS: &[&str] = &[
     "trustForwardedHeaders",
     "maxHandshakeHeaderBytes",
     "handshakeTimeout",
+    "tlsCert",
+    "tlsKey",
 ];
 
 /// Smallest `maxHandshakeHeaderBytes` (the HTTP parser's own minimum).
@@ -228,6 +239,8 @@ impl Default for Config {
             trust_forwarded_headers: false,
             max_handshake_header_bytes: 32 * 1024,
             handshake_timeout: Duration::from_secs(10),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -285,6 +298,25 @@ impl Config {
                     ),
                 ));
             }
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => {
+                return Err(ConfigError::invalid("tlsKey", "required with tlsCert"));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid("tlsCert", "required with tlsKey"));
+            }
+            (Some(cert), Some(key)) => {
+                for (name, path) in [("tlsCert", cert), ("tlsKey", key)] {
+                    if !path.is_file() {
+                        return Err(ConfigError::invalid(
+                            name,
+                            format!("{} is not a readable file", path.display()),
+                        ));
+                    }
+                }
+            }
+            (None, None) => {}
         }
         if self.max_handshake_header_bytes < MIN_HEADER_BYTES {
             return Err(ConfigError::invalid(

@@ -2,7 +2,8 @@
 //! direct connection to the pod measured in the same run: idle memory per
 //! relayed connection, new connections per second, echo throughput and
 //! latency (small and large messages), and the balancer's CPU per operation.
-//! Each figure is the median of `runs` runs.
+//! Each figure is the median of `runs` runs. As the relay issue's method
+//! asks, the balancer is pinned to core 0 and the pod and clients to core 1.
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -13,6 +14,19 @@ use tokio::process::Command;
 use crate::procs::{Procs, http_get};
 use crate::{field, release_bin};
 
+/// A command pinned to one core with `taskset` (util-linux), as the relay
+/// issue's method asks: the proxy on core 0, pods and clients on core 1.
+/// Without `taskset` the command runs unpinned.
+fn pinned(core: u32, program: std::path::PathBuf) -> Command {
+    if std::path::Path::new("/usr/bin/taskset").exists() {
+        let mut cmd = Command::new("/usr/bin/taskset");
+        cmd.arg("-c").arg(core.to_string()).arg(program);
+        cmd
+    } else {
+        Command::new(program)
+    }
+}
+
 /// One load run's result, from test-client's JSON.
 struct Load {
     ok: u64,
@@ -22,7 +36,7 @@ struct Load {
 }
 
 async fn load(url: &str, args: &[&str]) -> anyhow::Result<Load> {
-    let out = Command::new(release_bin("test-client"))
+    let out = pinned(1, release_bin("test-client"))
         .args(["--url", url, "--json", "-", "--timeout", "30s"])
         .args(args)
         .output()
@@ -83,7 +97,7 @@ async fn setup(procs: &mut Procs) -> anyhow::Result<(String, String, u32, String
     let lines = procs
         .start(
             "test-server",
-            Command::new(release_bin("test-server")).args(["--pods", "1", "--base-port", "0"]),
+            pinned(1, release_bin("test-server")).args(["--pods", "1", "--base-port", "0"]),
             1,
         )
         .await?;
@@ -94,7 +108,7 @@ async fn setup(procs: &mut Procs) -> anyhow::Result<(String, String, u32, String
     let lines = procs
         .start(
             "wsbalancer",
-            Command::new(release_bin("wsbalancer"))
+            pinned(0, release_bin("wsbalancer"))
                 .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
                 .args([
                     "--log-level",
@@ -256,7 +270,7 @@ async fn measure(procs: &mut Procs, runs: usize, idle: usize) -> anyhow::Result<
         let n = wave.min(idle - opened);
         procs.spawn(
             "idle-clients",
-            Command::new(release_bin("test-client"))
+            pinned(1, release_bin("test-client"))
                 .args(["--url", &through, "--connections", &n.to_string()])
                 .args([
                     "--concurrency",

@@ -1,0 +1,128 @@
+//! TLS termination on the client-facing listener (`tlsCert`, `tlsKey`).
+//!
+//! The certificate and key are read at start and read again whenever either
+//! file changes (checked every [`RELOAD_CHECK`]), so a renewed certificate is
+//! served without a restart. A file that fails to load is reported once and
+//! the previous certificate stays in use.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use rustls::ServerConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_util::sync::CancellationToken;
+
+/// How often the certificate files are checked for changes.
+pub const RELOAD_CHECK: Duration = Duration::from_secs(1);
+
+/// Why the certificate could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerTlsError {
+    /// A file could not be read or parsed.
+    #[error("invalid config: key `{key}`: {path}: {problem}")]
+    File {
+        /// `tlsCert` or `tlsKey`.
+        key: &'static str,
+        /// The file.
+        path: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The key does not match the certificate, or rustls refused them.
+    #[error("invalid config: key `tlsKey`: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// The listener's current TLS configuration, swapped on reload.
+#[derive(Debug)]
+pub struct ServerTls {
+    cert: PathBuf,
+    key: PathBuf,
+    current: RwLock<Arc<ServerConfig>>,
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, ServerTlsError> {
+    let file_error = |key: &'static str, path: &Path, problem: String| ServerTlsError::File {
+        key,
+        path: path.display().to_string(),
+        problem,
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| file_error("tlsCert", cert, e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| file_error("tlsCert", cert, e.to_string()))?;
+    if certs.is_empty() {
+        return Err(file_error(
+            "tlsCert",
+            cert,
+            "no PEM certificate found".into(),
+        ));
+    }
+    let private =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| file_error("tlsKey", key, e.to_string()))?;
+    let mut config = ServerConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, private)?;
+    // WebSocket upgrades are HTTP/1.1.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+impl ServerTls {
+    /// Loads the certificate and key.
+    pub fn load(cert: &Path, key: &Path) -> Result<Self, ServerTlsError> {
+        Ok(ServerTls {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            current: RwLock::new(load(cert, key)?),
+        })
+    }
+
+    /// The configuration new TLS handshakes use.
+    pub fn current(&self) -> Arc<ServerConfig> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Reloads whenever a file changes, until `stop` is cancelled.
+    pub async fn watch(self: Arc<Self>, stop: CancellationToken) {
+        let mut seen = (modified(&self.cert), modified(&self.key));
+        let mut last_error: Option<String> = None;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(RELOAD_CHECK) => {}
+                () = stop.cancelled() => return,
+            }
+            let now = (modified(&self.cert), modified(&self.key));
+            if now == seen {
+                continue;
+            }
+            match load(&self.cert, &self.key) {
+                Ok(config) => {
+                    *self.current.write().unwrap_or_else(|p| p.into_inner()) = config;
+                    seen = now;
+                    last_error = None;
+                    tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded");
+                }
+                Err(error) => {
+                    // Often a renewal caught half-written: try again later,
+                    // keep serving the previous certificate meanwhile.
+                    let error = error.to_string();
+                    if last_error.as_deref() != Some(&error) {
+                        tracing::warn!(%error, "TLS certificate reload failed, keeping the previous one");
+                    }
+                    last_error = Some(error);
+                }
+            }
+        }
+    }
+}
