@@ -461,6 +461,21 @@ mod tests {
         }
     }
 
+    /// Relays between two accepted sockets in a task of its own.
+    fn start(
+        client: TcpStream,
+        pod: TcpStream,
+        drain: DrainSignal,
+    ) -> tokio::task::JoinHandle<RelayOutcome> {
+        tokio::spawn(relay(
+            tcp_end(client),
+            tcp_end(pod),
+            limits(),
+            drain,
+            CancellationToken::new(),
+        ))
+    }
+
     fn no_drain() -> DrainSignal {
         DrainSignal {
             started: CancellationToken::new(),
@@ -473,13 +488,7 @@ mod tests {
     async fn frames_pass_unchanged_and_messages_are_counted() {
         let (mut client, client_near) = pair().await;
         let (pod_near, mut pod) = pair().await;
-        let task = tokio::spawn(relay(
-            tcp_end(client_near),
-            tcp_end(pod_near),
-            limits(),
-            no_drain(),
-            CancellationToken::new(),
-        ));
+        let task = start(client_near, pod_near, no_drain());
         let masked = encode_frame(true, OP_TEXT, b"hello", Some([1, 2, 3, 4]));
         client.write_all(&masked).await.unwrap();
         let mut got = vec![0u8; masked.len()];
@@ -505,13 +514,7 @@ mod tests {
     async fn a_blocked_direction_does_not_stall_the_other() {
         let (client, client_near) = pair().await;
         let (pod_near, pod) = pair().await;
-        let task = tokio::spawn(relay(
-            tcp_end(client_near),
-            tcp_end(pod_near),
-            limits(),
-            no_drain(),
-            CancellationToken::new(),
-        ));
+        let task = start(client_near, pod_near, no_drain());
         let (mut pod_read, mut pod_write) = pod.into_split();
         let (_client_read, mut client_write) = client.into_split();
         // The client never reads while the pod pushes far more than the
@@ -543,13 +546,7 @@ mod tests {
         let (pod_near, mut pod) = pair().await;
         let drain = no_drain();
         let started = drain.started.clone();
-        let task = tokio::spawn(relay(
-            tcp_end(client_near),
-            tcp_end(pod_near),
-            limits(),
-            drain,
-            CancellationToken::new(),
-        ));
+        let task = start(client_near, pod_near, drain);
         // Half a frame from the pod, then the drain starts.
         let frame = encode_frame(true, OP_BINARY, &[5u8; 1000], None);
         pod.write_all(&frame[..500]).await.unwrap();

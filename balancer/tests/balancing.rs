@@ -60,18 +60,7 @@ async fn new_connections_go_to_the_least_loaded_pod_until_even() {
     .await;
     drop(through);
     drop(direct);
-    wait_until("all connections ended", || {
-        pods.iter().all(|p| p.connections() == 0)
-    })
-    .await;
-    wait_until("balancer relays nothing", || {
-        balancer
-            .registry()
-            .snapshots()
-            .iter()
-            .all(|s| s.relayed == 0)
-    })
-    .await;
+    support::wait_all_closed(&pods, &balancer).await;
     balancer.shutdown(DEADLINE).await;
 }
 

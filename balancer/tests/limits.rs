@@ -134,18 +134,7 @@ async fn max_connections_caps_the_whole_balancer() {
     assert_eq!((status, retry.is_some()), (503, true));
     assert_eq!(pods[0].accepted() + pods[1].accepted(), 3);
     drop(held);
-    wait_until("slots released", || {
-        pods.iter().all(|p| p.connections() == 0)
-    })
-    .await;
-    wait_until("relays ended", || {
-        balancer
-            .registry()
-            .snapshots()
-            .iter()
-            .all(|s| s.relayed == 0)
-    })
-    .await;
+    support::wait_all_closed(&pods, &balancer).await;
     let _back = connect(&ws_url(&balancer, "/ws")).await;
     balancer.shutdown(DEADLINE).await;
 }

@@ -165,3 +165,20 @@ pub async fn raw_frame(tcp: &mut TcpStream) -> (u8, Vec<u8>) {
         .expect("frame in time")
         .expect("frame")
 }
+
+/// Waits until every pod holds no connection and the balancer relays none:
+/// nothing left behind once the clients are gone.
+pub async fn wait_all_closed(pods: &[Pod], balancer: &Balancer) {
+    wait_until("pods hold nothing", || {
+        pods.iter().all(|p| p.connections() == 0)
+    })
+    .await;
+    wait_until("balancer relays nothing", || {
+        balancer
+            .registry()
+            .snapshots()
+            .iter()
+            .all(|s| s.relayed == 0)
+    })
+    .await;
+}
