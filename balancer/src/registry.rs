@@ -183,11 +183,13 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        // `closed` before `settled`: a poll base taken in between then
-        // over-counts this connection (harmless until the next report)
-        // instead of under-counting it.
+        if !self.settled {
+            // The dial never reached a 101: the pod never counted this
+            // connection, so it is undone rather than counted as closed.
+            self.pod.opened.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
         self.pod.closed.fetch_add(1, Ordering::SeqCst);
-        self.settle();
     }
 }
 

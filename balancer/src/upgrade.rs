@@ -149,6 +149,16 @@ impl Proxy {
             tracing::debug!(conn_id, %client, status = rejection.status.as_u16(), reason = rejection.reason, "request refused");
             return Ok(rejection.into_response());
         }
+        if self.drain.started.is_cancelled() {
+            // A kept-alive connection may still send an upgrade while the
+            // balancer drains: it goes elsewhere, and this connection closes.
+            let mut response = unavailable("draining");
+            response.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+            return Ok(response);
+        }
         if !self.origin_allowed(request.headers()) {
             tracing::info!(conn_id, %client, "origin not allowed");
             return Ok(plain_response(StatusCode::FORBIDDEN, "origin not allowed"));
@@ -231,10 +241,20 @@ impl Proxy {
         (lease, _slot): (Lease, Slot),
     ) {
         let started = Instant::now();
-        let client_io = match on_upgrade.await {
-            Ok(io) => io,
-            Err(error) => {
+        // Bounded: a client that never takes its 101 must not hold the pod
+        // connection, its count and a maxConnections slot.
+        let upgraded = tokio::select! {
+            r = tokio::time::timeout(self.handshake_timeout, on_upgrade) => r,
+            () = self.stop.cancelled() => return,
+        };
+        let client_io = match upgraded {
+            Ok(Ok(io)) => io,
+            Ok(Err(error)) => {
                 tracing::info!(conn_id, %client, pod = lease.pod_url(), %error, closed_by = "client upgrade failed", "connection closed");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(conn_id, %client, pod = lease.pod_url(), closed_by = "client upgrade timed out", "connection closed");
                 return;
             }
         };

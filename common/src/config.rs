@@ -170,6 +170,10 @@ pub enum Strategy {
 /// Shortest `cacheTTL`: polls must have time to complete.
 pub const MIN_CACHE_TTL: Duration = Duration::from_millis(100);
 
+/// Time a drain leaves after `drainWindow` for the last Close exchanges
+/// (the relay's close linger).
+pub const DRAIN_CLOSE_GRACE: Duration = Duration::from_secs(2);
+
 /// Shortest dial, read and write timeout.
 pub const MIN_TIMEOUT: Duration = Duration::from_millis(1);
 
@@ -364,10 +368,10 @@ impl Config {
                 "must be 1001 (going away) or 1012 (service restart)",
             ));
         }
-        if self.drain_window > self.drain_timeout {
+        if self.drain_window + DRAIN_CLOSE_GRACE > self.drain_timeout {
             return Err(ConfigError::invalid(
-                "drainWindow",
-                "must not be longer than drainTimeout",
+                "drainTimeout",
+                "must exceed drainWindow by at least 2s, for the last close handshakes",
             ));
         }
         if self.drain_timeout > MAX_DURATION {

@@ -75,6 +75,8 @@ pub struct FrameTracker {
     messages: u64,
     /// Whether a Close frame has passed completely.
     close_seen: bool,
+    /// Header of the frame whose payload is passing.
+    current: Option<FrameHeader>,
 }
 
 /// Header length given its first two bytes.
@@ -149,6 +151,18 @@ impl FrameTracker {
         self.close_seen
     }
 
+    /// A frame has passed whole: count it.
+    fn frame_done(&mut self) {
+        if let Some(header) = self.current.take() {
+            if header.fin && !header.is_control() {
+                self.messages += 1;
+            }
+            if header.opcode == OP_CLOSE {
+                self.close_seen = true;
+            }
+        }
+    }
+
     /// Follows `bytes`, calling `on_frame` with each frame's header as soon
     /// as the header is complete. Returns how many bytes were consumed: all
     /// of them, unless `stop_at_boundary` is set and a frame ended before the
@@ -166,8 +180,11 @@ impl FrameTracker {
                 let take = self.remaining.min(available);
                 i += take as usize;
                 self.remaining -= take;
-                if self.remaining == 0 && stop_at_boundary {
-                    return Ok(i);
+                if self.remaining == 0 {
+                    self.frame_done();
+                    if stop_at_boundary {
+                        return Ok(i);
+                    }
                 }
                 continue;
             }
@@ -177,18 +194,17 @@ impl FrameTracker {
             if self.have < 2 || self.have < header_len(self.header[0], self.header[1]) {
                 continue;
             }
-            let header = parse_header(&self.header[..self.have])?;
+            let parsed = parse_header(&self.header[..self.have]);
             self.have = 0;
+            let header = parsed?;
             on_frame(&header);
-            if header.fin && !header.is_control() {
-                self.messages += 1;
-            }
-            if header.opcode == OP_CLOSE {
-                self.close_seen = true;
-            }
+            self.current = Some(header);
             self.remaining = header.len;
-            if self.remaining == 0 && stop_at_boundary {
-                return Ok(i);
+            if self.remaining == 0 {
+                self.frame_done();
+                if stop_at_boundary {
+                    return Ok(i);
+                }
             }
         }
         Ok(i)
@@ -300,6 +316,16 @@ mod tests {
             assert!(t.close_seen());
             assert_eq!(t.messages(), 2);
         }
+    }
+
+    #[test]
+    fn a_half_frame_is_not_counted_yet() {
+        let frame = encode_frame(true, OP_TEXT, b"hello", None);
+        let mut t = FrameTracker::new();
+        t.feed(&frame[..4], false, |_| {}).unwrap();
+        assert_eq!(t.messages(), 0);
+        t.feed(&frame[4..], false, |_| {}).unwrap();
+        assert_eq!(t.messages(), 1);
     }
 
     #[test]
