@@ -319,11 +319,53 @@ impl Pod {
     /// Current view of the pod.
     pub fn snapshot(&self, settings: &Settings) -> PodSnapshot {
         let status = self.status();
+        let figures = self.figures(&status, settings);
+        let report = status.report.as_ref().map(|(r, _)| r);
+        PodSnapshot {
+            url: self.address.url.clone(),
+            pod_name: report.and_then(|r| r.pod_name.clone()),
+            reported: report.map(|r| r.agents_connections),
+            capacity: report.and_then(|r| r.capacity),
+            state: figures.state,
+            report_age: figures.report_age,
+            stale: figures.stale,
+            effective: figures.effective,
+            relayed: figures.relayed,
+            health: figures.health,
+            accepting: figures.state.accepts_new(),
+            warmup: figures.warmup,
+            consecutive_failures: status.consecutive_failures,
+            last_failure: status.last_failure,
+        }
+    }
+
+    /// What selection needs of the pod, without copying any string: this
+    /// runs for every pod on every new connection.
+    fn load(&self, settings: &Settings, epoch: Instant) -> PodLoad {
+        let status = self.status();
+        let figures = self.figures(&status, settings);
+        let report = status.report.as_ref().map(|(r, _)| r);
+        PodLoad {
+            load: figures.effective,
+            reported: report.map_or(0, |r| r.agents_connections),
+            local: figures.relayed,
+            capacity: report.and_then(|r| r.capacity),
+            limit: settings.max_per_pod,
+            warmup: figures.warmup,
+            health: figures.health,
+            accepting: figures.state.accepts_new(),
+            last_failure: status.last_failure.map_or(0, |at| {
+                at.saturating_duration_since(epoch).as_millis() as u64
+            }),
+        }
+    }
+
+    /// The derived figures both views share.
+    fn figures(&self, status: &Status, settings: &Settings) -> Figures {
         let opened = self.opened.load(Ordering::Relaxed);
         let closed = self.closed.load(Ordering::Relaxed);
         let relayed = opened.saturating_sub(closed);
         let now = Instant::now();
-        let report = status.report.as_ref().map(|(r, _)| r);
         let (effective, report_age, stale) = match &status.report {
             Some((report, at)) => {
                 let net_since = i128::from(opened.saturating_sub(status.base.settled))
@@ -353,24 +395,31 @@ impl Pod {
             }
             _ => 1.0,
         };
-        let state = report.map(|r| r.state).unwrap_or_default();
-        PodSnapshot {
-            url: self.address.url.clone(),
-            pod_name: report.and_then(|r| r.pod_name.clone()),
-            reported: report.map(|r| r.agents_connections),
-            capacity: report.and_then(|r| r.capacity),
-            state,
-            report_age,
-            stale,
+        Figures {
             effective,
             relayed,
+            report_age,
+            stale,
             health,
-            accepting: state.accepts_new(),
             warmup,
-            consecutive_failures: status.consecutive_failures,
-            last_failure: status.last_failure,
+            state: status
+                .report
+                .as_ref()
+                .map(|(r, _)| r.state)
+                .unwrap_or_default(),
         }
     }
+}
+
+/// Figures derived from a pod's status and counters.
+struct Figures {
+    effective: u64,
+    relayed: u64,
+    report_age: Option<Duration>,
+    stale: bool,
+    health: Health,
+    warmup: f64,
+    state: PodState,
 }
 
 /// Pods in the order to try them for one new connection.
@@ -441,25 +490,9 @@ impl PodRegistry {
     /// Ranks the pods for one new connection.
     pub fn candidates(&self) -> Candidates {
         let pods = self.pods();
-        let epoch = self.started;
         let loads: Vec<PodLoad> = pods
             .iter()
-            .map(|p| {
-                let s = p.snapshot(&self.settings);
-                PodLoad {
-                    load: s.effective,
-                    reported: s.reported.unwrap_or(0),
-                    local: s.relayed,
-                    capacity: s.capacity,
-                    limit: self.settings.max_per_pod,
-                    warmup: s.warmup,
-                    health: s.health,
-                    accepting: s.accepting,
-                    last_failure: s.last_failure.map_or(0, |at| {
-                        at.saturating_duration_since(epoch).as_millis() as u64
-                    }),
-                }
-            })
+            .map(|p| p.load(&self.settings, self.started))
             .collect();
         let ranking = selection::rank(&loads, self.settings.strategy, &mut rand::rng());
         Candidates {

@@ -374,23 +374,19 @@ impl Config {
                 "must exceed drainWindow by at least 2s, for the last close handshakes",
             ));
         }
-        if self.drain_timeout > MAX_DURATION {
-            return Err(ConfigError::invalid(
-                "drainTimeout",
-                format!(
-                    "must be at most {}",
-                    humantime::format_duration(MAX_DURATION)
-                ),
-            ));
-        }
-        if self.slow_start > MAX_DURATION {
-            return Err(ConfigError::invalid(
-                "slowStart",
-                format!(
-                    "must be at most {}",
-                    humantime::format_duration(MAX_DURATION)
-                ),
-            ));
+        for (key, value) in [
+            ("drainTimeout", self.drain_timeout),
+            ("slowStart", self.slow_start),
+        ] {
+            if value > MAX_DURATION {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!(
+                        "must be at most {}",
+                        humantime::format_duration(MAX_DURATION)
+                    ),
+                ));
+            }
         }
         if self.eject_after == 0 {
             return Err(ConfigError::invalid("ejectAfter", "must be at least 1"));
