@@ -92,6 +92,10 @@ pub struct Cli {
     /// PEM private key for --tls-cert.
     #[arg(long, value_name = "FILE")]
     pub tls_key: Option<String>,
+    /// Plain HTTP requests: `proxy` them to the least-loaded pod, or
+    /// `reject` them with 426 [default: proxy].
+    #[arg(long, value_name = "MODE")]
+    pub http_mode: Option<String>,
     /// Log level or filter (RUST_LOG wins when set).
     #[arg(long, default_value = "info", value_name = "LEVEL")]
     pub log_level: String,
@@ -104,7 +108,7 @@ impl Cli {
     /// The configuration layers these flags describe.
     pub fn sources(&self) -> ConfigSources {
         let mut overrides = Overrides::default();
-        let flags: [(&'static str, &Option<String>); 25] = [
+        let flags: [(&'static str, &Option<String>); 26] = [
             ("listen", &self.listen),
             ("adminListen", &self.admin_listen),
             ("pods", &self.pods),
@@ -130,6 +134,7 @@ impl Cli {
             ("handshakeTimeout", &self.handshake_timeout),
             ("tlsCert", &self.tls_cert),
             ("tlsKey", &self.tls_key),
+            ("httpMode", &self.http_mode),
         ];
         for (key, value) in flags {
             if let Some(value) = value {

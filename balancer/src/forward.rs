@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri, request};
-use http_body_util::Empty;
+use http_body_util::{Empty, Full};
 
 use common::PodAddress;
 
@@ -27,7 +27,6 @@ const HOP_BY_HOP: &[HeaderName] = &[
     header::UPGRADE,
     header::PROXY_AUTHORIZATION,
     header::PROXY_AUTHENTICATE,
-    header::CONTENT_LENGTH,
 ];
 
 /// Hop-by-hop headers with no constant in `http`.
@@ -94,22 +93,26 @@ impl ForwardPolicy {
     }
 }
 
-/// The upgrade request to send to `pod`: same path and query (under the
-/// pod URL's path), end-to-end headers, `Host` set to the pod, and
-/// `X-Forwarded-For`/`-Proto`/`-Host` describing the client.
-pub fn pod_request(
-    client: &request::Parts,
-    pod: &PodAddress,
-    client_addr: SocketAddr,
-    client_scheme: &'static str,
-    policy: &ForwardPolicy,
-) -> Request<Empty<Bytes>> {
+/// The client's path and query under the pod URL's path.
+fn pod_target(client: &request::Parts, pod: &PodAddress) -> String {
     let path_and_query = client
         .uri
         .path_and_query()
         .map(|pq| pq.as_str())
         .unwrap_or("/");
-    let target = format!("{}{}", pod.path_prefix, path_and_query);
+    format!("{}{}", pod.path_prefix, path_and_query)
+}
+
+/// Headers of any request forwarded to `pod`: end-to-end headers, `Host`
+/// set to the pod, `X-Forwarded-For`/`-Proto`/`-Host` describing the client,
+/// and `forwardHeaders`.
+fn pod_headers(
+    client: &request::Parts,
+    pod: &PodAddress,
+    client_addr: SocketAddr,
+    client_scheme: &'static str,
+    policy: &ForwardPolicy,
+) -> HeaderMap {
     let mut headers = end_to_end(&client.headers);
     headers.remove(header::HOST);
     let incoming_for: Vec<String> = client
@@ -128,8 +131,6 @@ pub fn pod_request(
     if let Ok(host) = HeaderValue::from_str(&pod.authority) {
         headers.insert(header::HOST, host);
     }
-    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     let ip = client_addr.ip().to_string();
     let forwarded_for = if policy.trust_incoming && !incoming_for.is_empty() {
         format!("{}, {ip}", incoming_for.join(", "))
@@ -150,20 +151,74 @@ pub fn pod_request(
     for (name, value) in &policy.extra {
         headers.insert(name.clone(), value.clone());
     }
+    headers
+}
+
+/// The upgrade request to send to `pod`: same path and query (under the
+/// pod URL's path), the forwarded headers, and the upgrade pair.
+pub fn pod_request(
+    client: &request::Parts,
+    pod: &PodAddress,
+    client_addr: SocketAddr,
+    client_scheme: &'static str,
+    policy: &ForwardPolicy,
+) -> Request<Empty<Bytes>> {
+    let mut headers = pod_headers(client, pod, client_addr, client_scheme, policy);
+    // The upgrade request has no body, whatever the client claimed.
+    headers.remove(header::CONTENT_LENGTH);
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     let mut request = Request::new(Empty::new());
     // A path that parsed as part of the client's request parses again here;
     // fall back to "/" rather than fail if the prefix made it invalid.
-    *request.uri_mut() = target
+    *request.uri_mut() = pod_target(client, pod)
         .parse::<Uri>()
         .unwrap_or_else(|_| Uri::from_static("/"));
     *request.headers_mut() = headers;
     request
 }
 
+/// A plain HTTP request for `pod`, with an absolute URI (as a pooled client
+/// needs) and the client's body as given: method, path and query, and
+/// end-to-end headers (including `Content-Length`) pass unchanged.
+pub fn pod_http_request<B>(
+    client: &request::Parts,
+    pod: &PodAddress,
+    client_addr: SocketAddr,
+    client_scheme: &'static str,
+    policy: &ForwardPolicy,
+    body: B,
+) -> Request<B> {
+    let scheme = if pod.tls { "https" } else { "http" };
+    let uri = format!("{scheme}://{}{}", pod.authority, pod_target(client, pod));
+    let mut request = Request::new(body);
+    *request.method_mut() = client.method.clone();
+    *request.uri_mut() = uri.parse::<Uri>().unwrap_or_else(|_| {
+        Uri::builder()
+            .scheme(scheme)
+            .authority(pod.authority.as_str())
+            .path_and_query("/")
+            .build()
+            .unwrap_or_default()
+    });
+    *request.headers_mut() = pod_headers(client, pod, client_addr, client_scheme, policy);
+    request
+}
+
+/// A pod's answer to a plain HTTP request, for the client: status and
+/// end-to-end headers as the pod sent them, body streamed.
+pub fn pod_http_response(pod: Response<hyper::body::Incoming>) -> Response<Body> {
+    let (parts, body) = pod.into_parts();
+    let mut response = Response::new(Body::Right(body));
+    *response.status_mut() = parts.status;
+    *response.headers_mut() = end_to_end(&parts.headers);
+    response
+}
+
 /// The 101 sent to the client: the pod's own headers (accept key, chosen
 /// subprotocol and extensions, `x-pod-name`, cookies) plus the upgrade pair.
 pub fn switching_protocols(pod: &http::response::Parts) -> Response<Body> {
-    let mut response = Response::new(Body::default());
+    let mut response = Response::new(Body::Left(Full::default()));
     *response.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
     let mut headers = end_to_end(&pod.headers);
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
@@ -175,9 +230,12 @@ pub fn switching_protocols(pod: &http::response::Parts) -> Response<Body> {
 /// A pod's non-101 answer (403, 404, 500...), passed to the client as is:
 /// that is the application speaking.
 pub fn pod_status(pod: &http::response::Parts, body: Bytes) -> Response<Body> {
-    let mut response = Response::new(Body::new(body));
+    let mut response = Response::new(Body::Left(Full::new(body)));
     *response.status_mut() = pod.status;
-    *response.headers_mut() = end_to_end(&pod.headers);
+    let mut headers = end_to_end(&pod.headers);
+    // The body may have been cut at MAX_STATUS_BODY; hyper sets the length.
+    headers.remove(header::CONTENT_LENGTH);
+    *response.headers_mut() = headers;
     response
 }
 

@@ -8,8 +8,9 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use http_body_util::Full;
 
-/// The body type of every response the balancer builds itself.
-pub type Body = Full<Bytes>;
+/// The body of every response on the listener: one the balancer built
+/// itself (`Left`), or a pod's body streamed through (`Right`).
+pub type Body = http_body_util::Either<Full<Bytes>, hyper::body::Incoming>;
 
 /// A refusal: status, reason text and any header the status requires.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +51,7 @@ impl Rejection {
 
 /// A `text/plain` response with one line of body.
 pub fn plain_response(status: StatusCode, text: &str) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from(format!("{text}\n"))));
+    let mut response = Response::new(Body::Left(Full::new(Bytes::from(format!("{text}\n")))));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,

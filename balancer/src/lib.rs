@@ -13,6 +13,7 @@ pub mod dial;
 pub mod ends;
 pub mod forward;
 pub mod handshake;
+pub mod http_proxy;
 pub mod listener;
 pub mod logging;
 pub mod poller;

@@ -18,9 +18,11 @@ use crate::dial::{self, PodAnswer};
 use crate::ends;
 use crate::forward;
 use crate::handshake::{self, Body, plain_response};
+use crate::http_proxy::{self, HttpProxyError, PodClient};
 use crate::registry::{Lease, Pod, PodRegistry};
 use crate::relay::{self, DrainSignal, RelayLimits};
-use common::Config;
+use common::{Config, HttpMode};
+use http_body_util::{Either, Empty};
 
 /// Everything a connection needs from the running balancer.
 pub struct Proxy {
@@ -52,6 +54,10 @@ pub struct Proxy {
     pub max_header_bytes: usize,
     /// TLS termination on the listener, when configured.
     pub server_tls: Option<Arc<crate::tls_listener::ServerTls>>,
+    /// What plain HTTP requests get.
+    pub http_mode: HttpMode,
+    /// Pooled client for plain HTTP requests.
+    http: PodClient,
     /// Connections being dialled or relayed now, against `max_connections`.
     active: Arc<AtomicU64>,
     /// Source of connection ids for logs.
@@ -79,6 +85,7 @@ impl Proxy {
     ) -> Self {
         Proxy {
             registry,
+            http: PodClient::new(tls.clone(), config.dial_timeout),
             tls,
             dial_timeout: config.dial_timeout,
             limits: RelayLimits {
@@ -103,6 +110,7 @@ impl Proxy {
             handshake_timeout: config.handshake_timeout,
             max_header_bytes: config.max_handshake_header_bytes,
             server_tls: None,
+            http_mode: config.http_mode,
             active: Arc::new(AtomicU64::new(0)),
             next_id: AtomicU64::new(1),
         }
@@ -145,6 +153,11 @@ impl Proxy {
         mut request: Request<Incoming>,
     ) -> Result<Response<Body>, Infallible> {
         let conn_id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if self.http_mode == HttpMode::Proxy
+            && !request.headers().contains_key(http::header::UPGRADE)
+        {
+            return Ok(self.proxy_http(conn_id, client, request).await);
+        }
         if let Err(rejection) = handshake::check(&request) {
             tracing::debug!(conn_id, %client, status = rejection.status.as_u16(), reason = rejection.reason, "request refused");
             return Ok(rejection.into_response());
@@ -222,6 +235,68 @@ impl Proxy {
                 "no pod could be reached",
             ))
         }
+    }
+
+    /// Reverse-proxies a plain HTTP request to the least-loaded pod. A
+    /// request without a body is sent again to the next pod when one cannot
+    /// be reached; one with a body is sent once (it cannot be replayed).
+    async fn proxy_http(
+        &self,
+        conn_id: u64,
+        client: SocketAddr,
+        request: Request<Incoming>,
+    ) -> Response<Body> {
+        let (parts, body) = request.into_parts();
+        let mut body = http_proxy::split_body(body);
+        let candidates = self.registry.candidates();
+        if candidates.pods.is_empty() {
+            tracing::warn!(conn_id, %client, "no pod accepts requests");
+            return unavailable("no pod accepts new connections");
+        }
+        for pod in candidates.pods.into_iter().take(MAX_ATTEMPTS) {
+            let (pod_body, resendable) = match body.take() {
+                Some(body) => (Either::Left(body), false),
+                None => (Either::Right(Empty::new()), true),
+            };
+            let request = forward::pod_http_request(
+                &parts,
+                &pod.address,
+                client,
+                self.scheme,
+                &self.forward,
+                pod_body,
+            );
+            match self.http.send(request, self.limits.idle).await {
+                Ok(mut response) => {
+                    pod.record_dial_success();
+                    tracing::debug!(conn_id, %client, pod = %pod.address.url, method = %parts.method, status = response.status().as_u16(), "http request proxied");
+                    if self.drain.started.is_cancelled() {
+                        response.headers_mut().insert(
+                            http::header::CONNECTION,
+                            http::HeaderValue::from_static("close"),
+                        );
+                    }
+                    return response;
+                }
+                Err(error @ HttpProxyError::Connect(_)) => {
+                    self.dial_failed(&pod, conn_id, client, error.reason(), &error.to_string());
+                    if !resendable {
+                        return http_proxy::bad_gateway();
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(conn_id, %client, pod = %pod.address.url, reason = error.reason(), %error, "http request failed");
+                    return match error {
+                        HttpProxyError::Timeout(_) => plain_response(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            "the pod did not answer in time",
+                        ),
+                        _ => http_proxy::bad_gateway(),
+                    };
+                }
+            }
+        }
+        http_proxy::bad_gateway()
     }
 
     fn dial_failed(&self, pod: &Pod, conn_id: u64, client: SocketAddr, reason: &str, error: &str) {

@@ -7,9 +7,8 @@ mod support;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use support::{DEADLINE, config, init_logs, pods, wait_until, ws_url};
+use support::{DEADLINE, config, init_logs, pods, raw_exchange, wait_until, ws_url};
 use test_server::Pod;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use wsbalancer::Balancer;
@@ -47,17 +46,6 @@ async fn origins_not_listed_get_403_before_any_dial() {
     );
     assert_eq!(status_with_origin(&url, None).await, 101);
     balancer.shutdown(DEADLINE).await;
-}
-
-/// Sends `head` raw and returns whatever comes back before the close.
-async fn raw_exchange(addr: std::net::SocketAddr, head: &[u8]) -> String {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let _ = tcp.write_all(head).await;
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut out))
-        .await
-        .expect("the balancer answers or closes in time");
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[tokio::test]

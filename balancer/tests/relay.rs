@@ -152,10 +152,12 @@ async fn pod_http_status_is_passed_to_client() {
 }
 
 #[tokio::test]
-async fn plain_http_request_gets_426_and_no_dial() {
+async fn plain_http_request_gets_426_and_no_dial_when_rejected() {
     let pods = pods(1).await;
-    let balancer = balancer_for(&pods).await;
-    let response = reqwest_like_get(balancer.listen_addr(), "/ws").await;
+    let mut cfg = support::config(vec![pods[0].url()]);
+    cfg.http_mode = common::HttpMode::Reject;
+    let balancer = wsbalancer::Balancer::start(cfg).await.unwrap();
+    let response = support::plain_get(balancer.listen_addr(), "/ws").await;
     assert!(response.starts_with("HTTP/1.1 426"), "{response}");
     assert!(
         response.to_ascii_lowercase().contains("upgrade: websocket"),
@@ -163,21 +165,4 @@ async fn plain_http_request_gets_426_and_no_dial() {
     );
     assert_eq!(pods[0].accepted(), 0);
     balancer.shutdown(DEADLINE).await;
-}
-
-/// A raw HTTP/1.1 GET, returning the whole response text.
-async fn reqwest_like_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut out))
-        .await
-        .expect("answer in time")
-        .unwrap();
-    String::from_utf8_lossy(&out).into_owned()
 }

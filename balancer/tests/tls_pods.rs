@@ -88,6 +88,10 @@ async fn ca_file_makes_the_pod_trusted() {
         balancer.registry().snapshots()[0].reported == Some(1)
     })
     .await;
+    // Plain HTTP requests reach the pod over the same verified TLS too.
+    let answer = support::plain_get(balancer.listen_addr(), "/metric").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("tls-pod"), "{answer}");
     balancer.shutdown(DEADLINE).await;
 }
 

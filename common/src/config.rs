@@ -148,6 +148,22 @@ pub struct Config {
     /// PEM private key for `tlsCert`.
     #[serde(rename = "tlsKey", default, skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
+
+    /// What happens to plain HTTP requests (no `Upgrade` header).
+    #[serde(rename = "httpMode")]
+    pub http_mode: HttpMode,
+}
+
+/// What the listener does with a request that is not a WebSocket upgrade.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HttpMode {
+    /// Reverse-proxy it to the least-loaded pod (long-polling fallbacks and
+    /// health checks behind one address).
+    #[default]
+    Proxy,
+    /// Answer 426 Upgrade Required.
+    Reject,
 }
 
 /// Pod selection strategies.
@@ -210,6 +226,7 @@ pub const KEYS: &[&str] = &[
     "handshakeTimeout",
     "tlsCert",
     "tlsKey",
+    "httpMode",
 ];
 
 /// Smallest `maxHandshakeHeaderBytes` (the HTTP parser's own minimum).
@@ -245,6 +262,7 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             tls_cert: None,
             tls_key: None,
+            http_mode: HttpMode::Proxy,
         }
     }
 }

@@ -19,7 +19,7 @@ use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any, get};
 use common::PodState;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
@@ -107,6 +107,7 @@ impl Pod {
         let router = Router::new()
             .route("/ws", get(upgrade))
             .route("/metric", get(metric))
+            .route("/echo", any(echo_http))
             .with_state(shared.clone());
         let tls = options.tls.is_some();
         let acceptor = options.tls.map(TlsAcceptor::from);
@@ -237,6 +238,34 @@ async fn metric(State(shared): State<Arc<Shared>>) -> Response {
         body.to_string(),
     )
         .into_response()
+}
+
+/// Plain HTTP: streams the request body back as it arrives, and says what
+/// the pod saw in `x-seen-*` headers (for proxying tests).
+async fn echo_http(State(shared): State<Arc<Shared>>, request: axum::extract::Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let names: Vec<&str> = parts.headers.keys().map(|n| n.as_str()).collect();
+    let mut response = Response::new(axum::body::Body::new(body));
+    let seen = [
+        ("x-seen-method", Some(parts.method.as_str().to_owned())),
+        ("x-seen-uri", Some(parts.uri.to_string())),
+        ("x-seen-header-names", Some(names.join(","))),
+        (
+            "x-seen-forwarded-for",
+            parts
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        ),
+        ("x-pod-name", Some(shared.name.clone())),
+    ];
+    for (name, value) in seen {
+        if let Some(value) = value.and_then(|v| header::HeaderValue::from_str(&v).ok()) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    response
 }
 
 async fn upgrade(

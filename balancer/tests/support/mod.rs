@@ -182,3 +182,21 @@ pub async fn wait_all_closed(pods: &[Pod], balancer: &Balancer) {
     })
     .await;
 }
+
+/// Sends `head` raw and returns whatever comes back before the close.
+pub async fn raw_exchange(addr: SocketAddr, head: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let _ = tcp.write_all(head).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut out))
+        .await
+        .expect("the balancer answers or closes in time");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A plain `GET path` with `Connection: close`; the whole response text.
+pub async fn plain_get(addr: SocketAddr, path: &str) -> String {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    raw_exchange(addr, request.as_bytes()).await
+}
