@@ -6,15 +6,17 @@
 //! buffer held while waiting. Bytes read past the handshake (hyper's
 //! `read_buf`) are handed out first, so none is lost.
 
+use std::pin::Pin;
 use std::sync::Mutex;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::tcp;
 use tokio::time::timeout;
 use tokio_util::either::Either;
 
@@ -78,62 +80,81 @@ impl Chunk {
 /// as TCP, or TLS toward a pod.
 type AnyIo = Either<TokioIo<Upgraded>, PodStream>;
 
+/// One end of a relayed connection, owned for the connection's life; the
+/// relay borrows its two halves with [`End::split`]. Plain TCP is split
+/// without an `Arc` and without a shutdown when a half is dropped.
+pub enum End {
+    /// Plain TCP, and bytes read past the handshake.
+    Tcp(TcpStream, Option<Bytes>),
+    /// Anything else, and bytes read past the handshake.
+    Io(AnyIo, Option<Bytes>),
+}
+
 /// The reading half of an end.
-pub enum ReadEnd {
+pub enum ReadEnd<'a> {
     /// Plain TCP: read only when readable.
-    Tcp(OwnedReadHalf, Option<Bytes>),
+    Tcp(tcp::ReadHalf<'a>, Option<Bytes>),
     /// Anything else.
-    Io(ReadHalf<AnyIo>, Option<Bytes>),
+    Io(ReadHalf<&'a mut AnyIo>, Option<Bytes>),
 }
 
 /// The writing half of an end.
-pub enum WriteEnd {
+pub enum WriteEnd<'a> {
     /// Plain TCP.
-    Tcp(OwnedWriteHalf),
+    Tcp(tcp::WriteHalf<'a>),
     /// Anything else.
-    Io(WriteHalf<AnyIo>),
+    Io(WriteHalf<&'a mut AnyIo>),
 }
 
 fn early(read_buf: Bytes) -> Option<Bytes> {
     (!read_buf.is_empty()).then_some(read_buf)
 }
 
-/// Splits the client's upgraded connection (plain TCP from our listener).
-pub fn client_end(upgraded: Upgraded) -> (ReadEnd, WriteEnd) {
+/// The client's upgraded connection (plain TCP from our listener).
+pub fn client_end(upgraded: Upgraded) -> End {
     match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => tcp_ends(parts.io.into_inner(), parts.read_buf),
-        Err(upgraded) => io_ends(Either::Left(TokioIo::new(upgraded)), Bytes::new()),
+        Ok(parts) => End::Tcp(parts.io.into_inner(), early(parts.read_buf)),
+        Err(upgraded) => End::Io(Either::Left(TokioIo::new(upgraded)), None),
     }
 }
 
-/// Splits the pod's upgraded connection (TCP or TLS from the dialler).
-pub fn pod_end(upgraded: Upgraded) -> (ReadEnd, WriteEnd) {
+/// The pod's upgraded connection (TCP or TLS from the dialler).
+pub fn pod_end(upgraded: Upgraded) -> End {
     match upgraded.downcast::<TokioIo<PodStream>>() {
         Ok(parts) => match parts.io.into_inner() {
-            Either::Left(tcp) => tcp_ends(tcp, parts.read_buf),
-            tls @ Either::Right(_) => io_ends(Either::Right(tls), parts.read_buf),
+            Either::Left(tcp) => End::Tcp(tcp, early(parts.read_buf)),
+            tls @ Either::Right(_) => End::Io(Either::Right(tls), early(parts.read_buf)),
         },
-        Err(upgraded) => io_ends(Either::Left(TokioIo::new(upgraded)), Bytes::new()),
+        Err(upgraded) => End::Io(Either::Left(TokioIo::new(upgraded)), None),
     }
 }
 
-/// Splits a plain TCP stream (tests, and ends hyper handed back as TCP).
-pub fn tcp_end(tcp: TcpStream) -> (ReadEnd, WriteEnd) {
-    tcp_ends(tcp, Bytes::new())
-}
-
-fn tcp_ends(tcp: TcpStream, read_buf: Bytes) -> (ReadEnd, WriteEnd) {
+/// A plain TCP stream as an end (tests, and relays between sockets).
+pub fn tcp_end(tcp: TcpStream) -> End {
     let _ = tcp.set_nodelay(true);
-    let (read, write) = tcp.into_split();
-    (ReadEnd::Tcp(read, early(read_buf)), WriteEnd::Tcp(write))
+    End::Tcp(tcp, None)
 }
 
-fn io_ends(io: AnyIo, read_buf: Bytes) -> (ReadEnd, WriteEnd) {
-    let (read, write) = tokio::io::split(io);
-    (ReadEnd::Io(read, early(read_buf)), WriteEnd::Io(write))
+impl End {
+    /// The two halves, borrowed for the relay. Bytes read past the
+    /// handshake go to the reading half, to be handed out first.
+    pub fn split(&mut self) -> (ReadEnd<'_>, WriteEnd<'_>) {
+        match self {
+            End::Tcp(tcp, early) => {
+                let early = early.take();
+                let (read, write) = tcp.split();
+                (ReadEnd::Tcp(read, early), WriteEnd::Tcp(write))
+            }
+            End::Io(io, early) => {
+                let early = early.take();
+                let (read, write) = tokio::io::split(io);
+                (ReadEnd::Io(read, early), WriteEnd::Io(write))
+            }
+        }
+    }
 }
 
-impl ReadEnd {
+impl ReadEnd<'_> {
     /// The next bytes, or `None` at end of stream.
     pub async fn read(&mut self) -> std::io::Result<Option<Chunk>> {
         match self {
@@ -147,11 +168,20 @@ impl ReadEnd {
             ReadEnd::Tcp(half, _) => loop {
                 half.readable().await?;
                 let mut buf = Buffer::take();
-                match half.try_read(buf.slice()) {
-                    Ok(0) => return Ok(None),
-                    Ok(n) => return Ok(Some(Chunk::Pooled(buf, n))),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                    Err(e) => return Err(e),
+                // One non-blocking read through `poll_read`, which (unlike
+                // `try_read`) clears readiness after a short read: the next
+                // read then waits for new data instead of costing a
+                // recv() that only says EAGAIN.
+                let mut filled = ReadBuf::new(buf.slice());
+                let mut cx = Context::from_waker(Waker::noop());
+                match Pin::new(&mut *half).poll_read(&mut cx, &mut filled) {
+                    Poll::Ready(Ok(())) => {
+                        let n = filled.filled().len();
+                        return Ok((n > 0).then_some(Chunk::Pooled(buf, n)));
+                    }
+                    Poll::Ready(Err(e)) => return Err(e),
+                    // Spurious readiness: give the buffer back and wait.
+                    Poll::Pending => continue,
                 }
             },
             ReadEnd::Io(half, _) => {
@@ -165,7 +195,7 @@ impl ReadEnd {
     }
 }
 
-impl WriteEnd {
+impl WriteEnd<'_> {
     /// Writes and flushes `bytes` within `limit`.
     pub async fn write(&mut self, bytes: &[u8], limit: Duration) -> std::io::Result<()> {
         let write = async {

@@ -12,16 +12,15 @@
 //! so a blocked write one way never delays the other.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::frame::{FrameTracker, close_frame};
 use rand::Rng;
-use tokio::sync::watch;
 use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 
-use crate::ends::{ReadEnd, WriteEnd};
+use crate::ends::{End, ReadEnd, WriteEnd};
 
 /// Once one side has closed (or the relay sent its own Close), how long the
 /// rest may still take before the connection is dropped. Bounded by the
@@ -129,6 +128,10 @@ struct Shared {
     bytes: [AtomicU64; 2],
     /// Complete messages passed, same order.
     messages: [AtomicU64; 2],
+    /// Directions that have ended (0, 1 or 2).
+    finished: AtomicU64,
+    /// Close code the relay asked both directions to insert (0: none yet).
+    close_code: AtomicU32,
     /// Start of the connection.
     epoch: Instant,
 }
@@ -143,6 +146,25 @@ impl Side {
 }
 
 impl Shared {
+    /// Asks both directions to insert a Close with `code` at their next
+    /// frame boundary (the first request wins).
+    fn request_close(&self, code: u16) {
+        let _ = self.close_code.compare_exchange(
+            0,
+            u32::from(code),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// The requested Close code, if any.
+    fn close_requested(&self) -> Option<u16> {
+        match self.close_code.load(Ordering::Relaxed) {
+            0 => None,
+            code => u16::try_from(code).ok(),
+        }
+    }
+
     fn touch(&self) {
         let ms = self.epoch.elapsed().as_millis() as u64;
         self.last_activity.store(ms, Ordering::Relaxed);
@@ -186,16 +208,16 @@ impl PumpEnd {
 }
 
 /// One direction: reads `from`, writes to `to` (the `toward` side).
-struct Pump {
-    from: ReadEnd,
-    to: WriteEnd,
+struct Pump<'a> {
+    from: ReadEnd<'a>,
+    to: WriteEnd<'a>,
     toward: Side,
     tracker: FrameTracker,
     /// The relay's own Close went out this way; data is no longer passed.
     closed_by_us: bool,
 }
 
-impl Pump {
+impl Pump<'_> {
     /// A Close frame toward this pump's side, masked toward the pod.
     fn close(&self, code: u16) -> Vec<u8> {
         let reason = match code {
@@ -228,18 +250,22 @@ impl Pump {
         self.to.write(&frame, write_limit).await
     }
 
-    async fn run(
-        mut self,
-        shared: &Shared,
-        write_limit: Duration,
-        mut close: watch::Receiver<Option<u16>>,
-    ) -> PumpEnd {
+    /// Ends this direction: end-of-stream toward its side, unless the other
+    /// direction is already over (then the sockets are about to be closed,
+    /// which says the same for one system call less).
+    async fn finish(&mut self, shared: &Shared, write_limit: Duration) {
+        if shared.finished.fetch_add(1, Ordering::Relaxed) == 0 {
+            self.to.shutdown(write_limit).await;
+        }
+    }
+
+    async fn run(mut self, shared: &Shared, write_limit: Duration) -> PumpEnd {
         let side = self.toward.index();
         // The tracker can lose the frame boundaries of a stream that is not
         // WebSocket; bytes still pass, but nothing is inserted any more.
         let mut framed = true;
         loop {
-            let requested = *close.borrow_and_update();
+            let requested = shared.close_requested();
             if self
                 .insert_close(requested, framed, write_limit)
                 .await
@@ -249,13 +275,12 @@ impl Pump {
             }
             let chunk = tokio::select! {
                 read = self.from.read() => read,
-                changed = close.changed(), if requested.is_none() => {
-                    if changed.is_err() {
-                        // The relay is gone; nothing will ask for a close.
-                        std::future::pending::<()>().await;
-                    }
-                    continue;
-                }
+                // No waker needed: a Close is only requested by the relay
+                // loop, which polls both pumps again right after.
+                () = std::future::poll_fn(|_| match shared.close_requested() {
+                    Some(_) => std::task::Poll::Ready(()),
+                    None => std::task::Poll::Pending,
+                }), if requested.is_none() => continue,
             };
             let chunk = match chunk {
                 Ok(Some(chunk)) => chunk,
@@ -284,7 +309,7 @@ impl Pump {
                         let frame = self.close(code);
                         let _ = self.to.write(&frame, write_limit).await;
                     }
-                    self.to.shutdown(write_limit).await;
+                    self.finish(shared, write_limit).await;
                     return end;
                 }
             };
@@ -316,7 +341,7 @@ impl Pump {
                     shared.messages[side].store(self.tracker.messages(), Ordering::Relaxed);
                 } else if self.tracker.close_seen() {
                     // The answer to our Close: this direction is done.
-                    self.to.shutdown(write_limit).await;
+                    self.finish(shared, write_limit).await;
                     return PumpEnd::Answered;
                 }
                 if self
@@ -336,8 +361,8 @@ impl Pump {
 /// Relays until both directions are done. `drain` closes the connection
 /// cleanly at a random point of the drain window; `stop` ends it at once.
 pub async fn relay(
-    client: (ReadEnd, WriteEnd),
-    pod: (ReadEnd, WriteEnd),
+    mut client: End,
+    mut pod: End,
     limits: RelayLimits,
     drain: DrainSignal,
     stop: CancellationToken,
@@ -347,11 +372,12 @@ pub async fn relay(
         writing: AtomicU64::new(0),
         bytes: [AtomicU64::new(0), AtomicU64::new(0)],
         messages: [AtomicU64::new(0), AtomicU64::new(0)],
+        finished: AtomicU64::new(0),
+        close_code: AtomicU32::new(0),
         epoch: Instant::now(),
     };
-    let (close_tx, close_rx) = watch::channel(None::<u16>);
-    let (client_read, client_write) = client;
-    let (pod_read, pod_write) = pod;
+    let (client_read, client_write) = client.split();
+    let (pod_read, pod_write) = pod.split();
     let up = Pump {
         from: client_read,
         to: pod_write,
@@ -359,7 +385,7 @@ pub async fn relay(
         tracker: FrameTracker::new(),
         closed_by_us: false,
     }
-    .run(&shared, limits.write, close_rx.clone());
+    .run(&shared, limits.write);
     let down = Pump {
         from: pod_read,
         to: client_write,
@@ -367,7 +393,7 @@ pub async fn relay(
         tracker: FrameTracker::new(),
         closed_by_us: false,
     }
-    .run(&shared, limits.write, close_rx);
+    .run(&shared, limits.write);
     let window = drain.window;
     let drain_code = drain.code;
     let drain_at = async move {
@@ -410,14 +436,14 @@ pub async fn relay(
                     shared.touch();
                 } else if Instant::now() >= shared.idle_deadline(limits.idle) {
                     ending.get_or_insert(Ending::Idle);
-                    let _ = close_tx.send(Some(CLOSE_GOING_AWAY));
+                    shared.request_close(CLOSE_GOING_AWAY);
                     linger = Some(far_future_add(Instant::now(), linger_for));
                 }
             }
             () = &mut drain_at, if !drained => {
                 drained = true;
                 ending.get_or_insert(Ending::Drained);
-                let _ = close_tx.send(Some(drain_code));
+                shared.request_close(drain_code);
                 linger.get_or_insert_with(|| far_future_add(Instant::now(), linger_for));
             }
             () = stop.cancelled() => {

@@ -7,6 +7,7 @@
 
 mod bench_balance;
 mod bench_relay;
+mod peers;
 mod procs;
 
 use std::path::PathBuf;
@@ -74,6 +75,9 @@ enum Bench {
         /// Idle connections held for the memory figure.
         #[arg(long, default_value_t = 9000)]
         idle: usize,
+        /// Leave HAProxy and NGINX out (they are measured when installed).
+        #[arg(long)]
+        no_peers: bool,
     },
 }
 
@@ -85,7 +89,11 @@ async fn main() -> anyhow::Result<()> {
             let work = async {
                 match bench {
                     Bench::Balance { only } => bench_balance::run(only.as_deref()).await,
-                    Bench::Relay { runs, idle } => bench_relay::run(runs, idle).await,
+                    Bench::Relay {
+                        runs,
+                        idle,
+                        no_peers,
+                    } => bench_relay::run(runs, idle, !no_peers).await,
                 }
             };
             let table = tokio::select! {

@@ -90,6 +90,38 @@ impl Procs {
         Ok(())
     }
 
+    /// SIGKILL to every child started as `name`, and waits for them.
+    pub async fn kill_all(&mut self, name: &str) {
+        let (matching, rest) = std::mem::take(&mut self.children)
+            .into_iter()
+            .partition(|(n, _)| n == name);
+        self.children = rest;
+        for (_, mut child) in matching {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// SIGTERM to the child started as `name`, and waits (then SIGKILL
+    /// after [`STOP_TIMEOUT`]).
+    pub async fn stop(&mut self, name: &str) {
+        let Some(index) = self.children.iter().position(|(n, _)| n == name) else {
+            return;
+        };
+        let (_, mut child) = self.children.remove(index);
+        if let Some(pid) = child.id() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await;
+        }
+        if tokio::time::timeout(STOP_TIMEOUT, child.wait())
+            .await
+            .is_err()
+        {
+            let _ = child.kill().await;
+        }
+    }
+
     /// SIGTERM to every child, newest first, then SIGKILL to any still
     /// running after [`STOP_TIMEOUT`].
     pub async fn stop_all(&mut self) {
