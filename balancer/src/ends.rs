@@ -86,8 +86,9 @@ type AnyIo = Either<TokioIo<Upgraded>, PodStream>;
 pub enum End {
     /// Plain TCP, and bytes read past the handshake.
     Tcp(TcpStream, Option<Bytes>),
-    /// Anything else, and bytes read past the handshake.
-    Io(AnyIo, Option<Bytes>),
+    /// Anything else (boxed: TLS state is large), and bytes read past the
+    /// handshake.
+    Io(Box<AnyIo>, Option<Bytes>),
 }
 
 /// The reading half of an end.
@@ -114,7 +115,7 @@ fn early(read_buf: Bytes) -> Option<Bytes> {
 pub fn client_end(upgraded: Upgraded) -> End {
     match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => End::Tcp(parts.io.into_inner(), early(parts.read_buf)),
-        Err(upgraded) => End::Io(Either::Left(TokioIo::new(upgraded)), None),
+        Err(upgraded) => End::Io(Box::new(Either::Left(TokioIo::new(upgraded))), None),
     }
 }
 
@@ -123,9 +124,9 @@ pub fn pod_end(upgraded: Upgraded) -> End {
     match upgraded.downcast::<TokioIo<PodStream>>() {
         Ok(parts) => match parts.io.into_inner() {
             Either::Left(tcp) => End::Tcp(tcp, early(parts.read_buf)),
-            tls @ Either::Right(_) => End::Io(Either::Right(tls), early(parts.read_buf)),
+            tls @ Either::Right(_) => End::Io(Box::new(Either::Right(tls)), early(parts.read_buf)),
         },
-        Err(upgraded) => End::Io(Either::Left(TokioIo::new(upgraded)), None),
+        Err(upgraded) => End::Io(Box::new(Either::Left(TokioIo::new(upgraded))), None),
     }
 }
 
@@ -147,7 +148,7 @@ impl End {
             }
             End::Io(io, early) => {
                 let early = early.take();
-                let (read, write) = tokio::io::split(io);
+                let (read, write) = tokio::io::split(&mut **io);
                 (ReadEnd::Io(read, early), WriteEnd::Io(write))
             }
         }
