@@ -1,6 +1,11 @@
 //! Opening a connection to a pod: TCP (and TLS for `https`/`wss`), then the
 //! forwarded upgrade request, until the pod's answer.
 //!
+//! The exchange is written by hand: the request head goes out in one write
+//! and the answer is parsed with `httparse` from one small buffer, with no
+//! connection task, no upgrade channel and no 8 KiB read buffer per dial
+//! (hyper's client costs all three, on the path every connection takes).
+//!
 //! Every failure before the answer is a [`DialError`], which the caller
 //! treats as "this pod is unreachable, try the next one". An HTTP answer
 //! other than 101 is not an error: it is the application's answer to the
@@ -11,12 +16,10 @@ use std::sync::Arc;
 use base64::Engine;
 use bytes::Bytes;
 use http::{Request, StatusCode, header};
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
+use http_body_util::Empty;
 use rustls::pki_types::ServerName;
 use sha1::{Digest, Sha1};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
@@ -39,9 +42,12 @@ pub enum DialError {
     /// The host is not a valid TLS server name.
     #[error("tls: invalid server name {0:?}")]
     ServerName(String),
-    /// The pod broke the HTTP exchange (closed, garbage, no 101 upgrade).
+    /// Reading or writing the exchange failed.
     #[error("handshake: {0}")]
-    Handshake(#[from] hyper::Error),
+    Io(#[from] std::io::Error),
+    /// The pod broke the HTTP exchange (closed early, garbage, too large).
+    #[error("handshake: {0}")]
+    Handshake(&'static str),
     /// The pod said 101 but did not switch protocols properly.
     #[error("handshake: {0}")]
     BadUpgrade(&'static str),
@@ -54,7 +60,7 @@ impl DialError {
             DialError::Connect(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => "refused",
             DialError::Connect(_) => "connect",
             DialError::Tls(_) | DialError::ServerName(_) => "tls",
-            DialError::Handshake(_) | DialError::BadUpgrade(_) => "handshake",
+            DialError::Io(_) | DialError::Handshake(_) | DialError::BadUpgrade(_) => "handshake",
         }
     }
 }
@@ -70,8 +76,10 @@ pub enum PodAnswer {
     Upgraded {
         /// Status line and headers of the 101.
         head: http::response::Parts,
-        /// The upgraded stream.
-        io: Upgraded,
+        /// The stream, now a WebSocket.
+        io: PodStream,
+        /// Bytes the pod sent right after its 101 (its first frames).
+        early: Bytes,
     },
     /// Any other status, with its (bounded) body.
     Status {
@@ -113,7 +121,10 @@ pub async fn open(
     request: Request<Empty<Bytes>>,
 ) -> Result<PodAnswer, DialError> {
     let io = connect(pod, tls).await?;
-    handshake(io, request).await
+    Ok(match handshake(io, request).await? {
+        (PodAnswerHead::Upgraded { head, early }, io) => PodAnswer::Upgraded { head, io, early },
+        (PodAnswerHead::Status { head, body }, _) => PodAnswer::Status { head, body },
+    })
 }
 
 /// Opens the TCP (and TLS) connection to `pod`.
@@ -139,57 +150,200 @@ pub async fn connect(
     Ok(Either::Right(stream))
 }
 
+/// Largest response head accepted from a pod.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// Most headers accepted in a pod's response.
+const MAX_RESPONSE_HEADERS: usize = 100;
+
+/// The request head as bytes: request line, headers, blank line.
+fn encode_head(request: &Request<Empty<Bytes>>) -> Vec<u8> {
+    let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let size: usize = request
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    let mut head = Vec::with_capacity(target.len() + size + 32);
+    head.extend_from_slice(b"GET ");
+    head.extend_from_slice(target.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in request.headers() {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+/// A parsed response head and where it ends in the buffer.
+fn parse_head(buf: &[u8]) -> Result<Option<(http::response::Parts, usize)>, DialError> {
+    let mut headers = vec![httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let mut response = httparse::Response::new(&mut headers);
+    let len = match response.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(DialError::Handshake("malformed response head")),
+    };
+    let status = response
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or(DialError::Handshake("bad status code"))?;
+    let mut builder = http::Response::builder().status(status);
+    for h in response.headers.iter() {
+        let name = header::HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| DialError::Handshake("bad header name"))?;
+        let value = header::HeaderValue::from_bytes(h.value)
+            .map_err(|_| DialError::Handshake("bad header value"))?;
+        builder = builder.header(name, value);
+    }
+    let (parts, ()) = builder
+        .body(())
+        .map_err(|_| DialError::Handshake("bad response head"))?
+        .into_parts();
+    Ok(Some((parts, len)))
+}
+
+/// Reads more of the answer into `buf`; an end of stream is an error
+/// unless `eof_ok`.
+async fn read_more<T: AsyncRead + Unpin>(
+    io: &mut T,
+    buf: &mut Vec<u8>,
+    eof_ok: bool,
+) -> Result<bool, DialError> {
+    let start = buf.len();
+    buf.resize(start + 4096, 0);
+    let n = io.read(&mut buf[start..]).await?;
+    buf.truncate(start + n);
+    if n == 0 && !eof_ok {
+        return Err(DialError::Handshake("pod closed before answering"));
+    }
+    Ok(n > 0)
+}
+
 /// Sends the upgrade request over `io` and waits for the pod's answer.
-pub async fn handshake<T>(io: T, request: Request<Empty<Bytes>>) -> Result<PodAnswer, DialError>
+pub async fn handshake<T>(
+    mut io: T,
+    request: Request<Empty<Bytes>>,
+) -> Result<(PodAnswerHead, T), DialError>
 where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + Unpin,
 {
     let expected_accept = request
         .headers()
         .get(header::SEC_WEBSOCKET_KEY)
         .map(|key| accept_key(key.as_bytes()));
-    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
-        .handshake(TokioIo::new(io))
-        .await?;
-    // The connection future must be driven for the request to make progress;
-    // it is polled here rather than spawned so that a timeout or a failure
-    // drops everything at once.
-    let conn = conn.with_upgrades();
-    tokio::pin!(conn);
-    let send = sender.send_request(request);
-    tokio::pin!(send);
-    // The connection future finishes on its own once it hands the stream
-    // over to the upgrade, possibly before the response is read here.
-    let mut conn_done = false;
-    let mut response = tokio::select! {
-        biased;
-        r = &mut send => r?,
-        r = &mut conn => {
-            r?;
-            conn_done = true;
-            send.await?
+    io.write_all(&encode_head(&request)).await?;
+    io.flush().await?;
+    let mut buf = Vec::with_capacity(1024);
+    let (head, len) = loop {
+        read_more(&mut io, &mut buf, false).await?;
+        if let Some(parsed) = parse_head(&buf)? {
+            break parsed;
+        }
+        if buf.len() > MAX_RESPONSE_HEAD {
+            return Err(DialError::Handshake("response head too large"));
         }
     };
-    drop(sender);
-    let drive_conn = async { if conn_done { Ok(()) } else { conn.await } };
-    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        check_switch(response.headers(), expected_accept.as_deref())?;
-        let on_upgrade = hyper::upgrade::on(&mut response);
-        let (upgraded, conn_result) = tokio::join!(on_upgrade, drive_conn);
-        conn_result?;
-        let io = upgraded?;
-        let (head, _) = response.into_parts();
-        return Ok(PodAnswer::Upgraded { head, io });
+    buf.drain(..len);
+    if head.status == StatusCode::SWITCHING_PROTOCOLS {
+        check_switch(&head.headers, expected_accept.as_deref())?;
+        return Ok((
+            PodAnswerHead::Upgraded {
+                head,
+                early: Bytes::from(buf),
+            },
+            io,
+        ));
     }
-    let (head, body) = response.into_parts();
-    let collect = Limited::new(body, MAX_STATUS_BODY).collect();
-    let (collected, _) = tokio::join!(collect, drive_conn);
-    let body = match collected {
-        Ok(c) => c.to_bytes(),
-        // An over-long or broken error body still leaves a useful status.
-        Err(_) => Bytes::new(),
+    let bodyless = head.status.is_informational()
+        || head.status == StatusCode::NO_CONTENT
+        || head.status == StatusCode::NOT_MODIFIED;
+    let body = if bodyless {
+        Bytes::new()
+    } else {
+        read_status_body(&mut io, &head.headers, buf).await
     };
-    Ok(PodAnswer::Status { head, body })
+    Ok((PodAnswerHead::Status { head, body }, io))
+}
+
+/// What [`handshake`] read, apart from the stream.
+pub enum PodAnswerHead {
+    /// 101, and the bytes after it.
+    Upgraded {
+        /// Status line and headers.
+        head: http::response::Parts,
+        /// Bytes after the head.
+        early: Bytes,
+    },
+    /// Any other status, with its (bounded) body.
+    Status {
+        /// Status line and headers.
+        head: http::response::Parts,
+        /// Body, at most [`MAX_STATUS_BODY`] bytes.
+        body: Bytes,
+    },
+}
+
+/// The body of a non-101 answer, at most [`MAX_STATUS_BODY`] bytes: by
+/// `Content-Length`, chunked, or up to the end of the stream. A broken or
+/// over-long body gives what was read (the status is what matters).
+async fn read_status_body<T: AsyncRead + Unpin>(
+    io: &mut T,
+    headers: &http::HeaderMap,
+    mut buf: Vec<u8>,
+) -> Bytes {
+    let chunked = crate::handshake::has_token(headers, header::TRANSFER_ENCODING, "chunked");
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    loop {
+        if chunked {
+            if let Some(body) = decode_chunked(&buf) {
+                return Bytes::from(body);
+            }
+        } else if let Some(length) = length
+            && buf.len() >= length
+        {
+            buf.truncate(length);
+            return Bytes::from(buf);
+        }
+        if buf.len() >= MAX_STATUS_BODY + 1024 {
+            break;
+        }
+        match read_more(io, &mut buf, true).await {
+            Ok(true) => {}
+            Ok(false) | Err(_) => break,
+        }
+    }
+    if chunked {
+        return Bytes::new();
+    }
+    buf.truncate(MAX_STATUS_BODY);
+    Bytes::from(buf)
+}
+
+/// A whole chunked body decoded, or `None` while incomplete (or broken).
+pub fn decode_chunked(mut buf: &[u8]) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = buf.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&buf[..line_end]).ok()?;
+        let size_text = size_text.split(';').next()?.trim();
+        let size = usize::from_str_radix(size_text, 16).ok()?;
+        buf = &buf[line_end + 2..];
+        if size == 0 {
+            return Some(body);
+        }
+        if buf.len() < size + 2 || body.len() + size > MAX_STATUS_BODY {
+            return None;
+        }
+        body.extend_from_slice(&buf[..size]);
+        buf = &buf[size + 2..];
+    }
 }
 
 #[cfg(test)]
@@ -216,5 +370,20 @@ mod tests {
         assert!(check_switch(&h, Some("other")).is_err());
         h.insert(header::UPGRADE, "h2c".parse().unwrap());
         assert!(check_switch(&h, Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")).is_err());
+    }
+}
+
+#[cfg(test)]
+mod chunked_tests {
+    use super::decode_chunked;
+
+    #[test]
+    fn chunked_bodies_decode_only_when_complete() {
+        assert_eq!(
+            decode_chunked(b"5\r\nhello\r\n6;x=1\r\n world\r\n0\r\n\r\n").as_deref(),
+            Some(&b"hello world"[..])
+        );
+        assert_eq!(decode_chunked(b"5\r\nhel"), None);
+        assert_eq!(decode_chunked(b"zz\r\n"), None);
     }
 }

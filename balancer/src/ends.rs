@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::net::tcp;
 use tokio::time::timeout;
@@ -119,14 +119,12 @@ pub fn client_end(upgraded: Upgraded) -> End {
     }
 }
 
-/// The pod's upgraded connection (TCP or TLS from the dialler).
-pub fn pod_end(upgraded: Upgraded) -> End {
-    match upgraded.downcast::<TokioIo<PodStream>>() {
-        Ok(parts) => match parts.io.into_inner() {
-            Either::Left(tcp) => End::Tcp(tcp, early(parts.read_buf)),
-            tls @ Either::Right(_) => End::Io(Box::new(Either::Right(tls)), early(parts.read_buf)),
-        },
-        Err(upgraded) => End::Io(Box::new(Either::Left(TokioIo::new(upgraded))), None),
+/// The pod's connection (TCP or TLS from the dialler) after its 101, with
+/// the bytes it sent right after the 101.
+pub fn pod_end(io: PodStream, early_bytes: Bytes) -> End {
+    match io {
+        Either::Left(tcp) => End::Tcp(tcp, early(early_bytes)),
+        tls @ Either::Right(_) => End::Io(Box::new(Either::Right(tls)), early(early_bytes)),
     }
 }
 
@@ -157,6 +155,12 @@ impl End {
 
 impl ReadEnd<'_> {
     /// The next bytes, or `None` at end of stream.
+    ///
+    /// A TCP end waits for readiness through the socket's own waker slot
+    /// (no waiter node in this future), takes a pooled buffer only once
+    /// readable, and reads once through `poll_read`, which (unlike
+    /// `try_read`) clears readiness after a short read: the next read then
+    /// waits for new data instead of costing a recv() that says EAGAIN.
     pub async fn read(&mut self) -> std::io::Result<Option<Chunk>> {
         match self {
             ReadEnd::Tcp(_, pending) | ReadEnd::Io(_, pending) => {
@@ -166,25 +170,20 @@ impl ReadEnd<'_> {
             }
         }
         match self {
-            ReadEnd::Tcp(half, _) => loop {
-                half.readable().await?;
-                let mut buf = Buffer::take();
-                // One non-blocking read through `poll_read`, which (unlike
-                // `try_read`) clears readiness after a short read: the next
-                // read then waits for new data instead of costing a
-                // recv() that only says EAGAIN.
-                let mut filled = ReadBuf::new(buf.slice());
-                let mut cx = Context::from_waker(Waker::noop());
-                match Pin::new(&mut *half).poll_read(&mut cx, &mut filled) {
-                    Poll::Ready(Ok(())) => {
-                        let n = filled.filled().len();
-                        return Ok((n > 0).then_some(Chunk::Pooled(buf, n)));
-                    }
-                    Poll::Ready(Err(e)) => return Err(e),
-                    // Spurious readiness: give the buffer back and wait.
-                    Poll::Pending => continue,
-                }
-            },
+            ReadEnd::Tcp(half, _) => {
+                std::future::poll_fn(|cx| {
+                    let stream: &TcpStream = half.as_ref();
+                    std::task::ready!(stream.poll_read_ready(cx))?;
+                    let mut buf = Buffer::take();
+                    let mut filled = ReadBuf::new(buf.slice());
+                    // Pending (spurious readiness) registers `cx` and
+                    // returns the buffer to the pool.
+                    std::task::ready!(Pin::new(&mut *half).poll_read(cx, &mut filled))?;
+                    let n = filled.filled().len();
+                    Poll::Ready(Ok((n > 0).then_some(Chunk::Pooled(buf, n))))
+                })
+                .await
+            }
             ReadEnd::Io(half, _) => {
                 let mut buf = Buffer::take();
                 match half.read(buf.slice()).await? {
@@ -197,8 +196,37 @@ impl ReadEnd<'_> {
 }
 
 impl WriteEnd<'_> {
-    /// Writes and flushes `bytes` within `limit`.
+    /// Writes as much of `bytes` as the socket takes now, without waiting.
+    fn write_now(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut done = 0;
+        while done < bytes.len() {
+            let poll = match self {
+                WriteEnd::Tcp(half) => Pin::new(half).poll_write(&mut cx, &bytes[done..]),
+                WriteEnd::Io(half) => Pin::new(half).poll_write(&mut cx, &bytes[done..]),
+            };
+            match poll {
+                Poll::Ready(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Poll::Ready(Ok(n)) => done += n,
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => break,
+            }
+        }
+        Ok(done)
+    }
+
+    /// Writes and flushes `bytes` within `limit`. What the socket takes at
+    /// once is written without a timer; only a write that must wait gets
+    /// one, in a boxed future, so an idle connection's task stays small.
     pub async fn write(&mut self, bytes: &[u8], limit: Duration) -> std::io::Result<()> {
+        let done = self.write_now(bytes)?;
+        if done == bytes.len() && matches!(self, WriteEnd::Tcp(_)) {
+            return Ok(());
+        }
+        Box::pin(self.write_waiting(&bytes[done..], limit)).await
+    }
+
+    async fn write_waiting(&mut self, bytes: &[u8], limit: Duration) -> std::io::Result<()> {
         let write = async {
             match self {
                 WriteEnd::Tcp(half) => half.write_all(bytes).await,
@@ -215,10 +243,17 @@ impl WriteEnd<'_> {
     }
 
     /// Sends end-of-stream (FIN, or TLS close_notify) within `limit`.
+    /// A TCP shutdown never waits; a TLS one (which writes close_notify)
+    /// may, in a boxed future.
     pub async fn shutdown(&mut self, limit: Duration) {
-        let _ = match self {
-            WriteEnd::Tcp(half) => timeout(limit, half.shutdown()).await,
-            WriteEnd::Io(half) => timeout(limit, half.shutdown()).await,
-        };
+        match self {
+            WriteEnd::Tcp(half) => {
+                let mut cx = Context::from_waker(Waker::noop());
+                let _ = Pin::new(half).poll_shutdown(&mut cx);
+            }
+            WriteEnd::Io(half) => {
+                let _ = Box::pin(timeout(limit, half.shutdown())).await;
+            }
+        }
     }
 }

@@ -108,8 +108,10 @@ impl Balancer {
             config.pod_addresses()?,
             registry::Settings::from_config(&config),
         ));
-        let drain = CancellationToken::new();
         let stop = CancellationToken::new();
+        // Stopping implies draining: whatever waits for a drain also ends
+        // on a stop.
+        let drain = stop.child_token();
         let tasks = TaskTracker::new();
         let relays = TaskTracker::new();
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use common::frame::{FrameTracker, close_frame};
 use rand::Rng;
-use tokio::time::{Instant, sleep, sleep_until};
+use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use crate::ends::{End, ReadEnd, WriteEnd};
@@ -394,27 +394,28 @@ pub async fn relay(
         closed_by_us: false,
     }
     .run(&shared, limits.write);
-    let window = drain.window;
-    let drain_code = drain.code;
-    let drain_at = async move {
-        drain.started.cancelled().await;
-        let jitter = if window.is_zero() {
-            Duration::ZERO
-        } else {
-            window.mul_f64(rand::rng().random_range(0.0..1.0))
-        };
-        sleep(jitter).await;
-    };
-    tokio::pin!(up, down, drain_at);
+    // One cancellation wait at a time (drain, then stop; the drain token is
+    // a child of the stop token) and one timer for idle, linger and the
+    // drain moment: an idle connection's task stays small.
+    let cancel = drain.started.cancelled();
+    let timer = sleep_until(shared.idle_deadline(limits.idle));
+    tokio::pin!(up, down, cancel, timer);
+    let mut waiting_for_stop = false;
     let mut up_result: Option<PumpEnd> = None;
     let mut down_result: Option<PumpEnd> = None;
     let mut ending: Option<Ending> = None;
     let mut linger: Option<Instant> = None;
     let linger_for = limits.write.min(CLOSE_LINGER);
-    let mut drained = false;
+    let mut drain_at: Option<Instant> = None;
 
     while up_result.is_none() || down_result.is_none() {
-        let deadline = linger.unwrap_or_else(|| shared.idle_deadline(limits.idle));
+        let mut deadline = linger.unwrap_or_else(|| shared.idle_deadline(limits.idle));
+        if let Some(at) = drain_at {
+            deadline = deadline.min(at);
+        }
+        if timer.deadline() != deadline || timer.is_elapsed() {
+            timer.as_mut().reset(deadline);
+        }
         tokio::select! {
             r = &mut up, if up_result.is_none() => {
                 ending.get_or_insert(r.ending(Side::Client, Side::Pod));
@@ -428,27 +429,38 @@ pub async fn relay(
                 if r == PumpEnd::WriteFailed { break; }
                 linger.get_or_insert_with(|| far_future_add(Instant::now(), linger_for));
             }
-            () = sleep_until(deadline) => {
-                if linger.is_some() {
-                    break;
-                }
-                if shared.writing.load(Ordering::Relaxed) > 0 {
+            () = &mut timer => {
+                let now = Instant::now();
+                if drain_at.is_some_and(|at| now >= at) {
+                    drain_at = None;
+                    ending.get_or_insert(Ending::Drained);
+                    shared.request_close(drain.code);
+                    linger.get_or_insert_with(|| far_future_add(now, linger_for));
+                } else if let Some(at) = linger {
+                    if now >= at {
+                        break;
+                    }
+                } else if shared.writing.load(Ordering::Relaxed) > 0 {
                     shared.touch();
-                } else if Instant::now() >= shared.idle_deadline(limits.idle) {
+                } else if now >= shared.idle_deadline(limits.idle) {
                     ending.get_or_insert(Ending::Idle);
                     shared.request_close(CLOSE_GOING_AWAY);
-                    linger = Some(far_future_add(Instant::now(), linger_for));
+                    linger = Some(far_future_add(now, linger_for));
                 }
             }
-            () = &mut drain_at, if !drained => {
-                drained = true;
-                ending.get_or_insert(Ending::Drained);
-                shared.request_close(drain_code);
-                linger.get_or_insert_with(|| far_future_add(Instant::now(), linger_for));
-            }
-            () = stop.cancelled() => {
-                ending.get_or_insert(Ending::Shutdown);
-                break;
+            () = &mut cancel => {
+                if waiting_for_stop || stop.is_cancelled() {
+                    ending.get_or_insert(Ending::Shutdown);
+                    break;
+                }
+                waiting_for_stop = true;
+                cancel.set(stop.cancelled());
+                let jitter = if drain.window.is_zero() {
+                    Duration::ZERO
+                } else {
+                    drain.window.mul_f64(rand::rng().random_range(0.0..1.0))
+                };
+                drain_at = Some(far_future_add(Instant::now(), jitter));
             }
         }
     }

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper::upgrade::OnUpgrade;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -213,12 +213,17 @@ impl Proxy {
             lease.settle();
             pod.record_dial_success();
             return Ok(match answer {
-                PodAnswer::Upgraded { head, io } => {
+                PodAnswer::Upgraded { head, io, early } => {
                     tracing::debug!(conn_id, %client, pod = %pod.address.url, handshake_ms = started.elapsed().as_millis() as u64, "upgraded");
                     let response = forward::switching_protocols(&head);
                     let this = self.clone();
-                    self.tasks
-                        .spawn(this.relay(conn_id, client, on_upgrade, io, (lease, slot)));
+                    self.tasks.spawn(this.relay(
+                        conn_id,
+                        client,
+                        on_upgrade,
+                        (io, early),
+                        (lease, slot),
+                    ));
                     response
                 }
                 PodAnswer::Status { head, body } => {
@@ -312,7 +317,7 @@ impl Proxy {
         conn_id: u64,
         client: SocketAddr,
         on_upgrade: OnUpgrade,
-        pod_io: Upgraded,
+        pod_io: (dial::PodStream, bytes::Bytes),
         (lease, _slot): (Lease, Slot),
     ) {
         let started = Instant::now();
@@ -335,7 +340,7 @@ impl Proxy {
         };
         let outcome = relay::relay(
             ends::client_end(client_io),
-            ends::pod_end(pod_io),
+            ends::pod_end(pod_io.0, pod_io.1),
             self.limits,
             self.drain.clone(),
             self.stop.clone(),
