@@ -67,12 +67,14 @@ impl DialError {
 
 /// A byte stream to a pod, plain or TLS. (An enum rather than a boxed trait
 /// object: the compiler cannot prove `Send` through the latter here.)
-pub type PodStream = Either<TcpStream, TlsStream<TcpStream>>;
+///
+/// The TLS side is boxed: its state is large, and a plain connection should
+/// not carry its size.
+pub type PodStream = Either<TcpStream, Box<TlsStream<TcpStream>>>;
 
 /// What the pod answered.
 pub enum PodAnswer {
-    /// 101: the connection is now a WebSocket to relay. `io` already holds
-    /// any bytes the pod sent right after its 101.
+    /// 101: the connection is now a WebSocket to relay.
     Upgraded {
         /// Status line and headers of the 101.
         head: http::response::Parts,
@@ -147,7 +149,7 @@ pub async fn connect(
         .connect(name, tcp)
         .await
         .map_err(DialError::Tls)?;
-    Ok(Either::Right(stream))
+    Ok(Either::Right(Box::new(stream)))
 }
 
 /// Largest response head accepted from a pod.
