@@ -5,7 +5,7 @@
 
 use base64::Engine;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Version, header};
 use http_body_util::Full;
 
 /// The body of every response on the listener: one the balancer built
@@ -72,8 +72,8 @@ pub fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> 
 }
 
 /// Accepts a WebSocket opening handshake or says why not.
-pub fn check<B>(request: &Request<B>) -> Result<(), Rejection> {
-    let headers = request.headers();
+pub fn check(request: &http::request::Parts) -> Result<(), Rejection> {
+    let headers = &request.headers;
     let upgrade = has_token(headers, header::UPGRADE, "websocket");
     if !upgrade && !headers.contains_key(header::UPGRADE) {
         return Err(Rejection::new(
@@ -83,13 +83,13 @@ pub fn check<B>(request: &Request<B>) -> Result<(), Rejection> {
         .with(header::UPGRADE, "websocket")
         .with(header::CONNECTION, "Upgrade"));
     }
-    if request.version() != Version::HTTP_11 {
+    if request.version != Version::HTTP_11 {
         return Err(Rejection::new(
             StatusCode::BAD_REQUEST,
             "WebSocket upgrades require HTTP/1.1",
         ));
     }
-    if request.method() != Method::GET {
+    if request.method != Method::GET {
         return Err(
             Rejection::new(StatusCode::METHOD_NOT_ALLOWED, "WebSocket upgrades use GET")
                 .with(header::ALLOW, "GET"),
@@ -152,6 +152,7 @@ pub fn check<B>(request: &Request<B>) -> Result<(), Rejection> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::Request;
 
     fn upgrade() -> http::request::Builder {
         Request::get("/ws")
@@ -163,7 +164,7 @@ mod tests {
     }
 
     fn status(r: Request<()>) -> Option<StatusCode> {
-        check(&r).err().map(|e| e.status)
+        check(&r.into_parts().0).err().map(|e| e.status)
     }
 
     #[test]
@@ -235,7 +236,7 @@ mod tests {
         let mut r = upgrade().body(()).unwrap();
         r.headers_mut()
             .insert("sec-websocket-version", HeaderValue::from_static("8"));
-        let response = check(&r).unwrap_err().into_response();
+        let response = check(&r.into_parts().0).unwrap_err().into_response();
         assert_eq!(response.headers()["sec-websocket-version"], "13");
     }
 }

@@ -11,6 +11,7 @@ pub mod admin;
 pub mod cli;
 pub mod dial;
 pub mod ends;
+pub mod first_request;
 pub mod forward;
 pub mod handshake;
 pub mod http_proxy;

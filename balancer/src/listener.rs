@@ -6,12 +6,15 @@ use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 
-use crate::upgrade::Proxy;
+use crate::ends::End;
+use crate::first_request::{self, FirstRequest};
+use crate::handshake::plain_response;
+use crate::upgrade::{Answer, Proxy};
 
 /// Accepts until `drain` (or `stop`) is cancelled; the listening socket is
 /// closed then, so new clients are refused at once. Connections are tracked
@@ -42,7 +45,7 @@ pub async fn accept_loop(
         let stopped = stop.clone().cancelled_owned();
         tasks.spawn(async move {
             match proxy.server_tls.clone() {
-                None => serve(tcp, proxy, client, stopped).await,
+                None => serve_plain(tcp, proxy, client, stopped).await,
                 Some(tls) => {
                     let accept = TlsAcceptor::from(tls.current()).accept(tcp);
                     match tokio::time::timeout(proxy.handshake_timeout, accept).await {
@@ -56,12 +59,73 @@ pub async fn accept_loop(
     }
 }
 
+/// Serves one plain TCP connection. A WebSocket upgrade as the first
+/// request (the usual case) is answered and relayed right here; anything
+/// else goes to hyper, from the first byte.
+async fn serve_plain(
+    mut tcp: TcpStream,
+    proxy: Arc<Proxy>,
+    client: std::net::SocketAddr,
+    stopped: WaitForCancellationFutureOwned,
+) {
+    tokio::pin!(stopped);
+    let read = tokio::time::timeout(
+        proxy.handshake_timeout,
+        first_request::read(&mut tcp, proxy.max_header_bytes),
+    );
+    let first = tokio::select! {
+        first = read => first,
+        () = &mut stopped => return,
+    };
+    let (parts, early) = match first {
+        Ok(Ok(FirstRequest::Upgrade { parts, early })) => (parts, early),
+        Ok(Ok(FirstRequest::Other(read))) => {
+            let io = first_request::Prefixed::new(read, tcp);
+            return serve(io, proxy, client, stopped).await;
+        }
+        Ok(Ok(FirstRequest::TooLarge)) => {
+            let response = plain_response(
+                http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request head too large",
+            );
+            let _ = first_request::write_response(&mut tcp, response).await;
+            return;
+        }
+        Ok(Ok(FirstRequest::Closed)) | Ok(Err(_)) => return,
+        Err(_) => {
+            tracing::debug!(%client, "request head not received in time");
+            return;
+        }
+    };
+    let conn_id = proxy.next_conn_id();
+    let answer = tokio::select! {
+        answer = proxy.answer_upgrade(conn_id, client, &parts) => answer,
+        () = &mut stopped => return,
+    };
+    match answer {
+        Answer::Respond(response) => {
+            let _ = first_request::write_response(&mut tcp, response).await;
+        }
+        Answer::Switch { response, relay } => {
+            let written = tokio::time::timeout(
+                proxy.write_timeout(),
+                first_request::write_response(&mut tcp, response),
+            )
+            .await;
+            if matches!(written, Ok(Ok(()))) {
+                let early = (!early.is_empty()).then_some(early);
+                proxy.relay(End::Tcp(tcp, early), relay).await;
+            }
+        }
+    }
+}
+
 /// Serves one client connection (plain or TLS) as HTTP/1.1 with upgrades.
 async fn serve<IO>(
     io: IO,
     proxy: Arc<Proxy>,
     client: std::net::SocketAddr,
-    stopped: WaitForCancellationFutureOwned,
+    stopped: impl std::future::Future<Output = ()>,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {

@@ -40,7 +40,7 @@ pub struct Proxy {
     pub stop: CancellationToken,
     /// How a drain closes relayed connections.
     pub drain: DrainSignal,
-    /// Tracks relay tasks so shutdown can wait for them.
+    /// Counts relayed connections, so drain and shutdown can wait for them.
     pub tasks: TaskTracker,
     /// Headers added to forwarded requests.
     pub forward: forward::ForwardPolicy,
@@ -146,21 +146,53 @@ impl Proxy {
         (self.max_connections == 0 || before < self.max_connections).then_some(slot)
     }
 
-    /// Answers one HTTP request on the listener.
+    /// Bound on one blocked write toward a client (`writeTimeout`).
+    pub fn write_timeout(&self) -> std::time::Duration {
+        self.limits.write
+    }
+
+    /// A new connection id, for logs.
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Answers one HTTP request that hyper parsed on the listener: plain
+    /// HTTP is proxied (or refused), an upgrade is answered and, once hyper
+    /// hands the connection over, relayed in a task of its own.
     pub async fn handle(
         self: Arc<Self>,
         client: SocketAddr,
         mut request: Request<Incoming>,
     ) -> Result<Response<Body>, Infallible> {
-        let conn_id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let conn_id = self.next_conn_id();
         if self.http_mode == HttpMode::Proxy
             && !request.headers().contains_key(http::header::UPGRADE)
         {
             return Ok(self.proxy_http(conn_id, client, request).await);
         }
-        if let Err(rejection) = handshake::check(&request) {
+        let on_upgrade = hyper::upgrade::on(&mut request);
+        let (parts, _) = request.into_parts();
+        Ok(match self.answer_upgrade(conn_id, client, &parts).await {
+            Answer::Respond(response) => response,
+            Answer::Switch { response, relay } => {
+                // Counted as relayed by the token the job holds.
+                tokio::spawn(self.clone().relay_after_upgrade(on_upgrade, relay));
+                response
+            }
+        })
+    }
+
+    /// Checks an upgrade request, picks pods and dials them in order until
+    /// one answers; the client gets that answer (or the refusal).
+    pub async fn answer_upgrade(
+        &self,
+        conn_id: u64,
+        client: SocketAddr,
+        parts: &http::request::Parts,
+    ) -> Answer {
+        if let Err(rejection) = handshake::check(parts) {
             tracing::debug!(conn_id, %client, status = rejection.status.as_u16(), reason = rejection.reason, "request refused");
-            return Ok(rejection.into_response());
+            return Answer::Respond(rejection.into_response());
         }
         if self.drain.started.is_cancelled() {
             // A kept-alive connection may still send an upgrade while the
@@ -170,34 +202,32 @@ impl Proxy {
                 http::header::CONNECTION,
                 http::HeaderValue::from_static("close"),
             );
-            return Ok(response);
+            return Answer::Respond(response);
         }
-        if !self.origin_allowed(request.headers()) {
+        if !self.origin_allowed(&parts.headers) {
             tracing::info!(conn_id, %client, "origin not allowed");
-            return Ok(plain_response(StatusCode::FORBIDDEN, "origin not allowed"));
+            return Answer::Respond(plain_response(StatusCode::FORBIDDEN, "origin not allowed"));
         }
         let Some(slot) = self.slot() else {
             tracing::warn!(conn_id, %client, max = self.max_connections, "maxConnections reached");
-            return Ok(unavailable("the balancer is at maxConnections"));
+            return Answer::Respond(unavailable("the balancer is at maxConnections"));
         };
-        let on_upgrade = hyper::upgrade::on(&mut request);
-        let (parts, _) = request.into_parts();
         let started = Instant::now();
         let candidates = self.registry.candidates();
         if candidates.all_full {
             tracing::warn!(conn_id, %client, "every pod is at its connection limit");
-            return Ok(unavailable("every pod is at its connection limit"));
+            return Answer::Respond(unavailable("every pod is at its connection limit"));
         }
         if candidates.pods.is_empty() {
             tracing::warn!(conn_id, %client, "no pod accepts connections");
-            return Ok(unavailable("no pod accepts new connections"));
+            return Answer::Respond(unavailable("no pod accepts new connections"));
         }
         // Bounded, so a client never waits for more than a few dial
         // timeouts when many pods are black holes.
         for pod in candidates.pods.into_iter().take(MAX_ATTEMPTS) {
             let mut lease = pod.lease(self.registry.settings().early_refresh());
             let forwarded =
-                forward::pod_request(&parts, &pod.address, client, self.scheme, &self.forward);
+                forward::pod_request(parts, &pod.address, client, self.scheme, &self.forward);
             let dial = dial::open(&pod.address, &self.tls, forwarded);
             let answer = match tokio::time::timeout(self.dial_timeout, dial).await {
                 Ok(Ok(answer)) => answer,
@@ -212,34 +242,32 @@ impl Proxy {
             };
             lease.settle();
             pod.record_dial_success();
-            return Ok(match answer {
+            return match answer {
                 PodAnswer::Upgraded { head, io, early } => {
                     tracing::debug!(conn_id, %client, pod = %pod.address.url, handshake_ms = started.elapsed().as_millis() as u64, "upgraded");
-                    let response = forward::switching_protocols(&head);
-                    let this = self.clone();
-                    self.tasks.spawn(this.relay(
-                        conn_id,
-                        client,
-                        on_upgrade,
-                        (io, early),
-                        (lease, slot),
-                    ));
-                    response
+                    Answer::Switch {
+                        response: forward::switching_protocols(&head),
+                        relay: RelayJob {
+                            conn_id,
+                            client,
+                            pod: ends::pod_end(io, early),
+                            lease,
+                            _slot: slot,
+                            _tracked: self.tasks.token(),
+                        },
+                    }
                 }
                 PodAnswer::Status { head, body } => {
                     tracing::info!(conn_id, %client, pod = %pod.address.url, status = head.status.as_u16(), "pod refused the upgrade");
-                    forward::pod_status(&head, body)
+                    Answer::Respond(forward::pod_status(&head, body))
                 }
-            });
+            };
         }
-        if candidates.usable == 0 {
-            Ok(unavailable("no healthy pod"))
+        Answer::Respond(if candidates.usable == 0 {
+            unavailable("no healthy pod")
         } else {
-            Ok(plain_response(
-                StatusCode::BAD_GATEWAY,
-                "no pod could be reached",
-            ))
-        }
+            plain_response(StatusCode::BAD_GATEWAY, "no pod could be reached")
+        })
     }
 
     /// Reverse-proxies a plain HTTP request to the least-loaded pod. A
@@ -311,36 +339,42 @@ impl Proxy {
         }
     }
 
-    /// Waits for the client's side of the upgrade, then relays until done.
-    async fn relay(
-        self: Arc<Self>,
-        conn_id: u64,
-        client: SocketAddr,
-        on_upgrade: OnUpgrade,
-        pod_io: (dial::PodStream, bytes::Bytes),
-        (lease, _slot): (Lease, Slot),
-    ) {
-        let started = Instant::now();
+    /// Waits for hyper to hand over the client's side of the upgrade, then
+    /// relays until done.
+    async fn relay_after_upgrade(self: Arc<Self>, on_upgrade: OnUpgrade, job: RelayJob) {
         // Bounded: a client that never takes its 101 must not hold the pod
         // connection, its count and a maxConnections slot.
         let upgraded = tokio::select! {
             r = tokio::time::timeout(self.handshake_timeout, on_upgrade) => r,
             () = self.stop.cancelled() => return,
         };
-        let client_io = match upgraded {
-            Ok(Ok(io)) => io,
+        let (conn_id, client) = (job.conn_id, job.client);
+        match upgraded {
+            Ok(Ok(io)) => self.relay(ends::client_end(io), job).await,
             Ok(Err(error)) => {
-                tracing::info!(conn_id, %client, pod = lease.pod_url(), %error, closed_by = "client upgrade failed", "connection closed");
-                return;
+                tracing::info!(conn_id, %client, pod = job.lease.pod_url(), %error, closed_by = "client upgrade failed", "connection closed");
             }
             Err(_) => {
-                tracing::info!(conn_id, %client, pod = lease.pod_url(), closed_by = "client upgrade timed out", "connection closed");
-                return;
+                tracing::info!(conn_id, %client, pod = job.lease.pod_url(), closed_by = "client upgrade timed out", "connection closed");
             }
-        };
+        }
+    }
+
+    /// Relays between the client and the pod until done, and logs how it
+    /// went.
+    pub async fn relay(&self, client_end: ends::End, job: RelayJob) {
+        let started = Instant::now();
+        let RelayJob {
+            conn_id,
+            client,
+            pod,
+            lease,
+            _slot,
+            _tracked,
+        } = job;
         let outcome = relay::relay(
-            ends::client_end(client_io),
-            ends::pod_end(pod_io.0, pod_io.1),
+            client_end,
+            pod,
             self.limits,
             self.drain.clone(),
             self.stop.clone(),
@@ -361,6 +395,31 @@ impl Proxy {
             "connection closed"
         );
     }
+}
+
+/// What an upgrade request gets.
+pub enum Answer {
+    /// A response, and then nothing (a refusal, or the pod's own status).
+    Respond(Response<Body>),
+    /// The pod switched protocols: send `response` (the 101), then relay.
+    Switch {
+        /// The 101 for the client.
+        response: Response<Body>,
+        /// The pod's side, its count and its slot.
+        relay: RelayJob,
+    },
+}
+
+/// A connection the pod has accepted, waiting for the client's side.
+pub struct RelayJob {
+    conn_id: u64,
+    client: SocketAddr,
+    pod: ends::End,
+    lease: Lease,
+    _slot: Slot,
+    /// Counts the connection as relayed (drain and shutdown wait for it)
+    /// from the pod's 101 until the relay ends.
+    _tracked: tokio_util::task::task_tracker::TaskTrackerToken,
 }
 
 /// Pods tried for one connection before the client gets a 502.

@@ -131,3 +131,33 @@ async fn no_reachable_pod_gives_502_and_reject_mode_gives_426() {
     assert!(answer.starts_with("HTTP/1.1 426"), "{answer}");
     balancer.shutdown(DEADLINE).await;
 }
+
+#[tokio::test]
+async fn an_upgrade_after_a_plain_request_on_the_same_connection_is_relayed() {
+    let pods = pods(1).await;
+    let balancer = balancer_for(&pods).await;
+    let mut tcp = TcpStream::connect(balancer.listen_addr()).await.unwrap();
+    tcp.write_all(b"GET /metric HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    read_until(&mut tcp, &mut seen, "agentsConnections").await;
+    read_until(&mut tcp, &mut seen, "}").await;
+    tcp.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(tcp.read(&mut byte).await.unwrap(), 1, "closed early");
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+    let frame = common::frame::encode_frame(true, 1, b"again", Some([9, 8, 7, 6]));
+    tcp.write_all(&frame).await.unwrap();
+    assert_eq!(support::raw_frame(&mut tcp).await, (1, b"again".to_vec()));
+    balancer.shutdown(DEADLINE).await;
+}
