@@ -25,8 +25,8 @@ pub enum FirstRequest {
     /// A complete head with an `Upgrade` header: parsed, plus the bytes
     /// that followed it (the client's first frames, if it did not wait).
     Upgrade {
-        /// Method, target, version and headers.
-        parts: http::request::Parts,
+        /// Method, target, version and headers (boxed: large, and short-lived).
+        parts: Box<http::request::Parts>,
         /// Bytes after the head.
         early: Bytes,
     },
@@ -76,7 +76,7 @@ pub async fn read<R: AsyncRead + Unpin>(
 
 enum Parsed {
     Partial,
-    Upgrade(http::request::Parts, usize),
+    Upgrade(Box<http::request::Parts>, usize),
     Other,
 }
 
@@ -107,7 +107,7 @@ fn parse(buf: &[u8]) -> Parsed {
         builder = builder.header(h.name, h.value);
     }
     match builder.body(()) {
-        Ok(request) => Parsed::Upgrade(request.into_parts().0, len),
+        Ok(request) => Parsed::Upgrade(Box::new(request.into_parts().0), len),
         // A target or header `http` will not take: hyper says what is wrong.
         Err(_) => Parsed::Other,
     }
