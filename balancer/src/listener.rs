@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::ends::End;
 use crate::first_request::{self, FirstRequest};
 use crate::handshake::plain_response;
-use crate::upgrade::{Answer, Proxy};
+use crate::upgrade::{Answer, Proxy, RelayJob};
 
 /// Accepts until `drain` (or `stop`) is cancelled; the listening socket is
 /// closed then, so new clients are refused at once. Connections are tracked
@@ -43,19 +43,26 @@ pub async fn accept_loop(
         let _ = tcp.set_nodelay(true);
         let proxy = proxy.clone();
         let stopped = stop.clone().cancelled_owned();
-        tasks.spawn(async move {
-            match proxy.server_tls.clone() {
-                None => serve_plain(tcp, proxy, client, stopped).await,
-                Some(tls) => {
-                    let accept = TlsAcceptor::from(tls.current()).accept(tcp);
-                    match tokio::time::timeout(proxy.handshake_timeout, accept).await {
-                        Ok(Ok(stream)) => serve(stream, proxy, client, stopped).await,
-                        Ok(Err(error)) => tracing::debug!(%client, %error, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%client, "TLS handshake timed out"),
-                    }
-                }
-            }
-        });
+        match proxy.server_tls.clone() {
+            None => tasks.spawn(serve_plain(tcp, proxy, client, stopped)),
+            Some(tls) => tasks.spawn(serve_tls(tcp, tls, proxy, client, stopped)),
+        };
+    }
+}
+
+/// Serves one TLS connection: the handshake, then HTTP/1.1 with upgrades.
+async fn serve_tls(
+    tcp: TcpStream,
+    tls: Arc<crate::tls_listener::ServerTls>,
+    proxy: Arc<Proxy>,
+    client: std::net::SocketAddr,
+    stopped: WaitForCancellationFutureOwned,
+) {
+    let accept = TlsAcceptor::from(tls.current()).accept(tcp);
+    match tokio::time::timeout(proxy.handshake_timeout, accept).await {
+        Ok(Ok(stream)) => serve(stream, proxy, client, stopped).await,
+        Ok(Err(error)) => tracing::debug!(%client, %error, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%client, "TLS handshake timed out"),
     }
 }
 
@@ -63,11 +70,28 @@ pub async fn accept_loop(
 /// request (the usual case) is answered and relayed right here; anything
 /// else goes to hyper, from the first byte.
 async fn serve_plain(
-    mut tcp: TcpStream,
+    tcp: TcpStream,
     proxy: Arc<Proxy>,
     client: std::net::SocketAddr,
     stopped: WaitForCancellationFutureOwned,
 ) {
+    // The relay gets a task of its own, sized for the relay alone: a task
+    // is as large as its largest state, and an idle relay should carry
+    // neither an HTTP server nor a dial.
+    let answered = answer_first_request(tcp, &proxy, client, stopped).await;
+    if let Some((tcp, early, job)) = answered {
+        proxy.start_relay(End::Tcp(tcp, early), job);
+    }
+}
+
+/// Reads and answers the first request; returns what to relay when it was
+/// an upgrade the pod accepted.
+async fn answer_first_request(
+    mut tcp: TcpStream,
+    proxy: &Arc<Proxy>,
+    client: std::net::SocketAddr,
+    stopped: WaitForCancellationFutureOwned,
+) -> Option<(TcpStream, Option<bytes::Bytes>, RelayJob)> {
     tokio::pin!(stopped);
     let read = tokio::time::timeout(
         proxy.handshake_timeout,
@@ -75,13 +99,14 @@ async fn serve_plain(
     );
     let first = tokio::select! {
         first = read => first,
-        () = &mut stopped => return,
+        () = &mut stopped => return None,
     };
     let (parts, early) = match first {
         Ok(Ok(FirstRequest::Upgrade { parts, early })) => (parts, early),
         Ok(Ok(FirstRequest::Other(read))) => {
             let io = first_request::Prefixed::new(read, tcp);
-            return serve(io, proxy, client, stopped).await;
+            serve(io, proxy.clone(), client, stopped).await;
+            return None;
         }
         Ok(Ok(FirstRequest::TooLarge)) => {
             let response = plain_response(
@@ -89,22 +114,23 @@ async fn serve_plain(
                 "request head too large",
             );
             let _ = first_request::write_response(&mut tcp, response).await;
-            return;
+            return None;
         }
-        Ok(Ok(FirstRequest::Closed)) | Ok(Err(_)) => return,
+        Ok(Ok(FirstRequest::Closed)) | Ok(Err(_)) => return None,
         Err(_) => {
             tracing::debug!(%client, "request head not received in time");
-            return;
+            return None;
         }
     };
     let conn_id = proxy.next_conn_id();
     let answer = tokio::select! {
         answer = proxy.answer_upgrade(conn_id, client, &parts) => answer,
-        () = &mut stopped => return,
+        () = &mut stopped => return None,
     };
     match answer {
         Answer::Respond(response) => {
             let _ = first_request::write_response(&mut tcp, response).await;
+            None
         }
         Answer::Switch { response, relay } => {
             let written = tokio::time::timeout(
@@ -112,10 +138,8 @@ async fn serve_plain(
                 first_request::write_response(&mut tcp, response),
             )
             .await;
-            if matches!(written, Ok(Ok(()))) {
-                let early = (!early.is_empty()).then_some(early);
-                proxy.relay(End::Tcp(tcp, early), relay).await;
-            }
+            let early = (!early.is_empty()).then_some(early);
+            matches!(written, Ok(Ok(()))).then_some((tcp, early, relay))
         }
     }
 }

@@ -12,7 +12,6 @@
 //! so a blocked write one way never delays the other.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::frame::{FrameTracker, close_frame};
@@ -20,7 +19,9 @@ use rand::Rng;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
-use crate::ends::{End, ReadEnd, WriteEnd};
+use std::task::{Context, Poll};
+
+use crate::ends::{Chunk, End};
 
 /// Once one side has closed (or the relay sent its own Close), how long the
 /// rest may still take before the connection is dropped. Bounded by the
@@ -117,65 +118,6 @@ pub struct RelayOutcome {
     pub ending: Ending,
 }
 
-/// Counters shared by the two directions of one connection.
-struct Shared {
-    /// Milliseconds since `epoch` of the last byte moved either way.
-    last_activity: AtomicU64,
-    /// Writes in progress: a blocked write is bounded by the write timeout,
-    /// not by the idle one.
-    writing: AtomicU64,
-    /// Bytes passed, toward the pod [0] and toward the client [1].
-    bytes: [AtomicU64; 2],
-    /// Complete messages passed, same order.
-    messages: [AtomicU64; 2],
-    /// Directions that have ended (0, 1 or 2).
-    finished: AtomicU64,
-    /// Close code the relay asked both directions to insert (0: none yet).
-    close_code: AtomicU32,
-    /// Start of the connection.
-    epoch: Instant,
-}
-
-impl Side {
-    fn index(self) -> usize {
-        match self {
-            Side::Pod => 0,
-            Side::Client => 1,
-        }
-    }
-}
-
-impl Shared {
-    /// Asks both directions to insert a Close with `code` at their next
-    /// frame boundary (the first request wins).
-    fn request_close(&self, code: u16) {
-        let _ = self.close_code.compare_exchange(
-            0,
-            u32::from(code),
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
-    }
-
-    /// The requested Close code, if any.
-    fn close_requested(&self) -> Option<u16> {
-        match self.close_code.load(Ordering::Relaxed) {
-            0 => None,
-            code => u16::try_from(code).ok(),
-        }
-    }
-
-    fn touch(&self) {
-        let ms = self.epoch.elapsed().as_millis() as u64;
-        self.last_activity.store(ms, Ordering::Relaxed);
-    }
-
-    fn idle_deadline(&self, idle: Duration) -> Instant {
-        let last = Duration::from_millis(self.last_activity.load(Ordering::Relaxed));
-        far_future_add(self.epoch, last.saturating_add(idle))
-    }
-}
-
 /// `at + by`, or a time a century away when that would overflow.
 pub fn far_future_add(at: Instant, by: Duration) -> Instant {
     at.checked_add(by)
@@ -207,19 +149,60 @@ impl PumpEnd {
     }
 }
 
-/// One direction: reads `from`, writes to `to` (the `toward` side).
-struct Pump<'a> {
-    from: ReadEnd<'a>,
-    to: WriteEnd<'a>,
-    toward: Side,
-    tracker: FrameTracker,
-    /// The relay's own Close went out this way; data is no longer passed.
-    closed_by_us: bool,
+/// Bytes on their way out: a chunk as read, a range of which is written.
+enum Outgoing {
+    /// Relayed bytes: `chunk[from..to]` still to write.
+    Relayed { from: usize, to: usize },
+    /// A Close frame of the relay's own.
+    Own(Vec<u8>, usize),
 }
 
-impl Pump<'_> {
+/// One direction's state: everything it holds between two polls. There is
+/// no future in here, so an idle connection costs only these fields.
+struct Pump {
+    /// The side written to.
+    toward: Side,
+    tracker: FrameTracker,
+    /// The tracker followed the stream so far (a stream that is not
+    /// WebSocket still passes, but nothing is inserted any more).
+    framed: bool,
+    /// The relay's own Close went out this way; data is no longer passed.
+    closed_by_us: bool,
+    /// Bytes read and not yet all passed (at most one pooled buffer).
+    chunk: Option<Chunk>,
+    /// Start of the part of `chunk` not yet fed to the tracker.
+    fed: usize,
+    /// What is being written now.
+    out: Option<Outgoing>,
+    /// When the current write started to wait (for `writeTimeout`).
+    blocked_since: Option<Instant>,
+    /// Once `out` is written: shut the writing side and end with this.
+    finishing: Option<PumpEnd>,
+    /// How it ended.
+    ended: Option<PumpEnd>,
+    /// Bytes and complete messages passed.
+    bytes: u64,
+}
+
+impl Pump {
+    fn new(toward: Side) -> Self {
+        Pump {
+            toward,
+            tracker: FrameTracker::new(),
+            framed: true,
+            closed_by_us: false,
+            chunk: None,
+            fed: 0,
+            out: None,
+            blocked_since: None,
+            finishing: None,
+            ended: None,
+            bytes: 0,
+        }
+    }
+
     /// A Close frame toward this pump's side, masked toward the pod.
-    fn close(&self, code: u16) -> Vec<u8> {
+    fn close_frame(&self, code: u16) -> Vec<u8> {
         let reason = match code {
             CLOSE_BAD_GATEWAY => "pod went away",
             1012 => "service restart",
@@ -229,76 +212,119 @@ impl Pump<'_> {
         close_frame(code, reason, mask)
     }
 
-    /// Sends the relay's own Close this way once one is requested and the
-    /// stream is at a frame boundary (none if this side's peer already sent
-    /// one: it must not get a second).
-    async fn insert_close(
+    /// Moves bytes from `from` to `to` until it must wait (Pending) or this
+    /// direction is over (Ready). `requested` is the Close the relay asked
+    /// for, if any; `other_done` says the other direction is over.
+    fn poll(
         &mut self,
+        cx: &mut Context<'_>,
+        from: &mut End,
+        to: &mut End,
         requested: Option<u16>,
-        framed: bool,
-        write_limit: Duration,
-    ) -> std::io::Result<()> {
-        let Some(code) = requested else { return Ok(()) };
-        if self.closed_by_us || !framed || !self.tracker.at_boundary() {
-            return Ok(());
+        other_done: bool,
+    ) -> Poll<PumpEnd> {
+        if let Some(end) = self.ended {
+            return Poll::Ready(end);
         }
-        self.closed_by_us = true;
-        if self.tracker.close_seen() {
-            return Ok(());
-        }
-        let frame = self.close(code);
-        self.to.write(&frame, write_limit).await
-    }
-
-    /// Ends this direction: end-of-stream toward its side, unless the other
-    /// direction is already over (then the sockets are about to be closed,
-    /// which says the same for one system call less).
-    async fn finish(&mut self, shared: &Shared, write_limit: Duration) {
-        if shared.finished.fetch_add(1, Ordering::Relaxed) == 0 {
-            self.to.shutdown(write_limit).await;
-        }
-    }
-
-    async fn run(mut self, shared: &Shared, write_limit: Duration) -> PumpEnd {
-        let side = self.toward.index();
-        // The tracker can lose the frame boundaries of a stream that is not
-        // WebSocket; bytes still pass, but nothing is inserted any more.
-        let mut framed = true;
         loop {
-            let requested = shared.close_requested();
-            if self
-                .insert_close(requested, framed, write_limit)
-                .await
-                .is_err()
-            {
-                return PumpEnd::WriteFailed;
+            // 1. Finish the write in progress.
+            if let Some(out) = &mut self.out {
+                let bytes: &[u8] = match out {
+                    Outgoing::Relayed { from, to } => match &self.chunk {
+                        Some(chunk) => &chunk.bytes()[*from..*to],
+                        None => &[],
+                    },
+                    Outgoing::Own(frame, written) => &frame[*written..],
+                };
+                if !bytes.is_empty() {
+                    match to.poll_write(cx, bytes) {
+                        Poll::Pending => {
+                            self.blocked_since.get_or_insert_with(Instant::now);
+                            return Poll::Pending;
+                        }
+                        Poll::Ready(Ok(n)) if n > 0 => {
+                            self.blocked_since = None;
+                            match out {
+                                Outgoing::Relayed { from, .. } => {
+                                    *from += n;
+                                    self.bytes += n as u64;
+                                }
+                                Outgoing::Own(_, written) => *written += n,
+                            }
+                            continue;
+                        }
+                        Poll::Ready(_) => return self.end(PumpEnd::WriteFailed),
+                    }
+                }
+                self.out = None;
             }
-            let chunk = tokio::select! {
-                read = self.from.read() => read,
-                // No waker needed: a Close is only requested by the relay
-                // loop, which polls both pumps again right after.
-                () = std::future::poll_fn(|_| match shared.close_requested() {
-                    Some(_) => std::task::Poll::Ready(()),
-                    None => std::task::Poll::Pending,
-                }), if requested.is_none() => continue,
-            };
-            let chunk = match chunk {
-                Ok(Some(chunk)) => chunk,
-                Ok(None) | Err(_) => {
-                    let end = if chunk.is_ok() {
-                        PumpEnd::Eof
-                    } else {
-                        PumpEnd::ReadError
-                    };
-                    let end = if self.closed_by_us {
-                        PumpEnd::Answered
-                    } else {
-                        end
+            // 2. An ending waiting for its last write.
+            if let Some(end) = self.finishing {
+                if !other_done {
+                    to.shutdown_now();
+                }
+                return self.end(end);
+            }
+            // 3. The relay's own Close, at a frame boundary.
+            if let Some(code) = requested
+                && !self.closed_by_us
+                && self.framed
+                && self.tracker.at_boundary()
+            {
+                self.closed_by_us = true;
+                // None if this side's peer already sent one: no second.
+                if !self.tracker.close_seen() {
+                    self.out = Some(Outgoing::Own(self.close_frame(code), 0));
+                    continue;
+                }
+            }
+            // 4. Feed the next piece of the chunk to the tracker.
+            if let Some(chunk) = &self.chunk
+                && self.fed < chunk.bytes().len()
+            {
+                let rest = &chunk.bytes()[self.fed..];
+                // Stop at the first frame boundary when a Close waits for one.
+                let stop = requested.is_some() && !self.closed_by_us;
+                let used = if self.framed {
+                    match self.tracker.feed(rest, stop, |_| {}) {
+                        Ok(used) => used,
+                        Err(_) => {
+                            self.framed = false;
+                            rest.len()
+                        }
+                    }
+                } else {
+                    rest.len()
+                };
+                let start = self.fed;
+                self.fed += used;
+                if !self.closed_by_us {
+                    self.out = Some(Outgoing::Relayed {
+                        from: start,
+                        to: start + used,
+                    });
+                } else if self.tracker.close_seen() {
+                    // The answer to our Close: this direction is done.
+                    self.finishing = Some(PumpEnd::Answered);
+                }
+                continue;
+            }
+            self.chunk = None;
+            self.fed = 0;
+            // 5. Read more.
+            match from.poll_read_chunk(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(Some(chunk))) => self.chunk = Some(chunk),
+                Poll::Ready(result) => {
+                    let end = match (self.closed_by_us, result.is_ok()) {
+                        (true, _) => PumpEnd::Answered,
+                        (false, true) => PumpEnd::Eof,
+                        (false, false) => PumpEnd::ReadError,
                     };
                     // The reading side vanished without a Close: tell the
                     // other side properly (1014 to a client, 1001 to a pod).
                     if !self.closed_by_us
-                        && framed
+                        && self.framed
                         && self.tracker.at_boundary()
                         && !self.tracker.close_seen()
                     {
@@ -306,149 +332,235 @@ impl Pump<'_> {
                             Side::Client => CLOSE_BAD_GATEWAY,
                             Side::Pod => CLOSE_GOING_AWAY,
                         };
-                        let frame = self.close(code);
-                        let _ = self.to.write(&frame, write_limit).await;
+                        self.out = Some(Outgoing::Own(self.close_frame(code), 0));
                     }
-                    self.finish(shared, write_limit).await;
-                    return end;
+                    self.finishing = Some(end);
                 }
-            };
-            shared.touch();
-            let mut rest = chunk.bytes();
-            while !rest.is_empty() {
-                // Stop at the first frame boundary when a Close waits for one.
-                let stop = requested.is_some() && !self.closed_by_us;
-                let used = if framed {
-                    match self.tracker.feed(rest, stop, |_| {}) {
-                        Ok(used) => used,
-                        Err(_) => {
-                            framed = false;
-                            rest.len()
-                        }
-                    }
-                } else {
-                    rest.len()
-                };
-                let (now, later) = rest.split_at(used);
-                if !self.closed_by_us {
-                    shared.writing.fetch_add(1, Ordering::Relaxed);
-                    let written = self.to.write(now, write_limit).await;
-                    shared.writing.fetch_sub(1, Ordering::Relaxed);
-                    if written.is_err() {
-                        return PumpEnd::WriteFailed;
-                    }
-                    shared.bytes[side].fetch_add(now.len() as u64, Ordering::Relaxed);
-                    shared.messages[side].store(self.tracker.messages(), Ordering::Relaxed);
-                } else if self.tracker.close_seen() {
-                    // The answer to our Close: this direction is done.
-                    self.finish(shared, write_limit).await;
-                    return PumpEnd::Answered;
-                }
-                if self
-                    .insert_close(requested, framed, write_limit)
-                    .await
-                    .is_err()
-                {
-                    return PumpEnd::WriteFailed;
-                }
-                rest = later;
             }
-            shared.touch();
         }
     }
+
+    fn end(&mut self, end: PumpEnd) -> Poll<PumpEnd> {
+        self.ended = Some(end);
+        self.chunk = None;
+        self.out = None;
+        Poll::Ready(end)
+    }
+
+    /// When this direction's blocked write times out, if one is blocked.
+    fn write_deadline(&self, limit: Duration) -> Option<Instant> {
+        self.blocked_since.map(|at| far_future_add(at, limit))
+    }
+}
+
+/// A relayed connection's whole state: its two ends and both directions.
+/// The relay borrows it, so a task holds it once, not once per layer.
+pub struct Connection {
+    client: End,
+    pod: End,
+    /// Client to pod.
+    up: Pump,
+    /// Pod to client.
+    down: Pump,
+    /// The Close the relay asked both directions to insert.
+    requested: Option<u16>,
+    /// Last time a byte moved either way.
+    last_activity: Instant,
+}
+
+impl Connection {
+    /// A connection between a client and a pod, ready to relay.
+    pub fn new(client: End, pod: End) -> Self {
+        Connection {
+            client,
+            pod,
+            up: Pump::new(Side::Pod),
+            down: Pump::new(Side::Client),
+            requested: None,
+            last_activity: Instant::now(),
+        }
+    }
+
+    /// Polls both directions; returns the first that ended since the last
+    /// call (client side first), or Pending.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<(Side, PumpEnd)> {
+        let before = self.up.bytes + self.down.bytes;
+        let (up_done, down_done) = (self.up.ended.is_some(), self.down.ended.is_some());
+        let mut result = Poll::Pending;
+        if !up_done
+            && let Poll::Ready(end) = self.up.poll(
+                cx,
+                &mut self.client,
+                &mut self.pod,
+                self.requested,
+                down_done,
+            )
+        {
+            result = Poll::Ready((Side::Client, end));
+        }
+        let up_now_done = self.up.ended.is_some();
+        if !down_done
+            && let Poll::Ready(end) = self.down.poll(
+                cx,
+                &mut self.pod,
+                &mut self.client,
+                self.requested,
+                up_now_done,
+            )
+            && result.is_pending()
+        {
+            result = Poll::Ready((Side::Pod, end));
+        }
+        if self.up.bytes + self.down.bytes != before || self.chunk_moved() {
+            self.last_activity = Instant::now();
+        }
+        result
+    }
+
+    /// Whether a read happened that passed no bytes yet (a Close being
+    /// inserted before it): still activity.
+    fn chunk_moved(&self) -> bool {
+        self.up.chunk.is_some() || self.down.chunk.is_some()
+    }
+
+    fn done(&self) -> bool {
+        self.up.ended.is_some() && self.down.ended.is_some()
+    }
+
+    /// When the relay must look again: the linger's end, or the idle
+    /// timeout (suspended while a write is blocked, which the write timeout
+    /// bounds instead), and the drain moment.
+    fn deadline(
+        &self,
+        limits: RelayLimits,
+        linger: Option<Instant>,
+        drain_at: Option<Instant>,
+    ) -> Instant {
+        let writing = [
+            self.up.write_deadline(limits.write),
+            self.down.write_deadline(limits.write),
+        ];
+        let mut deadline = match linger {
+            Some(at) => at,
+            None if writing.iter().any(Option::is_some) => {
+                far_future_add(Instant::now(), limits.idle)
+            }
+            None => far_future_add(self.last_activity, limits.idle),
+        };
+        for at in writing.into_iter().flatten().chain(drain_at) {
+            deadline = deadline.min(at);
+        }
+        deadline
+    }
+}
+
+/// What woke the relay.
+enum Event {
+    /// A direction ended (its reading side, and how).
+    Ended(Side, PumpEnd),
+    /// The timer's deadline passed.
+    Timer,
+    /// Drain or stop.
+    Cancelled,
 }
 
 /// Relays until both directions are done. `drain` closes the connection
 /// cleanly at a random point of the drain window; `stop` ends it at once.
 pub async fn relay(
-    mut client: End,
-    mut pod: End,
+    client: End,
+    pod: End,
     limits: RelayLimits,
     drain: DrainSignal,
     stop: CancellationToken,
 ) -> RelayOutcome {
-    let shared = Shared {
-        last_activity: AtomicU64::new(0),
-        writing: AtomicU64::new(0),
-        bytes: [AtomicU64::new(0), AtomicU64::new(0)],
-        messages: [AtomicU64::new(0), AtomicU64::new(0)],
-        finished: AtomicU64::new(0),
-        close_code: AtomicU32::new(0),
-        epoch: Instant::now(),
-    };
-    let (client_read, client_write) = client.split();
-    let (pod_read, pod_write) = pod.split();
-    let up = Pump {
-        from: client_read,
-        to: pod_write,
-        toward: Side::Pod,
-        tracker: FrameTracker::new(),
-        closed_by_us: false,
-    }
-    .run(&shared, limits.write);
-    let down = Pump {
-        from: pod_read,
-        to: client_write,
-        toward: Side::Client,
-        tracker: FrameTracker::new(),
-        closed_by_us: false,
-    }
-    .run(&shared, limits.write);
+    run(&mut Connection::new(client, pod), limits, &drain, &stop).await
+}
+
+/// Relays `conn` until both directions are done (see [`relay`]).
+pub async fn run(
+    conn: &mut Connection,
+    limits: RelayLimits,
+    drain: &DrainSignal,
+    stop: &CancellationToken,
+) -> RelayOutcome {
     // One cancellation wait at a time (drain, then stop; the drain token is
-    // a child of the stop token) and one timer for idle, linger and the
-    // drain moment: an idle connection's task stays small.
+    // a child of the stop token) and one timer for idle, writes, linger and
+    // the drain moment.
     let cancel = drain.started.cancelled();
-    let timer = sleep_until(shared.idle_deadline(limits.idle));
-    tokio::pin!(up, down, cancel, timer);
+    let timer = sleep_until(far_future_add(Instant::now(), limits.idle));
+    tokio::pin!(cancel, timer);
     let mut waiting_for_stop = false;
-    let mut up_result: Option<PumpEnd> = None;
-    let mut down_result: Option<PumpEnd> = None;
     let mut ending: Option<Ending> = None;
     let mut linger: Option<Instant> = None;
     let linger_for = limits.write.min(CLOSE_LINGER);
     let mut drain_at: Option<Instant> = None;
 
-    while up_result.is_none() || down_result.is_none() {
-        let mut deadline = linger.unwrap_or_else(|| shared.idle_deadline(limits.idle));
-        if let Some(at) = drain_at {
-            deadline = deadline.min(at);
-        }
-        if timer.deadline() != deadline || timer.is_elapsed() {
-            timer.as_mut().reset(deadline);
-        }
-        tokio::select! {
-            r = &mut up, if up_result.is_none() => {
-                ending.get_or_insert(r.ending(Side::Client, Side::Pod));
-                up_result = Some(r);
-                if r == PumpEnd::WriteFailed { break; }
+    while !conn.done() {
+        // Pumps first, then the timer, whose deadline is recomputed after
+        // every poll (a write that just blocked brings it forward).
+        let event = std::future::poll_fn(|cx| {
+            if let Poll::Ready((side, end)) = conn.poll(cx) {
+                return Poll::Ready(Event::Ended(side, end));
+            }
+            // Only ever brought forward, or re-armed once it has fired:
+            // activity does not move the timer (no timer-wheel work per
+            // message); a timer that fires early just finds no idleness.
+            let deadline = conn.deadline(limits, linger, drain_at);
+            if deadline < timer.deadline() || timer.is_elapsed() {
+                timer.as_mut().reset(deadline);
+            }
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Timer);
+            }
+            if cancel.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Cancelled);
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Event::Ended(side, end) => {
+                let other = match side {
+                    Side::Client => Side::Pod,
+                    Side::Pod => Side::Client,
+                };
+                ending.get_or_insert(end.ending(side, other));
+                if end == PumpEnd::WriteFailed {
+                    break;
+                }
                 linger.get_or_insert_with(|| far_future_add(Instant::now(), linger_for));
             }
-            r = &mut down, if down_result.is_none() => {
-                ending.get_or_insert(r.ending(Side::Pod, Side::Client));
-                down_result = Some(r);
-                if r == PumpEnd::WriteFailed { break; }
-                linger.get_or_insert_with(|| far_future_add(Instant::now(), linger_for));
-            }
-            () = &mut timer => {
+            Event::Timer => {
                 let now = Instant::now();
+                let blocked = [
+                    (Side::Pod, conn.up.write_deadline(limits.write)),
+                    (Side::Client, conn.down.write_deadline(limits.write)),
+                ];
+                if let Some((side, _)) = blocked
+                    .iter()
+                    .find(|(_, at)| at.is_some_and(|at| now >= at))
+                {
+                    ending.get_or_insert(Ending::WriteFailed(*side));
+                    break;
+                }
                 if drain_at.is_some_and(|at| now >= at) {
                     drain_at = None;
                     ending.get_or_insert(Ending::Drained);
-                    shared.request_close(drain.code);
+                    conn.requested.get_or_insert(drain.code);
                     linger.get_or_insert_with(|| far_future_add(now, linger_for));
                 } else if let Some(at) = linger {
                     if now >= at {
                         break;
                     }
-                } else if shared.writing.load(Ordering::Relaxed) > 0 {
-                    shared.touch();
-                } else if now >= shared.idle_deadline(limits.idle) {
+                } else if blocked.iter().all(|(_, at)| at.is_none())
+                    && now >= far_future_add(conn.last_activity, limits.idle)
+                {
                     ending.get_or_insert(Ending::Idle);
-                    shared.request_close(CLOSE_GOING_AWAY);
+                    conn.requested.get_or_insert(CLOSE_GOING_AWAY);
                     linger = Some(far_future_add(now, linger_for));
                 }
             }
-            () = &mut cancel => {
+            Event::Cancelled => {
                 if waiting_for_stop || stop.is_cancelled() {
                     ending.get_or_insert(Ending::Shutdown);
                     break;
@@ -464,12 +576,11 @@ pub async fn relay(
             }
         }
     }
-    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
     RelayOutcome {
-        client_to_pod: load(&shared.bytes[0]),
-        pod_to_client: load(&shared.bytes[1]),
-        messages_in: load(&shared.messages[0]),
-        messages_out: load(&shared.messages[1]),
+        client_to_pod: conn.up.bytes,
+        pod_to_client: conn.down.bytes,
+        messages_in: conn.up.tracker.messages(),
+        messages_out: conn.down.tracker.messages(),
         ending: ending.unwrap_or(Ending::Idle),
     }
 }

@@ -350,7 +350,7 @@ impl Proxy {
         };
         let (conn_id, client) = (job.conn_id, job.client);
         match upgraded {
-            Ok(Ok(io)) => self.relay(ends::client_end(io), job).await,
+            Ok(Ok(io)) => self.start_relay(ends::client_end(io), job),
             Ok(Err(error)) => {
                 tracing::info!(conn_id, %client, pod = job.lease.pod_url(), %error, closed_by = "client upgrade failed", "connection closed");
             }
@@ -360,10 +360,10 @@ impl Proxy {
         }
     }
 
-    /// Relays between the client and the pod until done, and logs how it
-    /// went.
-    pub async fn relay(&self, client_end: ends::End, job: RelayJob) {
-        let started = Instant::now();
+    /// Relays between the client and the pod in a task of its own, sized
+    /// for nothing but the relay: an idle connection costs that task, its
+    /// two sockets, and nothing else.
+    pub fn start_relay(self: &Arc<Self>, client_end: ends::End, job: RelayJob) {
         let RelayJob {
             conn_id,
             client,
@@ -372,14 +372,33 @@ impl Proxy {
             _slot,
             _tracked,
         } = job;
-        let outcome = relay::relay(
-            client_end,
-            pod,
-            self.limits,
-            self.drain.clone(),
-            self.stop.clone(),
-        )
-        .await;
+        // Boxed: an async fn stores its arguments twice (as given and as
+        // bound), which for the connection's state would double it.
+        let relayed = Box::new(Relayed {
+            conn: relay::Connection::new(client_end, pod),
+            meta: RelayMeta {
+                conn_id,
+                client,
+                lease,
+                _slot,
+                _tracked,
+            },
+        });
+        tokio::spawn(self.clone().relay(relayed));
+    }
+
+    /// Relays until done, and logs how it went.
+    async fn relay(self: Arc<Self>, mut relayed: Box<Relayed>) {
+        let started = Instant::now();
+        let outcome = relay::run(&mut relayed.conn, self.limits, &self.drain, &self.stop).await;
+        let Relayed { conn, meta } = *relayed;
+        drop(conn);
+        let RelayMeta {
+            conn_id,
+            client,
+            lease,
+            ..
+        } = meta;
         let pod = lease.pod_url().to_owned();
         drop(lease);
         tracing::info!(
@@ -395,6 +414,22 @@ impl Proxy {
             "connection closed"
         );
     }
+}
+
+/// What a relay task holds.
+struct Relayed {
+    conn: relay::Connection,
+    meta: RelayMeta,
+}
+
+/// What a relay task keeps besides the connection: for the log line, the
+/// pod's count and the balancer's limits.
+struct RelayMeta {
+    conn_id: u64,
+    client: SocketAddr,
+    lease: Lease,
+    _slot: Slot,
+    _tracked: tokio_util::task::task_tracker::TaskTrackerToken,
 }
 
 /// What an upgrade request gets.
