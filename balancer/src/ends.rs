@@ -21,8 +21,8 @@ use crate::dial::PodStream;
 /// Size of one relay buffer.
 pub const CHUNK: usize = 16 * 1024;
 
-/// Buffers kept for reuse at most (4 MiB); beyond, they are freed.
-const POOL_MAX: usize = 256;
+/// Buffers kept for reuse at most (1 MiB); beyond, they are freed.
+const POOL_MAX: usize = 64;
 
 /// Free relay buffers shared by every connection.
 static POOL: Mutex<Vec<Box<[u8]>>> = Mutex::new(Vec::new());
@@ -80,43 +80,49 @@ type AnyIo = Either<TokioIo<Upgraded>, PodStream>;
 /// driven by polling: reads and writes never hold a future (nor a buffer)
 /// while they wait.
 pub enum End {
-    /// Plain TCP, and bytes read past the handshake.
-    Tcp(TcpStream, Option<Bytes>),
-    /// Anything else (boxed: TLS state is large), and bytes read past the
-    /// handshake.
-    Io(Box<AnyIo>, Option<Bytes>),
+    /// Plain TCP.
+    Tcp(TcpStream),
+    /// Anything else (boxed: TLS state is large).
+    Io(Box<AnyIo>),
 }
+
+/// An end as it arrives from a handshake: the stream, and the bytes already
+/// read past the handshake (to be relayed first, so none is lost).
+pub type Arrived = (End, Option<Bytes>);
 
 fn early(read_buf: Bytes) -> Option<Bytes> {
     (!read_buf.is_empty()).then_some(read_buf)
 }
 
 /// The client's upgraded connection (plain TCP from our listener).
-pub fn client_end(upgraded: Upgraded) -> End {
+pub fn client_end(upgraded: Upgraded) -> Arrived {
     match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => End::Tcp(parts.io.into_inner(), early(parts.read_buf)),
-        Err(upgraded) => End::Io(Box::new(Either::Left(TokioIo::new(upgraded))), None),
+        Ok(parts) => (End::Tcp(parts.io.into_inner()), early(parts.read_buf)),
+        Err(upgraded) => (
+            End::Io(Box::new(Either::Left(TokioIo::new(upgraded)))),
+            None,
+        ),
     }
 }
 
 /// The pod's connection (TCP or TLS from the dialler) after its 101, with
 /// the bytes it sent right after the 101.
-pub fn pod_end(io: PodStream, early_bytes: Bytes) -> End {
-    match io {
-        Either::Left(tcp) => End::Tcp(tcp, early(early_bytes)),
-        tls @ Either::Right(_) => End::Io(Box::new(Either::Right(tls)), early(early_bytes)),
-    }
+pub fn pod_end(io: PodStream, early_bytes: Bytes) -> Arrived {
+    let end = match io {
+        Either::Left(tcp) => End::Tcp(tcp),
+        tls @ Either::Right(_) => End::Io(Box::new(Either::Right(tls))),
+    };
+    (end, early(early_bytes))
 }
 
 /// A plain TCP stream as an end (tests, and relays between sockets).
-pub fn tcp_end(tcp: TcpStream) -> End {
+pub fn tcp_end(tcp: TcpStream) -> Arrived {
     let _ = tcp.set_nodelay(true);
-    End::Tcp(tcp, None)
+    (End::Tcp(tcp), None)
 }
 
 impl End {
-    /// The next bytes, or `None` at end of stream. Bytes read past the
-    /// handshake come first.
+    /// The next bytes, or `None` at end of stream.
     ///
     /// A TCP end waits for readiness in the socket's own waker slot, takes
     /// a pooled buffer only once readable, and reads through `poll_read`,
@@ -127,18 +133,14 @@ impl End {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<std::io::Result<Option<Chunk>>> {
-        let (End::Tcp(_, pending) | End::Io(_, pending)) = self;
-        if let Some(bytes) = pending.take() {
-            return Poll::Ready(Ok(Some(Chunk::Early(bytes))));
-        }
-        if let End::Tcp(tcp, _) = self {
+        if let End::Tcp(tcp) = self {
             std::task::ready!(tcp.poll_read_ready(cx))?;
         }
         let mut buf = Buffer::take();
         let mut filled = ReadBuf::new(buf.slice());
         let read = match self {
-            End::Tcp(tcp, _) => Pin::new(tcp).poll_read(cx, &mut filled),
-            End::Io(io, _) => Pin::new(&mut **io).poll_read(cx, &mut filled),
+            End::Tcp(tcp) => Pin::new(tcp).poll_read(cx, &mut filled),
+            End::Io(io) => Pin::new(&mut **io).poll_read(cx, &mut filled),
         };
         std::task::ready!(read)?;
         let n = filled.filled().len();
@@ -152,8 +154,8 @@ impl End {
         bytes: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         match self {
-            End::Tcp(tcp, _) => Pin::new(tcp).poll_write(cx, bytes),
-            End::Io(io, _) => {
+            End::Tcp(tcp) => Pin::new(tcp).poll_write(cx, bytes),
+            End::Io(io) => {
                 let n = std::task::ready!(Pin::new(&mut **io).poll_write(cx, bytes))?;
                 // TLS buffers records; a flush that must wait is retried
                 // with the next write or shutdown.
@@ -168,8 +170,8 @@ impl End {
     pub fn shutdown_now(&mut self) {
         let mut cx = Context::from_waker(Waker::noop());
         let _ = match self {
-            End::Tcp(tcp, _) => Pin::new(tcp).poll_shutdown(&mut cx),
-            End::Io(io, _) => Pin::new(&mut **io).poll_shutdown(&mut cx),
+            End::Tcp(tcp) => Pin::new(tcp).poll_shutdown(&mut cx),
+            End::Io(io) => Pin::new(&mut **io).poll_shutdown(&mut cx),
         };
     }
 }

@@ -80,7 +80,7 @@ async fn serve_plain(
     // neither an HTTP server nor a dial.
     let answered = answer_first_request(tcp, &proxy, client, stopped).await;
     if let Some((tcp, early, job)) = answered {
-        proxy.start_relay(End::Tcp(tcp, early), job);
+        proxy.start_relay((End::Tcp(tcp), early), job);
     }
 }
 

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use std::task::{Context, Poll};
 
-use crate::ends::{Chunk, End};
+use crate::ends::{Arrived, Chunk, End};
 
 /// Once one side has closed (or the relay sent its own Close), how long the
 /// rest may still take before the connection is dropped. Bounded by the
@@ -185,13 +185,13 @@ struct Pump {
 }
 
 impl Pump {
-    fn new(toward: Side) -> Self {
+    fn new(toward: Side, early: Option<bytes::Bytes>) -> Self {
         Pump {
             toward,
             tracker: FrameTracker::new(),
             framed: true,
             closed_by_us: false,
-            chunk: None,
+            chunk: early.map(Chunk::Early),
             fed: 0,
             out: None,
             blocked_since: None,
@@ -369,13 +369,14 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// A connection between a client and a pod, ready to relay.
-    pub fn new(client: End, pod: End) -> Self {
+    /// A connection between a client and a pod, ready to relay; bytes
+    /// either sent past its handshake go first.
+    pub fn new((client, client_early): Arrived, (pod, pod_early): Arrived) -> Self {
         Connection {
             client,
             pod,
-            up: Pump::new(Side::Pod),
-            down: Pump::new(Side::Client),
+            up: Pump::new(Side::Pod, client_early),
+            down: Pump::new(Side::Client, pod_early),
             requested: None,
             last_activity: Instant::now(),
         }
@@ -467,8 +468,8 @@ enum Event {
 /// Relays until both directions are done. `drain` closes the connection
 /// cleanly at a random point of the drain window; `stop` ends it at once.
 pub async fn relay(
-    client: End,
-    pod: End,
+    client: Arrived,
+    pod: Arrived,
     limits: RelayLimits,
     drain: DrainSignal,
     stop: CancellationToken,

@@ -363,7 +363,7 @@ impl Proxy {
     /// Relays between the client and the pod in a task of its own, sized
     /// for nothing but the relay: an idle connection costs that task, its
     /// two sockets, and nothing else.
-    pub fn start_relay(self: &Arc<Self>, client_end: ends::End, job: RelayJob) {
+    pub fn start_relay(self: &Arc<Self>, client_end: ends::Arrived, job: RelayJob) {
         let RelayJob {
             conn_id,
             client,
@@ -449,7 +449,7 @@ pub enum Answer {
 pub struct RelayJob {
     conn_id: u64,
     client: SocketAddr,
-    pod: ends::End,
+    pod: ends::Arrived,
     lease: Lease,
     _slot: Slot,
     /// Counts the connection as relayed (drain and shutdown wait for it)
