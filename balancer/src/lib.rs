@@ -194,7 +194,8 @@ impl Balancer {
         self.stop.clone()
     }
 
-    /// Connections relayed right now.
+    /// Connections relayed right now, counting those whose pod is being
+    /// dialled.
     pub fn relayed(&self) -> usize {
         self.relays.len()
     }

@@ -212,6 +212,9 @@ impl Proxy {
             tracing::warn!(conn_id, %client, max = self.max_connections, "maxConnections reached");
             return Answer::Respond(unavailable("the balancer is at maxConnections"));
         };
+        // Counted from here: a drain that starts during the dial waits for
+        // this connection too (and closes it within the window).
+        let tracked = self.tasks.token();
         let started = Instant::now();
         let candidates = self.registry.candidates();
         if candidates.all_full {
@@ -253,7 +256,7 @@ impl Proxy {
                             pod: ends::pod_end(io, early),
                             lease,
                             _slot: slot,
-                            _tracked: self.tasks.token(),
+                            _tracked: tracked,
                         },
                     }
                 }
@@ -452,8 +455,8 @@ pub struct RelayJob {
     pod: ends::Arrived,
     lease: Lease,
     _slot: Slot,
-    /// Counts the connection as relayed (drain and shutdown wait for it)
-    /// from the pod's 101 until the relay ends.
+    /// Counts the connection (drain and shutdown wait for it) from its dial
+    /// until the relay ends.
     _tracked: tokio_util::task::task_tracker::TaskTrackerToken,
 }
 

@@ -110,3 +110,91 @@ async fn an_idle_connection_is_closed_with_1001_on_both_sides() {
     wait_until("pod saw 1001", || pods[0].close_codes() == [1001]).await;
     balancer.shutdown(DEADLINE).await;
 }
+
+/// A pod written by hand that holds its 101 until `gate` is notified, and
+/// tells `asked` when an upgrade arrived. It closes once the balancer's
+/// Close reaches it.
+async fn slow_pod(
+    gate: std::sync::Arc<tokio::sync::Notify>,
+    asked: std::sync::Arc<tokio::sync::Notify>,
+) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let (gate, asked) = (gate.clone(), asked.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf).into_owned();
+                if head.starts_with("GET /metric") {
+                    let body = r#"{"agentsConnections":0}"#;
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = tcp.write_all(answer.as_bytes()).await;
+                    return;
+                }
+                let key = head
+                    .lines()
+                    .find(|l| l.to_ascii_lowercase().starts_with("sec-websocket-key:"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, v)| v.trim().to_owned())
+                    .unwrap_or_default();
+                asked.notify_one();
+                gate.notified().await;
+                let answer = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\
+                     sec-websocket-accept: {}\r\n\r\n",
+                    wsbalancer::dial::accept_key(key.as_bytes())
+                );
+                tcp.write_all(answer.as_bytes()).await.unwrap();
+                // Any frame from the balancer now is its Close: end.
+                let _ = tcp.read(&mut chunk).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_drain_waits_for_a_dial_in_flight_and_closes_it_in_the_window() {
+    init_logs();
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    let asked = std::sync::Arc::new(tokio::sync::Notify::new());
+    let pod = slow_pod(gate.clone(), asked.clone()).await;
+    let mut cfg = config(vec![format!("http://{pod}")]);
+    cfg.drain_window = Duration::from_millis(200);
+    let balancer = Balancer::start(cfg).await.unwrap();
+    let addr = balancer.listen_addr();
+    let client = tokio::spawn(async move {
+        let (mut tcp, head) = support::raw_upgrade(addr, "/ws").await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        support::raw_frame(&mut tcp).await
+    });
+    tokio::time::timeout(DEADLINE, asked.notified())
+        .await
+        .expect("the upgrade reached the pod");
+    let drain = tokio::spawn(balancer.drain());
+    // The drain has begun while the pod still holds its 101.
+    gate.notify_one();
+    let (opcode, payload) = tokio::time::timeout(DEADLINE, client)
+        .await
+        .expect("the client's connection went on")
+        .unwrap();
+    assert_eq!(opcode, 0x8, "a Close frame");
+    assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1001);
+    let report = tokio::time::timeout(DEADLINE, drain)
+        .await
+        .expect("the drain ends")
+        .unwrap();
+    assert_eq!(report.left_open, 0);
+}
