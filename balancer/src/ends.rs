@@ -18,24 +18,32 @@ use tokio_util::either::Either;
 
 use crate::dial::PodStream;
 
-/// Size of one relay buffer.
+/// Size of a relay buffer for ordinary traffic.
 pub const CHUNK: usize = 16 * 1024;
 
-/// Buffers kept for reuse at most (1 MiB); beyond, they are freed.
-const POOL_MAX: usize = 64;
+/// Size of a relay buffer once a direction carries bulk data (its last read
+/// filled a whole buffer): fewer reads, writes and wake-ups per megabyte.
+pub const BULK_CHUNK: usize = 64 * 1024;
 
-/// Free relay buffers shared by every connection.
-static POOL: Mutex<Vec<Box<[u8]>>> = Mutex::new(Vec::new());
+/// Free buffers of each size kept for reuse at most (1 MiB each); beyond,
+/// they are freed.
+const POOL_MAX: [usize; 2] = [64, 16];
 
-/// A buffer borrowed from the pool; returned when dropped.
+/// Free relay buffers shared by every connection: [`CHUNK`] and
+/// [`BULK_CHUNK`] sized.
+static POOLS: [Mutex<Vec<Box<[u8]>>>; 2] = [Mutex::new(Vec::new()), Mutex::new(Vec::new())];
+
+/// A buffer borrowed from a pool; returned when dropped.
 pub struct Buffer(Option<Box<[u8]>>);
 
 impl Buffer {
-    /// Takes a buffer from the pool, or allocates one.
-    pub fn take() -> Self {
-        let reused = POOL.lock().ok().and_then(|mut pool| pool.pop());
+    /// Takes a buffer from the pool, or allocates one: a bulk-sized one
+    /// when `bulk`.
+    pub fn take(bulk: bool) -> Self {
+        let (pool, size) = if bulk { (1, BULK_CHUNK) } else { (0, CHUNK) };
+        let reused = POOLS[pool].lock().ok().and_then(|mut pool| pool.pop());
         Buffer(Some(
-            reused.unwrap_or_else(|| vec![0u8; CHUNK].into_boxed_slice()),
+            reused.unwrap_or_else(|| vec![0u8; size].into_boxed_slice()),
         ))
     }
 
@@ -46,10 +54,12 @@ impl Buffer {
 
 impl Drop for Buffer {
     fn drop(&mut self) {
-        if let (Some(buf), Ok(mut pool)) = (self.0.take(), POOL.lock())
-            && pool.len() < POOL_MAX
+        let Some(buf) = self.0.take() else { return };
+        let pool = usize::from(buf.len() == BULK_CHUNK);
+        if let Ok(mut free) = POOLS[pool].lock()
+            && free.len() < POOL_MAX[pool]
         {
-            pool.push(buf);
+            free.push(buf);
         }
     }
 }
@@ -63,6 +73,14 @@ pub enum Chunk {
 }
 
 impl Chunk {
+    /// Whether the read filled its whole buffer (more was probably waiting).
+    pub fn is_full(&self) -> bool {
+        match self {
+            Chunk::Early(_) => false,
+            Chunk::Pooled(buf, len) => buf.0.as_ref().is_some_and(|b| b.len() == *len),
+        }
+    }
+
     /// The bytes.
     pub fn bytes(&self) -> &[u8] {
         match self {
@@ -129,14 +147,16 @@ impl End {
     /// which (unlike `try_read`) clears readiness after a short read: the
     /// next read waits for new data instead of costing a recv() that says
     /// EAGAIN. When nothing is there, the buffer goes back to the pool.
+    /// `bulk` asks for a bulk-sized buffer.
     pub fn poll_read_chunk(
         &mut self,
         cx: &mut Context<'_>,
+        bulk: bool,
     ) -> Poll<std::io::Result<Option<Chunk>>> {
         if let End::Tcp(tcp) = self {
             std::task::ready!(tcp.poll_read_ready(cx))?;
         }
-        let mut buf = Buffer::take();
+        let mut buf = Buffer::take(bulk);
         let mut filled = ReadBuf::new(buf.slice());
         let read = match self {
             End::Tcp(tcp) => Pin::new(tcp).poll_read(cx, &mut filled),

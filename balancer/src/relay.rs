@@ -180,8 +180,10 @@ struct Pump {
     finishing: Option<PumpEnd>,
     /// How it ended.
     ended: Option<PumpEnd>,
-    /// Bytes and complete messages passed.
+    /// Bytes passed.
     bytes: u64,
+    /// The last read filled its whole buffer: read into bulk-sized ones.
+    bulk: bool,
 }
 
 impl Pump {
@@ -198,6 +200,7 @@ impl Pump {
             finishing: None,
             ended: None,
             bytes: 0,
+            bulk: false,
         }
     }
 
@@ -312,9 +315,12 @@ impl Pump {
             self.chunk = None;
             self.fed = 0;
             // 5. Read more.
-            match from.poll_read_chunk(cx) {
+            match from.poll_read_chunk(cx, self.bulk) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(Some(chunk))) => self.chunk = Some(chunk),
+                Poll::Ready(Ok(Some(chunk))) => {
+                    self.bulk = chunk.is_full();
+                    self.chunk = Some(chunk);
+                }
                 Poll::Ready(result) => {
                     let end = match (self.closed_by_us, result.is_ok()) {
                         (true, _) => PumpEnd::Answered,
@@ -428,6 +434,29 @@ impl Connection {
         self.up.ended.is_some() && self.down.ended.is_some()
     }
 
+    /// After writing toward `failed` broke or blocked too long, a last
+    /// Close toward the other side (1001 to a pod whose client is gone,
+    /// 1014 to a client whose pod is), if that direction is between two
+    /// frames with nothing half-written. Best effort: never waits.
+    fn farewell(&mut self, failed: Side) {
+        let (pump, end, code) = match failed {
+            Side::Client => (&mut self.up, &mut self.pod, CLOSE_GOING_AWAY),
+            Side::Pod => (&mut self.down, &mut self.client, CLOSE_BAD_GATEWAY),
+        };
+        let clean = pump.ended.is_none()
+            && pump.out.is_none()
+            && !pump.closed_by_us
+            && pump.framed
+            && pump.tracker.at_boundary()
+            && !pump.tracker.close_seen();
+        if clean {
+            let frame = pump.close_frame(code);
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            let _ = end.poll_write(&mut cx, &frame);
+            end.shutdown_now();
+        }
+    }
+
     /// When the relay must look again: the linger's end, or the idle
     /// timeout (suspended while a write is blocked, which the write timeout
     /// bounds instead), and the drain moment.
@@ -527,6 +556,7 @@ pub async fn run(
                 };
                 ending.get_or_insert(end.ending(side, other));
                 if end == PumpEnd::WriteFailed {
+                    conn.farewell(other);
                     break;
                 }
                 linger.get_or_insert_with(|| far_future_add(Instant::now(), linger_for));
@@ -542,6 +572,7 @@ pub async fn run(
                     .find(|(_, at)| at.is_some_and(|at| now >= at))
                 {
                     ending.get_or_insert(Ending::WriteFailed(*side));
+                    conn.farewell(*side);
                     break;
                 }
                 if drain_at.is_some_and(|at| now >= at) {
@@ -688,6 +719,22 @@ mod tests {
         let outcome = task.await.unwrap();
         assert_eq!(outcome.ending, Ending::WriteFailed(Side::Client));
         pushing.abort();
+        // The client is as good as gone: the pod gets a masked Close 1001.
+        let mut head = [0u8; 6];
+        tokio::time::timeout(Duration::from_secs(5), pod_read.read_exact(&mut head))
+            .await
+            .expect("a Close for the pod")
+            .unwrap();
+        assert_eq!(head[0], 0x80 | OP_CLOSE, "a final Close frame");
+        assert_eq!(head[1] & 0x80, 0x80, "masked toward the pod");
+        let mut payload = vec![0u8; usize::from(head[1] & 0x7F)];
+        pod_read.read_exact(&mut payload).await.unwrap();
+        let unmasked: Vec<u8> = payload
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ head[2 + i % 4])
+            .collect();
+        assert_eq!(u16::from_be_bytes([unmasked[0], unmasked[1]]), 1001);
     }
 
     #[tokio::test]
