@@ -182,7 +182,7 @@ fn encode_head(request: &Request<Empty<Bytes>>) -> Vec<u8> {
 
 /// A parsed response head and where it ends in the buffer.
 fn parse_head(buf: &[u8]) -> Result<Option<(http::response::Parts, usize)>, DialError> {
-    let mut headers = vec![httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+    let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
     let mut response = httparse::Response::new(&mut headers);
     let len = match response.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
@@ -215,10 +215,9 @@ async fn read_more<T: AsyncRead + Unpin>(
     buf: &mut Vec<u8>,
     eof_ok: bool,
 ) -> Result<bool, DialError> {
-    let start = buf.len();
-    buf.resize(start + 4096, 0);
-    let n = io.read(&mut buf[start..]).await?;
-    buf.truncate(start + n);
+    // Into spare capacity: nothing is zeroed first.
+    buf.reserve(2048);
+    let n = io.read_buf(buf).await?;
     if n == 0 && !eof_ok {
         return Err(DialError::Handshake("pod closed before answering"));
     }

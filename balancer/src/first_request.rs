@@ -47,10 +47,9 @@ pub async fn read<R: AsyncRead + Unpin>(
 ) -> std::io::Result<FirstRequest> {
     let mut buf = Vec::with_capacity(1024);
     loop {
-        let start = buf.len();
-        buf.resize(start + 2048, 0);
-        let n = io.read(&mut buf[start..]).await?;
-        buf.truncate(start + n);
+        // Into spare capacity: nothing is zeroed first.
+        buf.reserve(2048);
+        let n = io.read_buf(&mut buf).await?;
         if n == 0 {
             return Ok(if buf.is_empty() {
                 FirstRequest::Closed

@@ -40,16 +40,21 @@ const FORWARDED: &[&str] = &[
     "forwarded",
 ];
 
-/// Copies `from` without hop-by-hop headers (and without the names listed
-/// in its `Connection` header).
-fn end_to_end(from: &HeaderMap) -> HeaderMap {
-    let listed: Vec<HeaderName> = from
+/// The header names a `Connection` header lists (hop-by-hop by RFC 9110).
+fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
+        .collect()
+}
+
+/// Copies `from` without hop-by-hop headers (and without the names
+/// listed in its `Connection` header).
+fn end_to_end(from: &HeaderMap) -> HeaderMap {
+    let listed = connection_listed(from);
     let mut out = HeaderMap::with_capacity(from.len());
     for (name, value) in from {
         let hop = HOP_BY_HOP.contains(name)
@@ -60,6 +65,18 @@ fn end_to_end(from: &HeaderMap) -> HeaderMap {
         }
     }
     out
+}
+
+/// Removes hop-by-hop headers (and the names `Connection` lists) in place,
+/// for a header map the balancer owns anyway.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed = connection_listed(headers);
+    for name in listed.iter().chain(HOP_BY_HOP) {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP_NAMES {
+        headers.remove(*name);
+    }
 }
 
 /// What the balancer adds to forwarded requests, from config.
@@ -211,16 +228,19 @@ pub fn pod_http_response(pod: Response<hyper::body::Incoming>) -> Response<Body>
     let (parts, body) = pod.into_parts();
     let mut response = Response::new(Body::Right(body));
     *response.status_mut() = parts.status;
-    *response.headers_mut() = end_to_end(&parts.headers);
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers);
+    *response.headers_mut() = headers;
     response
 }
 
 /// The 101 sent to the client: the pod's own headers (accept key, chosen
 /// subprotocol and extensions, `x-pod-name`, cookies) plus the upgrade pair.
-pub fn switching_protocols(pod: &http::response::Parts) -> Response<Body> {
+pub fn switching_protocols(pod: http::response::Parts) -> Response<Body> {
     let mut response = Response::new(Body::Left(Full::default()));
     *response.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
-    let mut headers = end_to_end(&pod.headers);
+    let mut headers = pod.headers;
+    strip_hop_by_hop(&mut headers);
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     *response.headers_mut() = headers;
@@ -229,10 +249,11 @@ pub fn switching_protocols(pod: &http::response::Parts) -> Response<Body> {
 
 /// A pod's non-101 answer (403, 404, 500...), passed to the client as is:
 /// that is the application speaking.
-pub fn pod_status(pod: &http::response::Parts, body: Bytes) -> Response<Body> {
+pub fn pod_status(pod: http::response::Parts, body: Bytes) -> Response<Body> {
     let mut response = Response::new(Body::Left(Full::new(body)));
     *response.status_mut() = pod.status;
-    let mut headers = end_to_end(&pod.headers);
+    let mut headers = pod.headers;
+    strip_hop_by_hop(&mut headers);
     // The body may have been cut at MAX_STATUS_BODY; hyper sets the length.
     headers.remove(header::CONTENT_LENGTH);
     *response.headers_mut() = headers;
@@ -318,7 +339,7 @@ mod tests {
             .body(())
             .unwrap()
             .into_parts();
-        let r = switching_protocols(&parts);
+        let r = switching_protocols(parts);
         assert_eq!(r.status(), 101);
         assert_eq!(
             r.headers()["sec-websocket-accept"],

@@ -249,7 +249,7 @@ impl Proxy {
                 PodAnswer::Upgraded { head, io, early } => {
                     tracing::debug!(conn_id, %client, pod = %pod.address.url, handshake_ms = started.elapsed().as_millis() as u64, "upgraded");
                     Answer::Switch {
-                        response: forward::switching_protocols(&head),
+                        response: forward::switching_protocols(head),
                         relay: RelayJob {
                             conn_id,
                             client,
@@ -262,7 +262,7 @@ impl Proxy {
                 }
                 PodAnswer::Status { head, body } => {
                     tracing::info!(conn_id, %client, pod = %pod.address.url, status = head.status.as_u16(), "pod refused the upgrade");
-                    Answer::Respond(forward::pod_status(&head, body))
+                    Answer::Respond(forward::pod_status(head, body))
                 }
             };
         }
