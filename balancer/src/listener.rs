@@ -1,5 +1,8 @@
 //! The client-facing listener: accepts TCP connections and serves each as
-//! HTTP/1.1 with upgrades, handing every request to the [`Proxy`].
+//! HTTP/1.1 with upgrades, handing every request to the [`Proxy`]. On plain
+//! TCP, a first request that is an upgrade skips hyper (see
+//! [`first_request`]); everything else, and every TLS connection, is served
+//! by hyper.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,8 +70,8 @@ async fn serve_tls(
 }
 
 /// Serves one plain TCP connection. A WebSocket upgrade as the first
-/// request (the usual case) is answered and relayed right here; anything
-/// else goes to hyper, from the first byte.
+/// request (the usual case) is answered here, then relayed in a task of its
+/// own; anything else goes to hyper, from the first byte.
 async fn serve_plain(
     tcp: TcpStream,
     proxy: Arc<Proxy>,
