@@ -182,9 +182,16 @@ fn encode_head(request: &Request<Empty<Bytes>>) -> Vec<u8> {
 
 /// A parsed response head and where it ends in the buffer.
 fn parse_head(buf: &[u8]) -> Result<Option<(http::response::Parts, usize)>, DialError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-    let mut response = httparse::Response::new(&mut headers);
-    let len = match response.parse(buf) {
+    // Uninitialised: nothing to copy in before parsing.
+    let mut headers =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        buf,
+        &mut headers,
+    );
+    let len = match parsed {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Err(DialError::Handshake("malformed response head")),
@@ -193,18 +200,18 @@ fn parse_head(buf: &[u8]) -> Result<Option<(http::response::Parts, usize)>, Dial
         .code
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or(DialError::Handshake("bad status code"))?;
-    let mut builder = http::Response::builder().status(status);
+    // Parts filled in directly: `http`'s builder moves the whole response
+    // through a closure for every header.
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = status;
+    parts.headers.reserve(response.headers.len());
     for h in response.headers.iter() {
         let name = header::HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| DialError::Handshake("bad header name"))?;
         let value = header::HeaderValue::from_bytes(h.value)
             .map_err(|_| DialError::Handshake("bad header value"))?;
-        builder = builder.header(name, value);
+        parts.headers.append(name, value);
     }
-    let (parts, ()) = builder
-        .body(())
-        .map_err(|_| DialError::Handshake("bad response head"))?
-        .into_parts();
     Ok(Some((parts, len)))
 }
 

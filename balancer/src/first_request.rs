@@ -80,9 +80,11 @@ enum Parsed {
 }
 
 fn parse(buf: &[u8]) -> Parsed {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut request = httparse::Request::new(&mut headers);
-    let len = match request.parse(buf) {
+    // Uninitialised: nothing to copy in before parsing.
+    let mut headers =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut []);
+    let len = match request.parse_with_uninit_headers(buf, &mut headers) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::Other,
@@ -98,18 +100,30 @@ fn parse(buf: &[u8]) -> Parsed {
         Some(1) => http::Version::HTTP_11,
         _ => http::Version::HTTP_10,
     };
-    let mut builder = http::Request::builder()
-        .method(request.method.unwrap_or("GET"))
-        .uri(request.path.unwrap_or("/"))
-        .version(version);
+    // Parts filled in directly: `http`'s builder moves the whole request
+    // through a closure for every header.
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    let Ok(method) = http::Method::from_bytes(request.method.unwrap_or("GET").as_bytes()) else {
+        return Parsed::Other;
+    };
+    let Ok(uri) = request.path.unwrap_or("/").parse::<http::Uri>() else {
+        // A target `http` will not take: hyper says what is wrong.
+        return Parsed::Other;
+    };
+    parts.method = method;
+    parts.uri = uri;
+    parts.version = version;
+    parts.headers.reserve(request.headers.len());
     for h in request.headers.iter() {
-        builder = builder.header(h.name, h.value);
+        let (Ok(name), Ok(value)) = (
+            header::HeaderName::from_bytes(h.name.as_bytes()),
+            header::HeaderValue::from_bytes(h.value),
+        ) else {
+            return Parsed::Other;
+        };
+        parts.headers.append(name, value);
     }
-    match builder.body(()) {
-        Ok(request) => Parsed::Upgrade(Box::new(request.into_parts().0), len),
-        // A target or header `http` will not take: hyper says what is wrong.
-        Err(_) => Parsed::Other,
-    }
+    Parsed::Upgrade(Box::new(parts), len)
 }
 
 /// Writes `response` as HTTP/1.1. Anything but a 101 also says
