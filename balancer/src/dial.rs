@@ -72,14 +72,14 @@ impl DialError {
 /// not carry its size.
 pub type PodStream = Either<TcpStream, Box<TlsStream<TcpStream>>>;
 
-/// What the pod answered.
-pub enum PodAnswer {
+/// What the pod answered, over a stream `S` (a [`PodStream`] once dialled).
+pub enum PodAnswer<S = PodStream> {
     /// 101: the connection is now a WebSocket to relay.
     Upgraded {
         /// Status line and headers of the 101.
         head: http::response::Parts,
         /// The stream, now a WebSocket.
-        io: PodStream,
+        io: S,
         /// Bytes the pod sent right after its 101 (its first frames).
         early: Bytes,
     },
@@ -123,10 +123,7 @@ pub async fn open(
     request: Request<Empty<Bytes>>,
 ) -> Result<PodAnswer, DialError> {
     let io = connect(pod, tls).await?;
-    Ok(match handshake(io, request).await? {
-        (PodAnswerHead::Upgraded { head, early }, io) => PodAnswer::Upgraded { head, io, early },
-        (PodAnswerHead::Status { head, body }, _) => PodAnswer::Status { head, body },
-    })
+    handshake(io, request).await
 }
 
 /// Opens the TCP (and TLS) connection to `pod`.
@@ -235,7 +232,7 @@ async fn read_more<T: AsyncRead + Unpin>(
 pub async fn handshake<T>(
     mut io: T,
     request: Request<Empty<Bytes>>,
-) -> Result<(PodAnswerHead, T), DialError>
+) -> Result<PodAnswer<T>, DialError>
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
@@ -258,13 +255,11 @@ where
     buf.drain(..len);
     if head.status == StatusCode::SWITCHING_PROTOCOLS {
         check_switch(&head.headers, expected_accept.as_deref())?;
-        return Ok((
-            PodAnswerHead::Upgraded {
-                head,
-                early: Bytes::from(buf),
-            },
+        return Ok(PodAnswer::Upgraded {
+            head,
             io,
-        ));
+            early: Bytes::from(buf),
+        });
     }
     let bodyless = head.status.is_informational()
         || head.status == StatusCode::NO_CONTENT
@@ -274,25 +269,7 @@ where
     } else {
         read_status_body(&mut io, &head.headers, buf).await
     };
-    Ok((PodAnswerHead::Status { head, body }, io))
-}
-
-/// What [`handshake`] read, apart from the stream.
-pub enum PodAnswerHead {
-    /// 101, and the bytes after it.
-    Upgraded {
-        /// Status line and headers.
-        head: http::response::Parts,
-        /// Bytes after the head.
-        early: Bytes,
-    },
-    /// Any other status, with its (bounded) body.
-    Status {
-        /// Status line and headers.
-        head: http::response::Parts,
-        /// Body, at most [`MAX_STATUS_BODY`] bytes.
-        body: Bytes,
-    },
+    Ok(PodAnswer::Status { head, body })
 }
 
 /// The body of a non-101 answer, at most [`MAX_STATUS_BODY`] bytes: by

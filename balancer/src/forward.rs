@@ -51,24 +51,8 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
-/// Copies `from` without hop-by-hop headers (and without the names
-/// listed in its `Connection` header).
-fn end_to_end(from: &HeaderMap) -> HeaderMap {
-    let listed = connection_listed(from);
-    let mut out = HeaderMap::with_capacity(from.len());
-    for (name, value) in from {
-        let hop = HOP_BY_HOP.contains(name)
-            || HOP_BY_HOP_NAMES.contains(&name.as_str())
-            || listed.contains(name);
-        if !hop {
-            out.append(name.clone(), value.clone());
-        }
-    }
-    out
-}
-
 /// Removes hop-by-hop headers (and the names `Connection` lists) in place,
-/// for a header map the balancer owns anyway.
+/// leaving the end-to-end headers.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let listed = connection_listed(headers);
     for name in listed.iter().chain(HOP_BY_HOP) {
@@ -130,7 +114,8 @@ fn pod_headers(
     client_scheme: &'static str,
     policy: &ForwardPolicy,
 ) -> HeaderMap {
-    let mut headers = end_to_end(&client.headers);
+    let mut headers = client.headers.clone();
+    strip_hop_by_hop(&mut headers);
     headers.remove(header::HOST);
     let incoming_for: Vec<String> = client
         .headers

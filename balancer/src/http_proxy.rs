@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Empty};
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -101,11 +101,6 @@ impl PodClient {
             Err(_) => Err(HttpProxyError::Timeout(head_timeout)),
         }
     }
-}
-
-/// The client's body, or `None` when it is empty (so it can be resent).
-pub fn split_body(body: Incoming) -> Option<Incoming> {
-    (!body.is_end_stream()).then_some(body)
 }
 
 /// An error and its causes on one line (hyper-util's top-level message

@@ -498,19 +498,9 @@ enum Event {
     Cancelled,
 }
 
-/// Relays until both directions are done. `drain` closes the connection
-/// cleanly at a random point of the drain window; `stop` ends it at once.
-pub async fn relay(
-    client: Arrived,
-    pod: Arrived,
-    limits: RelayLimits,
-    drain: DrainSignal,
-    stop: CancellationToken,
-) -> RelayOutcome {
-    run(&mut Connection::new(client, pod), limits, &drain, &stop).await
-}
-
-/// Relays `conn` until both directions are done (see [`relay`]).
+/// Relays `conn` until both directions are done. `drain` closes the
+/// connection cleanly at a random point of the drain window; `stop` ends it
+/// at once.
 pub async fn run(
     conn: &mut Connection,
     limits: RelayLimits,
@@ -652,13 +642,10 @@ mod tests {
         pod: TcpStream,
         drain: DrainSignal,
     ) -> tokio::task::JoinHandle<RelayOutcome> {
-        tokio::spawn(relay(
-            tcp_end(client),
-            tcp_end(pod),
-            limits(),
-            drain,
-            CancellationToken::new(),
-        ))
+        tokio::spawn(async move {
+            let mut conn = Connection::new(tcp_end(client), tcp_end(pod));
+            run(&mut conn, limits(), &drain, &CancellationToken::new()).await
+        })
     }
 
     fn no_drain() -> DrainSignal {

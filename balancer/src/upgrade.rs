@@ -283,7 +283,8 @@ impl Proxy {
         request: Request<Incoming>,
     ) -> Response<Body> {
         let (parts, body) = request.into_parts();
-        let mut body = http_proxy::split_body(body);
+        // `None` when empty: then the request can be sent again.
+        let mut body = (!hyper::body::Body::is_end_stream(&body)).then_some(body);
         let candidates = self.registry.candidates();
         if candidates.pods.is_empty() {
             tracing::warn!(conn_id, %client, "no pod accepts requests");

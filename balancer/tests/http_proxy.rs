@@ -149,13 +149,8 @@ async fn an_upgrade_after_a_plain_request_on_the_same_connection_is_relayed() {
     )
     .await
     .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(tcp.read(&mut byte).await.unwrap(), 1, "closed early");
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+    let head = support::read_response_head(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     let frame = common::frame::encode_frame(true, 1, b"again", Some([9, 8, 7, 6]));
     tcp.write_all(&frame).await.unwrap();
     assert_eq!(support::raw_frame(&mut tcp).await, (1, b"again".to_vec()));

@@ -111,7 +111,7 @@ async fn an_idle_connection_is_closed_with_1001_on_both_sides() {
     balancer.shutdown(DEADLINE).await;
 }
 
-/// A pod written by hand that holds its 101 until `gate` is notified, and
+/// A hand-written pod that holds its 101 until `gate` is notified, and
 /// tells `asked` when an upgrade arrived. It closes once the balancer's
 /// Close reaches it.
 async fn slow_pod(
@@ -119,50 +119,19 @@ async fn slow_pod(
     asked: std::sync::Arc<tokio::sync::Notify>,
 ) -> std::net::SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            let (gate, asked) = (gate.clone(), asked.clone());
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tcp.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let head = String::from_utf8_lossy(&buf).into_owned();
-                if head.starts_with("GET /metric") {
-                    let body = r#"{"agentsConnections":0}"#;
-                    let answer = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = tcp.write_all(answer.as_bytes()).await;
-                    return;
-                }
-                let key = head
-                    .lines()
-                    .find(|l| l.to_ascii_lowercase().starts_with("sec-websocket-key:"))
-                    .and_then(|l| l.split_once(':'))
-                    .map(|(_, v)| v.trim().to_owned())
-                    .unwrap_or_default();
-                asked.notify_one();
-                gate.notified().await;
-                let answer = format!(
-                    "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\
-                     sec-websocket-accept: {}\r\n\r\n",
-                    wsbalancer::dial::accept_key(key.as_bytes())
-                );
-                tcp.write_all(answer.as_bytes()).await.unwrap();
-                // Any frame from the balancer now is its Close: end.
-                let _ = tcp.read(&mut chunk).await;
-            });
+    support::hand_pod(move |mut tcp, accept, _| {
+        let (gate, asked) = (gate.clone(), asked.clone());
+        async move {
+            asked.notify_one();
+            gate.notified().await;
+            tcp.write_all(&support::switching_protocols_head(&accept))
+                .await
+                .unwrap();
+            // Any frame from the balancer now is its Close: end.
+            let _ = tcp.read(&mut [0u8; 4096]).await;
         }
-    });
-    addr
+    })
+    .await
 }
 
 #[tokio::test]

@@ -167,82 +167,40 @@ async fn plain_http_request_gets_426_and_no_dial_when_rejected() {
     balancer.shutdown(DEADLINE).await;
 }
 
-/// A pod written by hand: answers `/metric`, and answers an upgrade with its
-/// 101 and a first frame in the same write, then passes on the first frame
-/// it reads from the balancer.
+/// A hand-written pod that answers an upgrade with its 101 and a first
+/// frame in the same write, then passes on the first frame it reads from
+/// the balancer.
 async fn eager_pod() -> (
     std::net::SocketAddr,
     tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let (seen_tx, seen_rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            let seen_tx = seen_tx.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                let end = loop {
-                    let n = tcp.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break i + 4;
-                    }
-                };
-                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                if head.starts_with("get /metric") {
-                    let body = r#"{"agentsConnections":0}"#;
-                    let _ = tcp
-                        .write_all(
-                            format!(
-                                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                                body.len()
-                            )
-                            .as_bytes(),
-                        )
-                        .await;
-                    return;
+    let addr = support::hand_pod(move |mut tcp, accept, mut rest| {
+        let seen_tx = seen_tx.clone();
+        async move {
+            let mut answer = support::switching_protocols_head(&accept);
+            answer.extend(common::frame::encode_frame(true, 1, b"pod-first", None));
+            tcp.write_all(&answer).await.unwrap();
+            // Whatever followed the request head, then the next frame.
+            let mut chunk = [0u8; 4096];
+            while rest.len() < 2 + 4 + 11 {
+                let n = tcp.read(&mut chunk).await.unwrap_or(0);
+                if n == 0 {
+                    break;
                 }
-                // The key as sent (`head` is lowercased).
-                let raw = String::from_utf8_lossy(&buf[..end]).into_owned();
-                let key = raw
-                    .lines()
-                    .find(|l| l.to_ascii_lowercase().starts_with("sec-websocket-key:"))
-                    .and_then(|l| l.split_once(':'))
-                    .map(|(_, v)| v.trim().to_owned())
-                    .unwrap_or_default();
-                let mut answer = format!(
-                    "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\
-                     sec-websocket-accept: {}\r\n\r\n",
-                    wsbalancer::dial::accept_key(key.as_bytes())
-                )
-                .into_bytes();
-                answer.extend(common::frame::encode_frame(true, 1, b"pod-first", None));
-                tcp.write_all(&answer).await.unwrap();
-                // Whatever followed the request head, then the next frame.
-                let mut rest = buf[end..].to_vec();
-                while rest.len() < 2 + 4 + 11 {
-                    let n = tcp.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        break;
-                    }
-                    rest.extend_from_slice(&chunk[..n]);
-                }
-                let _ = seen_tx.send(rest);
-            });
+                rest.extend_from_slice(&chunk[..n]);
+            }
+            let _ = seen_tx.send(rest);
         }
-    });
+    })
+    .await;
     (addr, seen_rx)
 }
 
 #[tokio::test]
 async fn bytes_sent_with_either_handshake_are_not_lost() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let (pod, mut seen) = eager_pod().await;
     let balancer = wsbalancer::Balancer::start(support::config(vec![format!("http://{pod}")]))
         .await
@@ -260,17 +218,8 @@ async fn bytes_sent_with_either_handshake_are_not_lost() {
     let frame = common::frame::encode_frame(true, 1, b"client-says", Some(mask));
     request.extend_from_slice(&frame);
     tcp.write_all(&request).await.unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(DEADLINE, tcp.read(&mut byte))
-            .await
-            .expect("101 in time")
-            .unwrap();
-        assert_eq!(n, 1, "closed during the handshake");
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"));
+    let head = support::read_response_head(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert_eq!(
         support::raw_frame(&mut tcp).await,
         (1, b"pod-first".to_vec())

@@ -115,7 +115,7 @@ pub fn dead_addr() -> (tokio::net::TcpSocket, SocketAddr) {
 /// A WebSocket opened by hand on raw TCP (no library in the way): sends
 /// the upgrade, reads the response head, returns the stream and the head.
 pub async fn raw_upgrade(addr: SocketAddr, path: &str) -> (TcpStream, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let mut tcp = TcpStream::connect(addr).await.expect("connect");
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -124,6 +124,14 @@ pub async fn raw_upgrade(addr: SocketAddr, path: &str) -> (TcpStream, String) {
     tcp.write_all(request.as_bytes())
         .await
         .expect("send upgrade");
+    let head = read_response_head(&mut tcp).await;
+    (tcp, head)
+}
+
+/// Reads a response head byte by byte (nothing past it), within the
+/// deadline.
+pub async fn read_response_head(tcp: &mut TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -134,7 +142,70 @@ pub async fn raw_upgrade(addr: SocketAddr, path: &str) -> (TcpStream, String) {
         assert_eq!(n, 1, "closed during the handshake");
         head.push(byte[0]);
     }
-    (tcp, String::from_utf8_lossy(&head).into_owned())
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// A pod written by hand, for what test-server will not do: it answers
+/// `/metric` (0 connections) itself and hands every other request to
+/// `on_upgrade` with the stream, the `Sec-WebSocket-Accept` that answers its
+/// key, and the bytes read past the request head.
+pub async fn hand_pod<F, Fut>(on_upgrade: F) -> SocketAddr
+where
+    F: Fn(TcpStream, String, Vec<u8>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let on_upgrade = std::sync::Arc::new(on_upgrade);
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let on_upgrade = on_upgrade.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let end = loop {
+                    match tcp.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                if head.starts_with("GET /metric") {
+                    let body = r#"{"agentsConnections":0}"#;
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = tcp.write_all(answer.as_bytes()).await;
+                    return;
+                }
+                let key = head
+                    .lines()
+                    .find(|l| l.to_ascii_lowercase().starts_with("sec-websocket-key:"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, v)| v.trim().to_owned())
+                    .unwrap_or_default();
+                let accept = wsbalancer::dial::accept_key(key.as_bytes());
+                on_upgrade(tcp, accept, buf[end..].to_vec()).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A pod's 101 head answering with `accept`.
+pub fn switching_protocols_head(accept: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\
+         sec-websocket-accept: {accept}\r\n\r\n"
+    )
+    .into_bytes()
 }
 
 /// Reads one unmasked server frame: (opcode, payload).
