@@ -15,8 +15,7 @@ use std::sync::Arc;
 
 use base64::Engine;
 use bytes::Bytes;
-use http::{Request, StatusCode, header};
-use http_body_util::Empty;
+use http::StatusCode;
 use rustls::pki_types::ServerName;
 use sha1::{Digest, Sha1};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -26,6 +25,8 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::either::Either;
 
 use common::PodAddress;
+
+use crate::head::{Fields, ResponseError, ResponseHead};
 
 /// Largest body of a pod's non-101 answer passed to the client.
 pub const MAX_STATUS_BODY: usize = 64 * 1024;
@@ -77,7 +78,7 @@ pub enum PodAnswer<S = PodStream> {
     /// 101: the connection is now a WebSocket to relay.
     Upgraded {
         /// Status line and headers of the 101.
-        head: http::response::Parts,
+        head: ResponseHead,
         /// The stream, now a WebSocket.
         io: S,
         /// Bytes the pod sent right after its 101 (its first frames).
@@ -86,7 +87,7 @@ pub enum PodAnswer<S = PodStream> {
     /// Any other status, with its (bounded) body.
     Status {
         /// Status line and headers.
-        head: http::response::Parts,
+        head: ResponseHead,
         /// Body, at most [`MAX_STATUS_BODY`] bytes.
         body: Bytes,
     },
@@ -103,27 +104,27 @@ pub fn accept_key(key: &[u8]) -> String {
 
 /// A 101 must really switch to WebSocket, for this very handshake; anything
 /// else (h2c, a wrong accept key) is a broken pod, and the next is tried.
-fn check_switch(headers: &http::HeaderMap, expected_accept: Option<&str>) -> Result<(), DialError> {
-    if !crate::handshake::has_token(headers, header::UPGRADE, "websocket") {
+fn check_switch(head: &ResponseHead, expected_accept: &str) -> Result<(), DialError> {
+    let fields = head.fields();
+    if !fields.has_token("upgrade", "websocket") {
         return Err(DialError::BadUpgrade("101 without Upgrade: websocket"));
     }
-    let accept = headers
-        .get(header::SEC_WEBSOCKET_ACCEPT)
-        .map(|v| v.as_bytes());
-    if accept != expected_accept.map(str::as_bytes) {
+    if fields.single("sec-websocket-accept") != Some(expected_accept.as_bytes()) {
         return Err(DialError::BadUpgrade("wrong Sec-WebSocket-Accept"));
     }
     Ok(())
 }
 
-/// Connects to `pod` and sends it the upgrade request.
+/// Connects to `pod` and sends it `head`, the upgrade request; the pod
+/// must switch with `expected_accept`.
 pub async fn open(
     pod: &PodAddress,
     tls: &Arc<rustls::ClientConfig>,
-    request: Request<Empty<Bytes>>,
+    head: &[u8],
+    expected_accept: &str,
 ) -> Result<PodAnswer, DialError> {
     let io = connect(pod, tls).await?;
-    handshake(io, request).await
+    handshake(io, head, expected_accept).await
 }
 
 /// Opens the TCP (and TLS) connection to `pod`.
@@ -152,66 +153,6 @@ pub async fn connect(
 /// Largest response head accepted from a pod.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
-/// Most headers accepted in a pod's response.
-const MAX_RESPONSE_HEADERS: usize = 100;
-
-/// The request head as bytes: request line, headers, blank line.
-fn encode_head(request: &Request<Empty<Bytes>>) -> Vec<u8> {
-    let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
-    let size: usize = request
-        .headers()
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len() + 4)
-        .sum();
-    let mut head = Vec::with_capacity(target.len() + size + 32);
-    head.extend_from_slice(b"GET ");
-    head.extend_from_slice(target.as_bytes());
-    head.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in request.headers() {
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
-    }
-    head.extend_from_slice(b"\r\n");
-    head
-}
-
-/// A parsed response head and where it ends in the buffer.
-fn parse_head(buf: &[u8]) -> Result<Option<(http::response::Parts, usize)>, DialError> {
-    // Uninitialised: nothing to copy in before parsing.
-    let mut headers =
-        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_HEADERS];
-    let mut response = httparse::Response::new(&mut []);
-    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
-        &mut response,
-        buf,
-        &mut headers,
-    );
-    let len = match parsed {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(_) => return Err(DialError::Handshake("malformed response head")),
-    };
-    let status = response
-        .code
-        .and_then(|c| StatusCode::from_u16(c).ok())
-        .ok_or(DialError::Handshake("bad status code"))?;
-    // Parts filled in directly: `http`'s builder moves the whole response
-    // through a closure for every header.
-    let (mut parts, ()) = http::Response::new(()).into_parts();
-    parts.status = status;
-    parts.headers.reserve(response.headers.len());
-    for h in response.headers.iter() {
-        let name = header::HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| DialError::Handshake("bad header name"))?;
-        let value = header::HeaderValue::from_bytes(h.value)
-            .map_err(|_| DialError::Handshake("bad header value"))?;
-        parts.headers.append(name, value);
-    }
-    Ok(Some((parts, len)))
-}
-
 /// Reads more of the answer into `buf`; an end of stream is an error
 /// unless `eof_ok`.
 async fn read_more<T: AsyncRead + Unpin>(
@@ -228,46 +169,45 @@ async fn read_more<T: AsyncRead + Unpin>(
     Ok(n > 0)
 }
 
-/// Sends the upgrade request over `io` and waits for the pod's answer.
+/// Sends the upgrade request `head` over `io` and waits for the pod's answer.
 pub async fn handshake<T>(
     mut io: T,
-    request: Request<Empty<Bytes>>,
+    head: &[u8],
+    expected_accept: &str,
 ) -> Result<PodAnswer<T>, DialError>
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    let expected_accept = request
-        .headers()
-        .get(header::SEC_WEBSOCKET_KEY)
-        .map(|key| accept_key(key.as_bytes()));
-    io.write_all(&encode_head(&request)).await?;
+    io.write_all(head).await?;
     io.flush().await?;
     let mut buf = Vec::with_capacity(1024);
     let (head, len) = loop {
         read_more(&mut io, &mut buf, false).await?;
-        if let Some(parsed) = parse_head(&buf)? {
+        let parsed = ResponseHead::parse(&buf).map_err(|e| match e {
+            ResponseError::Malformed => DialError::Handshake("malformed response head"),
+            ResponseError::Status => DialError::Handshake("bad status code"),
+        })?;
+        if let Some(parsed) = parsed {
             break parsed;
         }
         if buf.len() > MAX_RESPONSE_HEAD {
             return Err(DialError::Handshake("response head too large"));
         }
     };
-    buf.drain(..len);
-    if head.status == StatusCode::SWITCHING_PROTOCOLS {
-        check_switch(&head.headers, expected_accept.as_deref())?;
-        return Ok(PodAnswer::Upgraded {
-            head,
-            io,
-            early: Bytes::from(buf),
-        });
+    let rest = &buf[len..];
+    let status = head.status();
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        check_switch(&head, expected_accept)?;
+        let early = Bytes::copy_from_slice(rest);
+        return Ok(PodAnswer::Upgraded { head, io, early });
     }
-    let bodyless = head.status.is_informational()
-        || head.status == StatusCode::NO_CONTENT
-        || head.status == StatusCode::NOT_MODIFIED;
+    let bodyless = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
     let body = if bodyless {
         Bytes::new()
     } else {
-        read_status_body(&mut io, &head.headers, buf).await
+        read_status_body(&mut io, head.fields(), rest.to_vec()).await
     };
     Ok(PodAnswer::Status { head, body })
 }
@@ -277,13 +217,13 @@ where
 /// over-long body gives what was read (the status is what matters).
 async fn read_status_body<T: AsyncRead + Unpin>(
     io: &mut T,
-    headers: &http::HeaderMap,
+    fields: &Fields,
     mut buf: Vec<u8>,
 ) -> Bytes {
-    let chunked = crate::handshake::has_token(headers, header::TRANSFER_ENCODING, "chunked");
-    let length = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
+    let chunked = fields.has_token("transfer-encoding", "chunked");
+    let length = fields
+        .single("content-length")
+        .and_then(|v| std::str::from_utf8(v).ok())
         .and_then(|v| v.trim().parse::<usize>().ok());
     loop {
         if chunked {
@@ -343,18 +283,20 @@ mod tests {
         );
     }
 
+    fn head(upgrade: &str) -> ResponseHead {
+        let text = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: {upgrade}\r\n\
+             Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+        );
+        ResponseHead::parse(text.as_bytes()).unwrap().unwrap().0
+    }
+
     #[test]
     fn a_101_must_be_a_websocket_switch_for_this_key() {
-        let mut h = http::HeaderMap::new();
-        h.insert(header::UPGRADE, "websocket".parse().unwrap());
-        h.insert(
-            header::SEC_WEBSOCKET_ACCEPT,
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".parse().unwrap(),
-        );
-        assert!(check_switch(&h, Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")).is_ok());
-        assert!(check_switch(&h, Some("other")).is_err());
-        h.insert(header::UPGRADE, "h2c".parse().unwrap());
-        assert!(check_switch(&h, Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")).is_err());
+        let accept = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+        assert!(check_switch(&head("websocket"), accept).is_ok());
+        assert!(check_switch(&head("websocket"), "other").is_err());
+        assert!(check_switch(&head("h2c"), accept).is_err());
     }
 }
 

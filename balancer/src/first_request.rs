@@ -16,17 +16,15 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::handshake::Body;
-
-/// Most headers accepted in a request head (hyper's own default).
-const MAX_HEADERS: usize = 100;
+use crate::head::{ParsedRequest, RequestHead};
 
 /// What the first bytes of a connection turned out to be.
 pub enum FirstRequest {
     /// A complete head with an `Upgrade` header: parsed, plus the bytes
     /// that followed it (the client's first frames, if it did not wait).
     Upgrade {
-        /// Method, target, version and headers (boxed: large, and short-lived).
-        parts: Box<http::request::Parts>,
+        /// Request line and fields.
+        head: RequestHead,
         /// Bytes after the head.
         early: Bytes,
     },
@@ -57,73 +55,21 @@ pub async fn read<R: AsyncRead + Unpin>(
                 FirstRequest::Other(Bytes::from(buf))
             });
         }
-        match parse(&buf) {
-            Parsed::Partial if buf.len() >= max_head => return Ok(FirstRequest::TooLarge),
-            Parsed::Partial => continue,
-            Parsed::Upgrade(parts, len) => {
+        match RequestHead::parse(&buf) {
+            ParsedRequest::Partial if buf.len() >= max_head => return Ok(FirstRequest::TooLarge),
+            ParsedRequest::Partial => continue,
+            ParsedRequest::Complete(head, len) if head.fields().contains("upgrade") => {
                 if len > max_head {
                     return Ok(FirstRequest::TooLarge);
                 }
-                let mut rest = Bytes::from(buf);
-                rest.advance(len);
-                return Ok(FirstRequest::Upgrade { parts, early: rest });
+                let early = Bytes::copy_from_slice(&buf[len..]);
+                return Ok(FirstRequest::Upgrade { head, early });
             }
-            Parsed::Other => return Ok(FirstRequest::Other(Bytes::from(buf))),
+            ParsedRequest::Complete(..) | ParsedRequest::Other => {
+                return Ok(FirstRequest::Other(Bytes::from(buf)));
+            }
         }
     }
-}
-
-enum Parsed {
-    Partial,
-    Upgrade(Box<http::request::Parts>, usize),
-    Other,
-}
-
-fn parse(buf: &[u8]) -> Parsed {
-    // Uninitialised: nothing to copy in before parsing.
-    let mut headers =
-        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-    let mut request = httparse::Request::new(&mut []);
-    let len = match request.parse_with_uninit_headers(buf, &mut headers) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Err(_) => return Parsed::Other,
-    };
-    if !request
-        .headers
-        .iter()
-        .any(|h| h.name.eq_ignore_ascii_case("upgrade"))
-    {
-        return Parsed::Other;
-    }
-    let version = match request.version {
-        Some(1) => http::Version::HTTP_11,
-        _ => http::Version::HTTP_10,
-    };
-    // Parts filled in directly: `http`'s builder moves the whole request
-    // through a closure for every header.
-    let (mut parts, ()) = http::Request::new(()).into_parts();
-    let Ok(method) = http::Method::from_bytes(request.method.unwrap_or("GET").as_bytes()) else {
-        return Parsed::Other;
-    };
-    let Ok(uri) = request.path.unwrap_or("/").parse::<http::Uri>() else {
-        // A target `http` will not take: hyper says what is wrong.
-        return Parsed::Other;
-    };
-    parts.method = method;
-    parts.uri = uri;
-    parts.version = version;
-    parts.headers.reserve(request.headers.len());
-    for h in request.headers.iter() {
-        let (Ok(name), Ok(value)) = (
-            header::HeaderName::from_bytes(h.name.as_bytes()),
-            header::HeaderValue::from_bytes(h.value),
-        ) else {
-            return Parsed::Other;
-        };
-        parts.headers.append(name, value);
-    }
-    Parsed::Upgrade(Box::new(parts), len)
 }
 
 /// Writes `response` as HTTP/1.1. Anything but a 101 also says
@@ -247,9 +193,9 @@ mod tests {
         input.extend_from_slice(b"\x81\x85frame");
         let mut reader = &input[..];
         match read(&mut reader, 8192).await.unwrap() {
-            FirstRequest::Upgrade { parts, early } => {
-                assert_eq!(parts.uri, "/ws?x=1");
-                assert_eq!(parts.headers["upgrade"], "websocket");
+            FirstRequest::Upgrade { head, early } => {
+                assert_eq!(head.target(), "/ws?x=1");
+                assert_eq!(head.fields().single("upgrade"), Some(&b"websocket"[..]));
                 assert_eq!(&early[..], b"\x81\x85frame");
             }
             _ => panic!("not parsed as an upgrade"),

@@ -12,54 +12,68 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri, request};
-use http_body_util::{Empty, Full};
+use http_body_util::Full;
 
 use common::PodAddress;
 
 use crate::handshake::Body;
+use crate::head::{Fields, RequestHead, ResponseHead, put_field};
 
 /// Headers that only concern one hop and are never forwarded.
-const HOP_BY_HOP: &[HeaderName] = &[
-    header::CONNECTION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHORIZATION,
-    header::PROXY_AUTHENTICATE,
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "keep-alive",
+    "proxy-connection",
 ];
 
-/// Hop-by-hop headers with no constant in `http`.
-const HOP_BY_HOP_NAMES: &[&str] = &["keep-alive", "proxy-connection"];
+/// Headers the balancer sets itself; a client's own values are replaced
+/// unless they are trusted.
+const FORWARDED: &[&str] = &["x-forwarded-proto", "x-forwarded-host", "forwarded"];
 
-/// Headers the balancer sets itself; a client's own values are replaced.
-const FORWARDED: &[&str] = &[
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "forwarded",
-];
-
-/// The header names a `Connection` header lists (hop-by-hop by RFC 9110).
-fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
-    headers
-        .get_all(header::CONNECTION)
+/// Whether `name` is hop-by-hop: always, or because `Connection` lists it.
+fn is_hop_by_hop(name: &[u8], listed: &[&[u8]]) -> bool {
+    HOP_BY_HOP
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect()
+        .map(|h| h.as_bytes())
+        .chain(listed.iter().copied())
+        .any(|h| h.eq_ignore_ascii_case(name))
 }
 
-/// Removes hop-by-hop headers (and the names `Connection` lists) in place,
-/// leaving the end-to-end headers.
+fn is_one_of(name: &[u8], names: &[&str]) -> bool {
+    names
+        .iter()
+        .any(|n| n.as_bytes().eq_ignore_ascii_case(name))
+}
+
+/// The end-to-end fields of a head: all but the hop-by-hop ones.
+fn end_to_end(fields: &Fields) -> impl Iterator<Item = (&[u8], &[u8])> {
+    let listed: Vec<&[u8]> = fields.tokens("connection").collect();
+    fields
+        .iter()
+        .filter(move |(name, _)| !is_hop_by_hop(name, &listed))
+}
+
+/// Removes hop-by-hop headers (and the names `Connection` lists) in place.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let listed = connection_listed(headers);
-    for name in listed.iter().chain(HOP_BY_HOP) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
+        .collect();
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_hop_by_hop(name.as_str().as_bytes(), &[]) || listed.contains(name))
+        .cloned()
+        .collect();
+    for name in doomed {
         headers.remove(name);
-    }
-    for name in HOP_BY_HOP_NAMES {
-        headers.remove(*name);
     }
 }
 
@@ -94,90 +108,91 @@ impl ForwardPolicy {
     }
 }
 
-/// The client's path and query under the pod URL's path.
-fn pod_target(client: &request::Parts, pod: &PodAddress) -> String {
-    let path_and_query = client
-        .uri
-        .path_and_query()
-        .map(|pq| pq.as_str())
-        .unwrap_or("/");
-    format!("{}{}", pod.path_prefix, path_and_query)
+/// Who sent a request, as the pod is told.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin {
+    /// The client's address.
+    pub addr: SocketAddr,
+    /// `http` or `https`: how the client reached the balancer.
+    pub scheme: &'static str,
 }
 
-/// Headers of any request forwarded to `pod`: end-to-end headers, `Host`
-/// set to the pod, `X-Forwarded-For`/`-Proto`/`-Host` describing the client,
-/// and `forwardHeaders`.
-fn pod_headers(
-    client: &request::Parts,
+/// The fields of a request forwarded to `pod`, in order, each given to
+/// `emit`: the client's end-to-end fields, `Host` set to the pod,
+/// `X-Forwarded-For`/`-Proto`/`-Host` describing the client, and
+/// `forwardHeaders`. An upgrade drops any body framing and ends with the
+/// upgrade pair.
+fn forwarded_fields(
+    client: &RequestHead,
     pod: &PodAddress,
-    client_addr: SocketAddr,
-    client_scheme: &'static str,
+    origin: Origin,
     policy: &ForwardPolicy,
-) -> HeaderMap {
-    let mut headers = client.headers.clone();
-    strip_hop_by_hop(&mut headers);
-    headers.remove(header::HOST);
-    let incoming_for: Vec<String> = client
-        .headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .collect();
-    if !policy.trust_incoming {
-        for name in FORWARDED {
-            headers.remove(*name);
+    upgrade: bool,
+    mut emit: impl FnMut(&[u8], &[u8]),
+) {
+    let fields = client.fields();
+    let trust = policy.trust_incoming;
+    for (name, value) in end_to_end(fields) {
+        let set_here = name.eq_ignore_ascii_case(b"host")
+            || name.eq_ignore_ascii_case(b"x-forwarded-for")
+            || (!trust && is_one_of(name, FORWARDED))
+            || (upgrade && name.eq_ignore_ascii_case(b"content-length"))
+            || policy
+                .extra
+                .iter()
+                .any(|(n, _)| n.as_str().as_bytes().eq_ignore_ascii_case(name));
+        if !set_here {
+            emit(name, value);
         }
     }
-    let original_host = client.headers.get(header::HOST).cloned();
-    if let Ok(host) = HeaderValue::from_str(&pod.authority) {
-        headers.insert(header::HOST, host);
-    }
-    let ip = client_addr.ip().to_string();
-    let forwarded_for = if policy.trust_incoming && !incoming_for.is_empty() {
-        format!("{}, {ip}", incoming_for.join(", "))
+    emit(b"host", pod.authority.as_bytes());
+    let ip = origin.addr.ip().to_string();
+    let incoming_for: Vec<&[u8]> = fields.values("x-forwarded-for").collect();
+    if trust && !incoming_for.is_empty() {
+        let mut value = incoming_for.join(&b", "[..]);
+        value.extend_from_slice(b", ");
+        value.extend_from_slice(ip.as_bytes());
+        emit(b"x-forwarded-for", &value);
     } else {
-        ip
-    };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert("x-forwarded-for", value);
+        emit(b"x-forwarded-for", ip.as_bytes());
     }
-    if !(policy.trust_incoming && headers.contains_key("x-forwarded-proto")) {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static(client_scheme));
+    if !(trust && fields.contains("x-forwarded-proto")) {
+        emit(b"x-forwarded-proto", origin.scheme.as_bytes());
     }
-    if let Some(host) = original_host
-        && !(policy.trust_incoming && headers.contains_key("x-forwarded-host"))
+    if let Some(host) = fields.values("host").next()
+        && !(trust && fields.contains("x-forwarded-host"))
     {
-        headers.insert("x-forwarded-host", host);
+        emit(b"x-forwarded-host", host);
     }
     for (name, value) in &policy.extra {
-        headers.insert(name.clone(), value.clone());
+        emit(name.as_str().as_bytes(), value.as_bytes());
     }
-    headers
+    if upgrade {
+        emit(b"connection", b"Upgrade");
+        emit(b"upgrade", b"websocket");
+    }
 }
 
-/// The upgrade request to send to `pod`: same path and query (under the
-/// pod URL's path), the forwarded headers, and the upgrade pair.
-pub fn pod_request(
-    client: &request::Parts,
+/// The upgrade request head to send to `pod`, as bytes: same path and
+/// query (under the pod URL's path), the forwarded fields, and the
+/// upgrade pair.
+pub fn pod_upgrade_head(
+    client: &RequestHead,
     pod: &PodAddress,
-    client_addr: SocketAddr,
-    client_scheme: &'static str,
+    origin: Origin,
     policy: &ForwardPolicy,
-) -> Request<Empty<Bytes>> {
-    let mut headers = pod_headers(client, pod, client_addr, client_scheme, policy);
-    // The upgrade request has no body, whatever the client claimed.
-    headers.remove(header::CONTENT_LENGTH);
-    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    let mut request = Request::new(Empty::new());
-    // A path that parsed as part of the client's request parses again here;
-    // fall back to "/" rather than fail if the prefix made it invalid.
-    *request.uri_mut() = pod_target(client, pod)
-        .parse::<Uri>()
-        .unwrap_or_else(|_| Uri::from_static("/"));
-    *request.headers_mut() = headers;
-    request
+) -> Vec<u8> {
+    let target = client.target();
+    let mut head = Vec::with_capacity(512);
+    head.extend_from_slice(b"GET ");
+    head.extend_from_slice(pod.path_prefix.as_bytes());
+    head.extend_from_slice(target.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    forwarded_fields(client, pod, origin, policy, true, |name, value| {
+        put_field(&mut head, name, value);
+    });
+    head.extend_from_slice(b"\r\n");
+    head
 }
 
 /// A plain HTTP request for `pod`, with an absolute URI (as a pooled client
@@ -186,13 +201,18 @@ pub fn pod_request(
 pub fn pod_http_request<B>(
     client: &request::Parts,
     pod: &PodAddress,
-    client_addr: SocketAddr,
-    client_scheme: &'static str,
+    origin: Origin,
     policy: &ForwardPolicy,
     body: B,
 ) -> Request<B> {
     let scheme = if pod.tls { "https" } else { "http" };
-    let uri = format!("{scheme}://{}{}", pod.authority, pod_target(client, pod));
+    let head = RequestHead::from_parts(client);
+    let uri = format!(
+        "{scheme}://{}{}{}",
+        pod.authority,
+        pod.path_prefix,
+        head.target()
+    );
     let mut request = Request::new(body);
     *request.method_mut() = client.method.clone();
     *request.uri_mut() = uri.parse::<Uri>().unwrap_or_else(|_| {
@@ -203,7 +223,14 @@ pub fn pod_http_request<B>(
             .build()
             .unwrap_or_default()
     });
-    *request.headers_mut() = pod_headers(client, pod, client_addr, client_scheme, policy);
+    let headers = request.headers_mut();
+    forwarded_fields(&head, pod, origin, policy, false, |name, value| {
+        if let (Ok(name), Ok(value)) =
+            (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
+        {
+            headers.append(name, value);
+        }
+    });
     request
 }
 
@@ -219,37 +246,61 @@ pub fn pod_http_response(pod: Response<hyper::body::Incoming>) -> Response<Body>
     response
 }
 
-/// The 101 sent to the client: the pod's own headers (accept key, chosen
-/// subprotocol and extensions, `x-pod-name`, cookies) plus the upgrade pair.
-pub fn switching_protocols(pod: http::response::Parts) -> Response<Body> {
+/// The 101 for the client, as bytes: the pod's own fields (accept key,
+/// chosen subprotocol and extensions, `x-pod-name`, cookies) plus the
+/// upgrade pair.
+pub fn switching_protocols_head(pod: &ResponseHead) -> Vec<u8> {
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
+    for (name, value) in end_to_end(pod.fields()) {
+        put_field(&mut head, name, value);
+    }
+    head.extend_from_slice(b"connection: Upgrade\r\nupgrade: websocket\r\n\r\n");
+    head
+}
+
+/// The same 101 as a response, for hyper.
+pub fn switching_protocols(pod: &ResponseHead) -> Response<Body> {
     let mut response = Response::new(Body::Left(Full::default()));
     *response.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
-    let mut headers = pod.headers;
-    strip_hop_by_hop(&mut headers);
+    let headers = response.headers_mut();
+    append_end_to_end(headers, pod.fields());
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    *response.headers_mut() = headers;
     response
 }
 
 /// A pod's non-101 answer (403, 404, 500...), passed to the client as is:
 /// that is the application speaking.
-pub fn pod_status(pod: http::response::Parts, body: Bytes) -> Response<Body> {
+pub fn pod_status(pod: &ResponseHead, body: Bytes) -> Response<Body> {
     let mut response = Response::new(Body::Left(Full::new(body)));
-    *response.status_mut() = pod.status;
-    let mut headers = pod.headers;
-    strip_hop_by_hop(&mut headers);
-    // The body may have been cut at MAX_STATUS_BODY; hyper sets the length.
+    *response.status_mut() = pod.status();
+    let headers = response.headers_mut();
+    append_end_to_end(headers, pod.fields());
+    // The body may have been cut at MAX_STATUS_BODY; the writer sets the
+    // length.
     headers.remove(header::CONTENT_LENGTH);
-    *response.headers_mut() = headers;
     response
+}
+
+/// Appends the end-to-end fields of a pod's head to `headers` (skipping
+/// any `http` refuses).
+fn append_end_to_end(headers: &mut HeaderMap, fields: &Fields) {
+    for (name, value) in end_to_end(fields) {
+        if let (Ok(name), Ok(value)) =
+            (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
+        {
+            headers.append(name, value);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::head::ParsedRequest;
 
-    fn client_parts() -> request::Parts {
+    fn client_head() -> RequestHead {
         let (parts, ()) = Request::get("/ws?room=7")
             .header("host", "chat.example.com")
             .header("upgrade", "websocket")
@@ -261,70 +312,111 @@ mod tests {
             .header("sec-websocket-protocol", "chat, superchat")
             .header("sec-websocket-extensions", "permessage-deflate")
             .header("x-forwarded-for", "6.6.6.6")
+            .header("x-forwarded-proto", "https")
+            .header("content-length", "0")
             .header("cookie", "a=b")
             .body(())
             .unwrap()
             .into_parts();
-        parts
+        RequestHead::from_parts(&parts)
+    }
+
+    fn origin() -> Origin {
+        Origin {
+            addr: "192.0.2.9:5555".parse().unwrap(),
+            scheme: "http",
+        }
+    }
+
+    /// The head as the pod reads it.
+    fn as_pod_reads(bytes: &[u8]) -> RequestHead {
+        match RequestHead::parse(bytes) {
+            ParsedRequest::Complete(head, len) if len == bytes.len() => head,
+            _ => panic!("not one whole head: {}", String::from_utf8_lossy(bytes)),
+        }
+    }
+
+    fn one<'a>(head: &'a RequestHead, name: &str) -> &'a str {
+        let value = head.fields().single(name);
+        std::str::from_utf8(value.unwrap_or_else(|| panic!("{name} not exactly once"))).unwrap()
     }
 
     #[test]
     fn request_keeps_end_to_end_headers_and_sets_forwarding() {
         let pod = PodAddress::parse("http://10.0.0.5:8080/app", "/metric").unwrap();
-        let client: SocketAddr = "192.0.2.9:5555".parse().unwrap();
-        let r = pod_request(
-            &client_parts(),
-            &pod,
-            client,
-            "http",
-            &ForwardPolicy::default(),
-        );
-        let h = r.headers();
-        assert_eq!(r.uri(), "/app/ws?room=7");
-        assert_eq!(h["host"], "10.0.0.5:8080");
-        assert_eq!(h["sec-websocket-key"], "dGhlIHNhbXBsZSBub25jZQ==");
-        assert_eq!(h["sec-websocket-protocol"], "chat, superchat");
-        assert_eq!(h["sec-websocket-extensions"], "permessage-deflate");
-        assert_eq!(h["cookie"], "a=b");
-        assert_eq!(h["x-forwarded-for"], "192.0.2.9");
-        assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h["x-forwarded-host"], "chat.example.com");
-        assert_eq!(h["connection"], "Upgrade");
-        assert_eq!(h["upgrade"], "websocket");
-        assert!(!h.contains_key("x-secret-hop"));
-        assert!(!h.contains_key("keep-alive"));
+        let bytes = pod_upgrade_head(&client_head(), &pod, origin(), &ForwardPolicy::default());
+        let r = as_pod_reads(&bytes);
+        assert_eq!(r.method(), b"GET");
+        assert_eq!(r.target(), "/app/ws?room=7");
+        assert_eq!(one(&r, "host"), "10.0.0.5:8080");
+        assert_eq!(one(&r, "sec-websocket-key"), "dGhlIHNhbXBsZSBub25jZQ==");
+        assert_eq!(one(&r, "sec-websocket-version"), "13");
+        assert_eq!(one(&r, "sec-websocket-protocol"), "chat, superchat");
+        assert_eq!(one(&r, "sec-websocket-extensions"), "permessage-deflate");
+        assert_eq!(one(&r, "cookie"), "a=b");
+        assert_eq!(one(&r, "x-forwarded-for"), "192.0.2.9");
+        assert_eq!(one(&r, "x-forwarded-proto"), "http");
+        assert_eq!(one(&r, "x-forwarded-host"), "chat.example.com");
+        assert_eq!(one(&r, "connection"), "Upgrade");
+        assert_eq!(one(&r, "upgrade"), "websocket");
+        for gone in ["x-secret-hop", "keep-alive", "content-length"] {
+            assert!(!r.fields().contains(gone), "{gone} forwarded");
+        }
     }
 
     #[test]
     fn trusted_forwarding_appends_and_extra_headers_are_set() {
         let pod = PodAddress::parse("http://10.0.0.5:8080", "/metric").unwrap();
-        let client: SocketAddr = "192.0.2.9:5555".parse().unwrap();
         let policy = ForwardPolicy {
-            extra: vec![(
-                HeaderName::from_static("x-env"),
-                HeaderValue::from_static("prod"),
-            )],
+            extra: vec![
+                (
+                    HeaderName::from_static("x-env"),
+                    HeaderValue::from_static("prod"),
+                ),
+                (
+                    HeaderName::from_static("cookie"),
+                    HeaderValue::from_static("set=by-balancer"),
+                ),
+            ],
             trust_incoming: true,
         };
-        let r = pod_request(&client_parts(), &pod, client, "http", &policy);
-        assert_eq!(r.headers()["x-forwarded-for"], "6.6.6.6, 192.0.2.9");
-        assert_eq!(r.headers()["x-env"], "prod");
+        let r = as_pod_reads(&pod_upgrade_head(&client_head(), &pod, origin(), &policy));
+        assert_eq!(one(&r, "x-forwarded-for"), "6.6.6.6, 192.0.2.9");
+        assert_eq!(one(&r, "x-forwarded-proto"), "https");
+        assert_eq!(one(&r, "x-env"), "prod");
+        assert_eq!(one(&r, "cookie"), "set=by-balancer");
+    }
+
+    #[test]
+    fn plain_requests_get_the_same_fields_and_an_absolute_uri() {
+        let pod = PodAddress::parse("https://10.0.0.5:8443/app", "/metric").unwrap();
+        let (parts, ()) = Request::post("/api?x=1")
+            .header("host", "chat.example.com")
+            .header("content-length", "5")
+            .header("connection", "keep-alive")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let r = pod_http_request(&parts, &pod, origin(), &ForwardPolicy::default(), ());
+        assert_eq!(r.method(), "POST");
+        assert_eq!(r.uri(), "https://10.0.0.5:8443/app/api?x=1");
+        let h = r.headers();
+        assert_eq!(h["host"], "10.0.0.5:8443");
+        assert_eq!(h["content-length"], "5");
+        assert_eq!(h["x-forwarded-host"], "chat.example.com");
+        assert!(!h.contains_key("connection"));
+    }
+
+    fn pod_101() -> ResponseHead {
+        let bytes = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+            Connection: upgrade, X-Hop\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\
+            Sec-WebSocket-Protocol: chat\r\nx-pod-name: pod-1\r\nkeep-alive: x\r\nX-Hop: 1\r\n\r\n";
+        ResponseHead::parse(bytes).unwrap().unwrap().0
     }
 
     #[test]
     fn switching_protocols_keeps_pod_headers() {
-        let (parts, ()) = Response::builder()
-            .status(101)
-            .header("upgrade", "websocket")
-            .header("connection", "upgrade")
-            .header("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
-            .header("sec-websocket-protocol", "chat")
-            .header("x-pod-name", "pod-1")
-            .header("keep-alive", "x")
-            .body(())
-            .unwrap()
-            .into_parts();
-        let r = switching_protocols(parts);
+        let r = switching_protocols(&pod_101());
         assert_eq!(r.status(), 101);
         assert_eq!(
             r.headers()["sec-websocket-accept"],
@@ -332,6 +424,31 @@ mod tests {
         );
         assert_eq!(r.headers()["sec-websocket-protocol"], "chat");
         assert_eq!(r.headers()["x-pod-name"], "pod-1");
+        assert_eq!(r.headers()["upgrade"], "websocket");
         assert!(!r.headers().contains_key("keep-alive"));
+        assert!(!r.headers().contains_key("x-hop"));
+    }
+
+    #[test]
+    fn the_written_101_says_the_same_as_the_response() {
+        let bytes = switching_protocols_head(&pod_101());
+        let (written, len) = ResponseHead::parse(&bytes).unwrap().unwrap();
+        assert_eq!(len, bytes.len());
+        assert_eq!(written.status(), 101);
+        let from_hyper = switching_protocols(&pod_101());
+        let mut names: Vec<String> = written
+            .fields()
+            .iter()
+            .map(|(n, _)| String::from_utf8_lossy(n).to_ascii_lowercase())
+            .collect();
+        let mut expected: Vec<String> =
+            from_hyper.headers().keys().map(|n| n.to_string()).collect();
+        names.sort();
+        expected.sort();
+        assert_eq!(names, expected);
+        assert_eq!(
+            written.fields().single("sec-websocket-accept"),
+            Some(&b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="[..])
+        );
     }
 }

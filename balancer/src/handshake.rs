@@ -5,8 +5,10 @@
 
 use base64::Engine;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Version, header};
+use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
+
+use crate::head::RequestHead;
 
 /// The body of every response on the listener: one the balancer built
 /// itself (`Left`), or a pod's body streamed through (`Right`).
@@ -60,22 +62,11 @@ pub fn plain_response(status: StatusCode, text: &str) -> Response<Body> {
     response
 }
 
-/// Whether a comma-separated header holds `token` (case-insensitive), in
-/// any of its occurrences.
-pub fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
-}
-
 /// Accepts a WebSocket opening handshake or says why not.
-pub fn check(request: &http::request::Parts) -> Result<(), Rejection> {
-    let headers = &request.headers;
-    let upgrade = has_token(headers, header::UPGRADE, "websocket");
-    if !upgrade && !headers.contains_key(header::UPGRADE) {
+pub fn check(request: &RequestHead) -> Result<(), Rejection> {
+    let fields = request.fields();
+    let upgrade = fields.has_token("upgrade", "websocket");
+    if !upgrade && !fields.contains("upgrade") {
         return Err(Rejection::new(
             StatusCode::UPGRADE_REQUIRED,
             "this endpoint only accepts WebSocket upgrades",
@@ -83,13 +74,13 @@ pub fn check(request: &http::request::Parts) -> Result<(), Rejection> {
         .with(header::UPGRADE, "websocket")
         .with(header::CONNECTION, "Upgrade"));
     }
-    if request.version != Version::HTTP_11 {
+    if !request.is_http11() {
         return Err(Rejection::new(
             StatusCode::BAD_REQUEST,
             "WebSocket upgrades require HTTP/1.1",
         ));
     }
-    if request.method != Method::GET {
+    if request.method() != b"GET" {
         return Err(
             Rejection::new(StatusCode::METHOD_NOT_ALLOWED, "WebSocket upgrades use GET")
                 .with(header::ALLOW, "GET"),
@@ -101,46 +92,35 @@ pub fn check(request: &http::request::Parts) -> Result<(), Rejection> {
             "Upgrade header must be \"websocket\"",
         ));
     }
-    if !has_token(headers, header::CONNECTION, "upgrade") {
+    if !fields.has_token("connection", "upgrade") {
         return Err(Rejection::new(
             StatusCode::BAD_REQUEST,
             "Connection header must include \"Upgrade\"",
         ));
     }
-    if headers.get_all(header::HOST).iter().count() != 1 {
+    if fields.single("host").is_none() {
         return Err(Rejection::new(
             StatusCode::BAD_REQUEST,
             "exactly one Host header is required",
         ));
     }
-    if headers.contains_key(header::TRANSFER_ENCODING)
-        || headers
-            .get_all(header::CONTENT_LENGTH)
-            .iter()
-            .any(|v| v.as_bytes() != b"0")
-    {
+    if fields.contains("transfer-encoding") || fields.values("content-length").any(|v| v != b"0") {
         return Err(Rejection::new(
             StatusCode::BAD_REQUEST,
             "a WebSocket upgrade request has no body",
         ));
     }
-    let versions: Vec<&HeaderValue> = headers
-        .get_all(header::SEC_WEBSOCKET_VERSION)
-        .iter()
-        .collect();
-    if versions.len() != 1 || versions[0].as_bytes() != b"13" {
+    if fields.single("sec-websocket-version") != Some(b"13") {
         return Err(Rejection::new(
             StatusCode::UPGRADE_REQUIRED,
             "Sec-WebSocket-Version must be 13",
         )
         .with(header::SEC_WEBSOCKET_VERSION, "13"));
     }
-    let keys: Vec<&HeaderValue> = headers.get_all(header::SEC_WEBSOCKET_KEY).iter().collect();
-    let key_ok = keys.len() == 1
-        && base64::engine::general_purpose::STANDARD
-            .decode(keys[0].as_bytes())
-            .is_ok_and(|k| k.len() == 16);
-    if !key_ok {
+    if fields
+        .single("sec-websocket-key")
+        .is_none_or(|key| !is_key(key))
+    {
         return Err(Rejection::new(
             StatusCode::BAD_REQUEST,
             "Sec-WebSocket-Key must be 16 bytes in base64",
@@ -149,10 +129,19 @@ pub fn check(request: &http::request::Parts) -> Result<(), Rejection> {
     Ok(())
 }
 
+/// Whether `key` is 16 bytes in base64 (24 characters, two of padding).
+fn is_key(key: &[u8]) -> bool {
+    let mut decoded = [0u8; 18];
+    key.len() == 24
+        && base64::engine::general_purpose::STANDARD
+            .decode_slice(key, &mut decoded)
+            .is_ok_and(|n| n == 16)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::Request;
+    use http::{Request, Version};
 
     fn upgrade() -> http::request::Builder {
         Request::get("/ws")
@@ -164,7 +153,9 @@ mod tests {
     }
 
     fn status(r: Request<()>) -> Option<StatusCode> {
-        check(&r.into_parts().0).err().map(|e| e.status)
+        check(&RequestHead::from_parts(&r.into_parts().0))
+            .err()
+            .map(|e| e.status)
     }
 
     #[test]
@@ -236,7 +227,9 @@ mod tests {
         let mut r = upgrade().body(()).unwrap();
         r.headers_mut()
             .insert("sec-websocket-version", HeaderValue::from_static("8"));
-        let response = check(&r.into_parts().0).unwrap_err().into_response();
+        let response = check(&RequestHead::from_parts(&r.into_parts().0))
+            .unwrap_err()
+            .into_response();
         assert_eq!(response.headers()["sec-websocket-version"], "13");
     }
 }

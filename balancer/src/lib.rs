@@ -14,6 +14,7 @@ pub mod ends;
 pub mod first_request;
 pub mod forward;
 pub mod handshake;
+pub mod head;
 pub mod http_proxy;
 pub mod listener;
 pub mod logging;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -16,6 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::ends::End;
 use crate::first_request::{self, FirstRequest};
+use crate::forward;
 use crate::handshake::plain_response;
 use crate::upgrade::{Answer, Proxy, RelayJob};
 
@@ -104,8 +106,8 @@ async fn answer_first_request(
         first = read => first,
         () = &mut stopped => return None,
     };
-    let (parts, early) = match first {
-        Ok(Ok(FirstRequest::Upgrade { parts, early })) => (parts, early),
+    let (head, early) = match first {
+        Ok(Ok(FirstRequest::Upgrade { head, early })) => (head, early),
         Ok(Ok(FirstRequest::Other(read))) => {
             let io = first_request::Prefixed::new(read, tcp);
             serve(io, proxy.clone(), client, stopped).await;
@@ -127,7 +129,7 @@ async fn answer_first_request(
     };
     let conn_id = proxy.next_conn_id();
     let answer = tokio::select! {
-        answer = proxy.answer_upgrade(conn_id, client, &parts) => answer,
+        answer = proxy.answer_upgrade(conn_id, client, &head) => answer,
         () = &mut stopped => return None,
     };
     match answer {
@@ -135,12 +137,10 @@ async fn answer_first_request(
             let _ = first_request::write_response(&mut tcp, response).await;
             None
         }
-        Answer::Switch { response, relay } => {
-            let written = tokio::time::timeout(
-                proxy.write_timeout(),
-                first_request::write_response(&mut tcp, response),
-            )
-            .await;
+        Answer::Switch { pod_head, relay } => {
+            let response = forward::switching_protocols_head(&pod_head);
+            let written =
+                tokio::time::timeout(proxy.write_timeout(), tcp.write_all(&response)).await;
             let early = (!early.is_empty()).then_some(early);
             matches!(written, Ok(Ok(()))).then_some((tcp, early, relay))
         }

@@ -18,6 +18,7 @@ use crate::dial::{self, PodAnswer};
 use crate::ends;
 use crate::forward;
 use crate::handshake::{self, Body, plain_response};
+use crate::head::{Fields, RequestHead, ResponseHead};
 use crate::http_proxy::{self, HttpProxyError, PodClient};
 use crate::registry::{Lease, Pod, PodRegistry};
 use crate::relay::{self, DrainSignal, RelayLimits};
@@ -117,20 +118,26 @@ impl Proxy {
     }
 
     /// Whether the request's `Origin` is allowed (absent is: not a browser).
-    fn origin_allowed(&self, headers: &http::HeaderMap) -> bool {
+    fn origin_allowed(&self, fields: &Fields) -> bool {
         if self.allowed_origins.is_empty() {
             return true;
         }
-        let origins: Vec<&http::HeaderValue> =
-            headers.get_all(http::header::ORIGIN).iter().collect();
-        match origins.as_slice() {
-            [] => true,
-            [origin] => origin.to_str().is_ok_and(|o| {
-                self.allowed_origins
-                    .iter()
-                    .any(|a| a.eq_ignore_ascii_case(o))
-            }),
-            _ => false,
+        let mut origins = fields.values("origin");
+        match (origins.next(), origins.next()) {
+            (None, _) => true,
+            (Some(origin), None) => self
+                .allowed_origins
+                .iter()
+                .any(|a| a.as_bytes().eq_ignore_ascii_case(origin)),
+            (Some(_), Some(_)) => false,
+        }
+    }
+
+    /// How the pod is told who the client is.
+    fn origin(&self, client: SocketAddr) -> forward::Origin {
+        forward::Origin {
+            addr: client,
+            scheme: self.scheme,
         }
     }
 
@@ -172,12 +179,13 @@ impl Proxy {
         }
         let on_upgrade = hyper::upgrade::on(&mut request);
         let (parts, _) = request.into_parts();
-        Ok(match self.answer_upgrade(conn_id, client, &parts).await {
+        let head = RequestHead::from_parts(&parts);
+        Ok(match self.answer_upgrade(conn_id, client, &head).await {
             Answer::Respond(response) => response,
-            Answer::Switch { response, relay } => {
+            Answer::Switch { pod_head, relay } => {
                 // Counted as relayed by the token the job holds.
                 tokio::spawn(self.clone().relay_after_upgrade(on_upgrade, relay));
-                response
+                forward::switching_protocols(&pod_head)
             }
         })
     }
@@ -188,9 +196,9 @@ impl Proxy {
         &self,
         conn_id: u64,
         client: SocketAddr,
-        parts: &http::request::Parts,
+        head: &RequestHead,
     ) -> Answer {
-        if let Err(rejection) = handshake::check(parts) {
+        if let Err(rejection) = handshake::check(head) {
             tracing::debug!(conn_id, %client, status = rejection.status.as_u16(), reason = rejection.reason, "request refused");
             return Answer::Respond(rejection.into_response());
         }
@@ -204,7 +212,7 @@ impl Proxy {
             );
             return Answer::Respond(response);
         }
-        if !self.origin_allowed(&parts.headers) {
+        if !self.origin_allowed(head.fields()) {
             tracing::info!(conn_id, %client, "origin not allowed");
             return Answer::Respond(plain_response(StatusCode::FORBIDDEN, "origin not allowed"));
         }
@@ -225,13 +233,19 @@ impl Proxy {
             tracing::warn!(conn_id, %client, "no pod accepts connections");
             return Answer::Respond(unavailable("no pod accepts new connections"));
         }
+        // `check` saw exactly one key.
+        let key = head
+            .fields()
+            .single("sec-websocket-key")
+            .unwrap_or_default();
+        let accept = dial::accept_key(key);
         // Bounded, so a client never waits for more than a few dial
         // timeouts when many pods are black holes.
         for pod in candidates.pods.into_iter().take(MAX_ATTEMPTS) {
             let mut lease = pod.lease(self.registry.settings().early_refresh());
             let forwarded =
-                forward::pod_request(parts, &pod.address, client, self.scheme, &self.forward);
-            let dial = dial::open(&pod.address, &self.tls, forwarded);
+                forward::pod_upgrade_head(head, &pod.address, self.origin(client), &self.forward);
+            let dial = dial::open(&pod.address, &self.tls, &forwarded, &accept);
             let answer = match tokio::time::timeout(self.dial_timeout, dial).await {
                 Ok(Ok(answer)) => answer,
                 Ok(Err(error)) => {
@@ -249,7 +263,7 @@ impl Proxy {
                 PodAnswer::Upgraded { head, io, early } => {
                     tracing::debug!(conn_id, %client, pod = %pod.address.url, handshake_ms = started.elapsed().as_millis() as u64, "upgraded");
                     Answer::Switch {
-                        response: forward::switching_protocols(head),
+                        pod_head: head,
                         relay: RelayJob {
                             conn_id,
                             client,
@@ -261,8 +275,8 @@ impl Proxy {
                     }
                 }
                 PodAnswer::Status { head, body } => {
-                    tracing::info!(conn_id, %client, pod = %pod.address.url, status = head.status.as_u16(), "pod refused the upgrade");
-                    Answer::Respond(forward::pod_status(head, body))
+                    tracing::info!(conn_id, %client, pod = %pod.address.url, status = head.status().as_u16(), "pod refused the upgrade");
+                    Answer::Respond(forward::pod_status(&head, body))
                 }
             };
         }
@@ -298,8 +312,7 @@ impl Proxy {
             let request = forward::pod_http_request(
                 &parts,
                 &pod.address,
-                client,
-                self.scheme,
+                self.origin(client),
                 &self.forward,
                 pod_body,
             );
@@ -440,10 +453,10 @@ struct RelayMeta {
 pub enum Answer {
     /// A response, and then nothing (a refusal, or the pod's own status).
     Respond(Response<Body>),
-    /// The pod switched protocols: send `response` (the 101), then relay.
+    /// The pod switched protocols: send the client its 101, then relay.
     Switch {
-        /// The 101 for the client.
-        response: Response<Body>,
+        /// The pod's 101 (what the client's 101 is written from).
+        pod_head: ResponseHead,
         /// The pod's side, its count and its slot.
         relay: RelayJob,
     },

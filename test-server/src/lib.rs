@@ -6,18 +6,27 @@
 //! answer carries `x-pod-name` so a client can see where it landed. Many pods
 //! run in one process (the `test-server` binary) or inside a test.
 //!
+//! `/metrics` serves the pod's own Prometheus metrics (text format 0.0.4), so
+//! a demo can scrape every pod: `test_server_connections_active` (the same
+//! number `/metric` reports), `test_server_connections_accepted_total`,
+//! `test_server_echoed_messages_total`, `test_server_echoed_bytes_total`,
+//! `test_server_close_frames_received_total{code}` and
+//! `test_server_pod_state{pod,state}`. Every pod has its own registry, also
+//! when many run in one process.
+//!
 //! One text message is a command rather than data: `close:CODE` (for
 //! example `close:4002`) makes the pod close the connection with that code,
 //! so tests can check that a pod's close reaches the client.
 
+mod metrics;
+
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::Router;
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use common::PodState;
@@ -28,6 +37,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+
+use crate::metrics::PodMetrics;
 
 /// Header naming the pod on its 101 answer.
 pub const POD_NAME_HEADER: &str = "x-pod-name";
@@ -66,15 +77,14 @@ struct Shared {
     name: String,
     ip: String,
     subprotocols: Vec<String>,
-    /// Connections this pod answered 101 and that have not ended.
-    connections: AtomicU64,
-    /// Connections answered 101 since start.
-    accepted: AtomicU64,
+    /// Live and accepted connection counts, echo and close counters: what
+    /// both `/metric` and `/metrics` report.
+    metrics: PodMetrics,
     /// Close codes received from clients, in order.
     close_codes: Mutex<Vec<u16>>,
     /// `capacity` in the report.
     capacity: Option<u64>,
-    /// `state` in the report.
+    /// `state` in the report; its lock also orders the `pod_state` series.
     state: Mutex<PodState>,
     /// Cancelled when the pod stops: every connection task ends.
     stop: CancellationToken,
@@ -94,11 +104,10 @@ impl Pod {
         let listener = TcpListener::bind(options.listen).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
+            metrics: PodMetrics::new(&options.name),
             name: options.name,
             ip: addr.ip().to_string(),
             subprotocols: options.subprotocols,
-            connections: AtomicU64::new(0),
-            accepted: AtomicU64::new(0),
             close_codes: Mutex::new(Vec::new()),
             capacity: options.capacity,
             state: Mutex::new(PodState::Ready),
@@ -107,6 +116,7 @@ impl Pod {
         let router = Router::new()
             .route("/ws", get(upgrade))
             .route("/metric", get(metric))
+            .route("/metrics", get(prometheus_metrics))
             .route("/echo", any(echo_http))
             .with_state(shared.clone());
         let tls = options.tls.is_some();
@@ -139,14 +149,14 @@ impl Pod {
     }
 
     /// Live connections (counted from the 101 on), the number `/metric`
-    /// reports.
+    /// reports and `/metrics` exports as `test_server_connections_active`.
     pub fn connections(&self) -> u64 {
-        self.shared.connections.load(Ordering::SeqCst)
+        self.shared.metrics.active()
     }
 
     /// Connections answered 101 since start.
     pub fn accepted(&self) -> u64 {
-        self.shared.accepted.load(Ordering::SeqCst)
+        self.shared.metrics.accepted()
     }
 
     /// Close codes clients sent to this pod, in arrival order (1005 for a
@@ -162,9 +172,14 @@ impl Pod {
     /// Changes the `state` the pod reports (`drain`, `maint`, `ready`).
     /// Connections keep being accepted: only the balancer reads the state.
     pub fn set_state(&self, state: PodState) {
-        if let Ok(mut current) = self.shared.state.lock() {
-            *current = state;
-        }
+        let mut current = self
+            .shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *current = state;
+        self.shared.metrics.set_state(state);
+        tracing::info!(pod = %self.shared.name, ?state, "pod state set");
     }
 
     /// Stops listening and drops every connection at once, as a crashed pod
@@ -225,7 +240,7 @@ where
 async fn metric(State(shared): State<Arc<Shared>>) -> Response {
     let state = shared.state.lock().map(|s| *s).unwrap_or_default();
     let mut body = serde_json::json!({
-        "agentsConnections": shared.connections.load(Ordering::SeqCst),
+        "agentsConnections": shared.metrics.active(),
         "podName": shared.name,
         "podIP": shared.ip,
         "state": state,
@@ -238,6 +253,17 @@ async fn metric(State(shared): State<Arc<Shared>>) -> Response {
         body.to_string(),
     )
         .into_response()
+}
+
+/// `/metrics`: this pod's registry in the Prometheus text format.
+async fn prometheus_metrics(State(shared): State<Arc<Shared>>) -> Response {
+    match shared.metrics.encode() {
+        Ok(text) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response(),
+        Err(error) => {
+            tracing::error!(pod = %shared.name, %error, "encoding /metrics failed");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
 }
 
 /// Plain HTTP: streams the request body back as it arrives, and says what
@@ -304,15 +330,27 @@ struct Live(Arc<Shared>);
 
 impl Live {
     fn new(shared: Arc<Shared>) -> Self {
-        shared.connections.fetch_add(1, Ordering::SeqCst);
-        shared.accepted.fetch_add(1, Ordering::SeqCst);
+        shared.metrics.connection_opened();
         Live(shared)
     }
 }
 
 impl Drop for Live {
     fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Ordering::SeqCst);
+        self.0.metrics.connection_closed();
+    }
+}
+
+impl Shared {
+    /// Records a close frame from a client, for [`Pod::close_codes`] and
+    /// `/metrics` alike.
+    fn close_received(&self, code: u16) {
+        self.close_codes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(code);
+        self.metrics.close_received(code);
+        tracing::debug!(pod = %self.name, code, "close frame received");
     }
 }
 
@@ -326,20 +364,27 @@ async fn echo(mut socket: WebSocket, live: Live) {
             m = socket.recv() => m,
             () = stop.cancelled() => return,
         };
-        let reply = match message {
+        // The payload size of an echo, `None` for a command's reply.
+        let (reply, echoed) = match message {
             Some(Ok(Message::Text(text))) => match close_command(text.as_str()) {
-                Some(code) => Message::Close(Some(CloseFrame {
-                    code,
-                    reason: "closed by pod".into(),
-                })),
-                None => Message::Text(text),
-            },
-            Some(Ok(m @ Message::Binary(_))) => m,
-            Some(Ok(Message::Close(frame))) => {
-                let code = frame.map_or(1005, |f| f.code);
-                if let Ok(mut codes) = live.0.close_codes.lock() {
-                    codes.push(code);
+                Some(code) => {
+                    let frame = CloseFrame {
+                        code,
+                        reason: "closed by pod".into(),
+                    };
+                    (Message::Close(Some(frame)), None)
                 }
+                None => {
+                    let size = text.as_str().len();
+                    (Message::Text(text), Some(size))
+                }
+            },
+            Some(Ok(Message::Binary(data))) => {
+                let size = data.len();
+                (Message::Binary(data), Some(size))
+            }
+            Some(Ok(Message::Close(frame))) => {
+                live.0.close_received(frame.map_or(1005, |f| f.code));
                 continue;
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
@@ -347,6 +392,9 @@ async fn echo(mut socket: WebSocket, live: Live) {
         };
         if socket.send(reply).await.is_err() {
             return;
+        }
+        if let Some(size) = echoed {
+            live.0.metrics.echoed(size);
         }
     }
 }

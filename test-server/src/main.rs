@@ -2,6 +2,7 @@
 //!
 //! Prints one `ready pod=<name> url=<url>` line per pod on stdout once every
 //! pod is listening, so scripts can start it on port 0 and read the ports.
+//! Every pod is its own scrape target: `<url>/metrics`.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -9,7 +10,11 @@ use anyhow::Context;
 use clap::Parser;
 use test_server::{Pod, PodOptions};
 
-/// Echo pods with `/ws` and `/metric`, for trying and testing wsbalancer.
+/// Echo pods for trying and testing wsbalancer.
+///
+/// Each pod serves `/ws` (WebSocket echo), `/metric` (the JSON connection
+/// report the balancer reads) and `/metrics` (its own Prometheus metrics,
+/// named `test_server_*`), on its own port.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
