@@ -1,13 +1,13 @@
-//! The admin listener: liveness, readiness and the original plugin's JSON
-//! status, on an address of its own so it is never exposed with the
-//! WebSocket port by accident.
+//! The admin listener: liveness, readiness, the original plugin's JSON
+//! status and a live HTML view of it, on an address of its own so it is
+//! never exposed with the WebSocket port by accident.
 
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use serde::Serialize;
@@ -27,13 +27,43 @@ pub struct AdminState {
     pub draining: CancellationToken,
 }
 
+/// The live dashboard: one self-contained page that polls
+/// `/balancer-metrics` from the browser, so the balancer does no work for it
+/// beyond serving this text.
+const DASHBOARD_HTML: &str = include_str!("dashboard.html");
+
+/// What the dashboard may do in a browser: run its own inline script and
+/// style and fetch from the admin listener, nothing else. Pod names are
+/// inserted as text anyway; this makes a slip there unable to load or send
+/// anything elsewhere.
+const DASHBOARD_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; \
+     style-src 'unsafe-inline'; connect-src 'self'; base-uri 'none'; \
+     form-action 'none'; frame-ancestors 'none'";
+
 /// Routes of the admin listener.
 pub fn router(state: AdminState) -> Router {
     Router::new()
+        .route("/", get(dashboard))
+        .route("/dashboard", get(dashboard))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/balancer-metrics", get(balancer_metrics))
         .with_state(state)
+}
+
+async fn dashboard() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            // Always the page of the running version, never a cached one
+            // from before an upgrade.
+            (header::CACHE_CONTROL, "no-store"),
+            (header::CONTENT_SECURITY_POLICY, DASHBOARD_CSP),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        DASHBOARD_HTML,
+    )
+        .into_response()
 }
 
 async fn readyz(State(state): State<AdminState>) -> Response {
