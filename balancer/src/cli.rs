@@ -1,10 +1,17 @@
-//! Command-line flags: one per config key (kebab-case), plus `--config` and
-//! logging. Flags are the top configuration layer.
+//! Command-line flags: one per config key (kebab-case), plus `--config`,
+//! `--check-config` and logging. Flags are the top configuration layer.
+//!
+//! `--check-config FILE` is for CI pipelines and manifest tests: it runs the
+//! same layered loading as a start, and instead of starting prints the
+//! effective config in a form that loads back unchanged.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use clap::Parser;
-use common::{ConfigSources, Overrides};
+use common::load::ROOT_KEY;
+use common::{Config, ConfigError, ConfigSources, Overrides};
+use serde::Serialize;
 
 use crate::logging::LogFormat;
 
@@ -16,6 +23,11 @@ pub struct Cli {
     /// Config file (YAML, TOML or JSON, by extension).
     #[arg(long, short = 'c', value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Load and validate FILE (with the environment and the other flags on
+    /// top, as a start would), print the effective config as YAML and exit:
+    /// 0 when valid, 2 when not.
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    pub check_config: Option<PathBuf>,
     /// WebSocket listen address [default: 0.0.0.0:8080].
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
@@ -142,8 +154,100 @@ impl Cli {
             }
         }
         ConfigSources {
-            file: self.config.clone(),
+            file: self.config.clone().or_else(|| self.check_config.clone()),
             overrides,
         }
     }
+}
+
+/// Why `--check-config` printed no config.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckConfigError {
+    /// The configuration is invalid; the message names the key.
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+    /// The configuration is valid but could not be written out.
+    #[error("cannot write the effective config: {0}")]
+    Render(#[from] serde_yaml::Error),
+}
+
+impl CheckConfigError {
+    /// The process exit code for this error: 2 for an invalid config, as a
+    /// start would exit, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CheckConfigError::Invalid(_) => 2,
+            CheckConfigError::Render(_) => 1,
+        }
+    }
+}
+
+/// Loads `sources` exactly as a start would (defaults < file < `WSB_*`
+/// environment < flags), validates the result and returns it as YAML: see
+/// [`effective_config_yaml`].
+pub fn check_config(sources: &ConfigSources) -> Result<String, CheckConfigError> {
+    let config = sources.load()?;
+    Ok(effective_config_yaml(&config)?)
+}
+
+/// Value printed in place of a `forwardHeaders` value that may be a
+/// credential. It is a valid header value, so the printed config still
+/// loads, and prints the same way again.
+pub const REDACTED: &str = "<redacted>";
+
+/// Parts of header names whose values are likely credentials
+/// (`Authorization`, `X-Api-Key`, `Cookie`, `X-Auth-Token`...).
+const SECRET_HEADER_HINTS: &[&str] = &[
+    "auth",
+    "cookie",
+    "token",
+    "secret",
+    "key",
+    "password",
+    "session",
+    "credential",
+    "signature",
+];
+
+/// The effective config as YAML under the original `wsbalancer:` root key,
+/// with camelCase keys, every default filled in and durations in humantime
+/// form (`30s`), so that it can be saved as a `.yaml` file and loaded back.
+///
+/// The only value the config holds that may be a secret is a
+/// `forwardHeaders` value (a bearer token for the pods, say): those of
+/// headers whose name looks like a credential are printed as [`REDACTED`],
+/// and a leading comment says which. File paths (`tlsKey`, `caFile`) are
+/// printed; file contents never are.
+pub fn effective_config_yaml(config: &Config) -> Result<String, serde_yaml::Error> {
+    let mut shown = config.clone();
+    let mut redacted = Vec::new();
+    for (name, value) in &mut shown.forward_headers {
+        if looks_secret(name) {
+            REDACTED.clone_into(value);
+            redacted.push(name.as_str());
+        }
+    }
+    let mut root = BTreeMap::new();
+    root.insert(ROOT_KEY, &shown);
+    let yaml = serde_yaml::to_string(&Rooted(root))?;
+    if redacted.is_empty() {
+        Ok(yaml)
+    } else {
+        Ok(format!(
+            "# forwardHeaders values not shown (they may be credentials): {}\n{yaml}",
+            redacted.join(", ")
+        ))
+    }
+}
+
+/// The config under its root key, as one map so that the key is the
+/// constant the loader looks for.
+#[derive(Serialize)]
+#[serde(transparent)]
+struct Rooted<'a>(BTreeMap<&'static str, &'a Config>);
+
+/// Whether a header's value is likely a credential, by its name.
+fn looks_secret(header: &str) -> bool {
+    let lower = header.to_ascii_lowercase();
+    SECRET_HEADER_HINTS.iter().any(|hint| lower.contains(hint))
 }

@@ -102,6 +102,9 @@ pub enum End {
     Tcp(TcpStream),
     /// Anything else (boxed: TLS state is large).
     Io(Box<AnyIo>),
+    /// Closed by the relay: reads see the end of the stream, and writes
+    /// are dropped (nothing more is owed to a side that has gone).
+    Closed,
 }
 
 /// An end as it arrives from a handshake: the stream, and the bytes already
@@ -153,14 +156,17 @@ impl End {
         cx: &mut Context<'_>,
         bulk: bool,
     ) -> Poll<std::io::Result<Option<Chunk>>> {
-        if let End::Tcp(tcp) = self {
-            std::task::ready!(tcp.poll_read_ready(cx))?;
+        match self {
+            End::Tcp(tcp) => std::task::ready!(tcp.poll_read_ready(cx))?,
+            End::Io(_) => {}
+            End::Closed => return Poll::Ready(Ok(None)),
         }
         let mut buf = Buffer::take(bulk);
         let mut filled = ReadBuf::new(buf.slice());
         let read = match self {
             End::Tcp(tcp) => Pin::new(tcp).poll_read(cx, &mut filled),
             End::Io(io) => Pin::new(&mut **io).poll_read(cx, &mut filled),
+            End::Closed => Poll::Ready(Ok(())),
         };
         std::task::ready!(read)?;
         let n = filled.filled().len();
@@ -182,7 +188,17 @@ impl End {
                 let _ = Pin::new(&mut **io).poll_flush(cx);
                 Poll::Ready(Ok(n))
             }
+            End::Closed => Poll::Ready(Ok(bytes.len())),
         }
+    }
+
+    /// Closes this end now (after a TLS close_notify when there is one):
+    /// what was written is still delivered, then end-of-stream.
+    pub fn close(&mut self) {
+        if let End::Io(_) = self {
+            self.shutdown_now();
+        }
+        *self = End::Closed;
     }
 
     /// Sends end-of-stream (FIN, or a TLS close_notify) without waiting;
@@ -192,6 +208,7 @@ impl End {
         let _ = match self {
             End::Tcp(tcp) => Pin::new(tcp).poll_shutdown(&mut cx),
             End::Io(io) => Pin::new(&mut **io).poll_shutdown(&mut cx),
+            End::Closed => Poll::Ready(Ok(())),
         };
     }
 }

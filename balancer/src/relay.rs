@@ -221,14 +221,14 @@ impl Pump {
 
     /// Moves bytes from `from` to `to` until it must wait (Pending) or this
     /// direction is over (Ready). `requested` is the Close the relay asked
-    /// for, if any; `other_done` says the other direction is over.
+    /// for, if any; `other` is the opposite direction.
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
         from: &mut End,
         to: &mut End,
         requested: Option<u16>,
-        other_done: bool,
+        other: &Pump,
     ) -> Poll<PumpEnd> {
         if let Some(end) = self.ended {
             return Poll::Ready(end);
@@ -267,8 +267,17 @@ impl Pump {
             }
             // 2. An ending waiting for its last write.
             if let Some(end) = self.finishing {
-                if !other_done {
-                    to.shutdown_now();
+                if other.ended.is_none() {
+                    if self.toward == Side::Client
+                        && self.tracker.close_seen()
+                        && other.tracker.close_seen()
+                    {
+                        // The WebSocket is over: the client's side closes,
+                        // as a server closes first.
+                        to.close();
+                    } else {
+                        to.shutdown_now();
+                    }
                 }
                 return self.end(end);
             }
@@ -376,6 +385,8 @@ pub struct Connection {
     requested: Option<u16>,
     /// Last time a byte moved either way.
     last_activity: Instant,
+    /// The side whose Close frame passed first.
+    first_close: Option<Side>,
 }
 
 impl Connection {
@@ -389,6 +400,7 @@ impl Connection {
             down: Pump::new(Side::Client, pod_early),
             requested: None,
             last_activity: Instant::now(),
+            first_close: None,
         }
     }
 
@@ -404,19 +416,18 @@ impl Connection {
                 &mut self.client,
                 &mut self.pod,
                 self.requested,
-                down_done,
+                &self.down,
             )
         {
             result = Poll::Ready((Side::Client, end));
         }
-        let up_now_done = self.up.ended.is_some();
         if !down_done
             && let Poll::Ready(end) = self.down.poll(
                 cx,
                 &mut self.pod,
                 &mut self.client,
                 self.requested,
-                up_now_done,
+                &self.up,
             )
             && result.is_pending()
         {
@@ -425,7 +436,39 @@ impl Connection {
         if self.up.bytes + self.down.bytes != before || self.chunk_moved() {
             self.last_activity = Instant::now();
         }
+        if self.first_close.is_none() {
+            self.first_close = [(Side::Client, &self.up), (Side::Pod, &self.down)]
+                .into_iter()
+                .find(|(_, pump)| pump.tracker.close_seen())
+                .map(|(side, _)| side);
+        }
+        if result.is_pending()
+            && let Some(first) = self.first_close
+            && self.closing_handshake_over()
+        {
+            // Both Close frames have passed whole: the WebSocket is over.
+            // The client's side closes now, as a server closes first; the
+            // pod (which closes first itself) is read to its end, so the
+            // short-lived TIME_WAIT stays on its side, not on the
+            // balancer's ports toward it.
+            self.client.close();
+            let _ = self.up.end(PumpEnd::Eof);
+            return Poll::Ready((first, PumpEnd::Eof));
+        }
         result
+    }
+
+    /// Whether each side has sent its Close and every byte before it was
+    /// passed on, with no Close of the relay's own involved.
+    fn closing_handshake_over(&self) -> bool {
+        [&self.up, &self.down].iter().all(|pump| {
+            pump.ended.is_none()
+                && pump.framed
+                && !pump.closed_by_us
+                && pump.tracker.close_seen()
+                && pump.out.is_none()
+                && pump.finishing.is_none()
+        })
     }
 
     /// Whether a read happened that passed no bytes yet (a Close being
@@ -680,6 +723,30 @@ mod tests {
         client.read_exact(&mut close).await.unwrap();
         assert_eq!(close[0] & 0x0F, OP_CLOSE);
         assert_eq!(u16::from_be_bytes([close[2], close[3]]), CLOSE_BAD_GATEWAY);
+    }
+
+    #[tokio::test]
+    async fn after_both_closes_the_client_side_closes_at_once() {
+        let (mut client, client_near) = pair().await;
+        let (pod_near, mut pod) = pair().await;
+        let task = start(client_near, pod_near, no_drain());
+        let close = encode_frame(true, OP_CLOSE, &1000u16.to_be_bytes(), Some([1, 2, 3, 4]));
+        client.write_all(&close).await.unwrap();
+        let mut got = vec![0u8; close.len()];
+        pod.read_exact(&mut got).await.unwrap();
+        // The pod answers, but keeps its TCP connection open for now.
+        let answer = encode_frame(true, OP_CLOSE, &1000u16.to_be_bytes(), None);
+        pod.write_all(&answer).await.unwrap();
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut rest));
+        read.await
+            .expect("the client's side should close without waiting for the pod")
+            .unwrap();
+        assert_eq!(rest, answer, "the Close answer arrives whole, then the end");
+        assert!(!task.is_finished(), "the pod's side is read to its end");
+        drop(pod);
+        let outcome = task.await.unwrap();
+        assert_eq!(outcome.ending, Ending::Closed(Side::Client));
     }
 
     #[tokio::test]
