@@ -1,30 +1,49 @@
-//! `test-client`: WebSocket load with echo checks and a report. Exits 1 when
-//! any connection or echo failed.
+//! `test-client`: WebSocket load with echo checks, a live progress line and
+//! a report. Exit code: 1 when a `--fail-on` threshold is crossed (or,
+//! without `--fail-on`, when any connection or echo failed), 2 for bad
+//! arguments.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use test_client::progress::Progress;
+use test_client::report::Live;
+use test_client::thresholds::Threshold;
 use test_client::{LoadOptions, run};
 
 /// Opens WebSocket connections, checks echoes, reports spread and latency.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// Target URL (the balancer or a pod).
+    /// Target URL (the balancer or a pod); repeat for several, used in turn.
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
-    url: String,
+    url: Vec<String>,
     /// Connections to open in total.
     #[arg(long, default_value_t = 100)]
     connections: usize,
     /// Connections in progress at once.
     #[arg(long, default_value_t = 50)]
     concurrency: usize,
+    /// New connections per second (a steady ramp; --concurrency still caps
+    /// how many are in progress).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Bound on the whole run: no connection starts after it and holds are
+    /// cut short, e.g. "60s".
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
     /// Messages per connection (each echo is checked).
     #[arg(long, default_value_t = 10)]
     messages: usize,
+    /// Messages per second per connection, sent on a schedule whatever the
+    /// echoes do (open loop); latency counts from each message's due time.
+    #[arg(long)]
+    msg_rate: Option<f64>,
     /// Bytes per message.
     #[arg(long, default_value_t = 64)]
     size: usize,
@@ -37,13 +56,40 @@ struct Args {
     /// Subprotocol to offer.
     #[arg(long)]
     subprotocol: Option<String>,
+    /// Extra request header, NAME:VALUE (repeatable).
+    #[arg(long = "header", value_name = "NAME:VALUE", value_parser = parse_header)]
+    headers: Vec<(String, String)>,
+    /// `Origin` header to send.
+    #[arg(long)]
+    origin: Option<String>,
+    /// Local addresses to connect from, in turn (comma-separated, e.g.
+    /// 127.0.0.2,127.0.0.3): each adds a range of ephemeral ports.
+    #[arg(long, value_delimiter = ',')]
+    bind: Vec<IpAddr>,
+    /// Send a ping this often while a connection is held.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    ping_interval: Option<Duration>,
     /// Bound on each handshake, echo and close.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
-    /// Also write the report as JSON to FILE (`-` for stdout, which then
-    /// gets only the JSON).
+    /// Also write the report (with raw histograms) as JSON to FILE (`-` for
+    /// stdout, which then gets only the JSON).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Fail (exit 1) when this holds, e.g. "p99>50ms", "failed>0",
+    /// "failed_pct>=1", "handshake_p99>100ms" (repeatable).
+    #[arg(long = "fail-on", value_name = "CONDITION")]
+    fail_on: Vec<Threshold>,
+    /// No live progress line.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+fn parse_header(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text
+        .split_once(':')
+        .ok_or_else(|| format!("{text:?}: expected NAME:VALUE"))?;
+    Ok((name.trim().to_owned(), value.trim().to_owned()))
 }
 
 #[tokio::main]
@@ -55,31 +101,62 @@ async fn main() -> anyhow::Result<ExitCode> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    anyhow::ensure!(args.connections > 0, "--connections must be at least 1");
-    let report = run(LoadOptions {
-        url: args.url,
+    let options = LoadOptions {
+        urls: args.url,
         connections: args.connections,
         concurrency: args.concurrency,
+        rate: args.rate,
+        duration: args.duration,
         messages: args.messages,
+        msg_rate: args.msg_rate,
         size: args.size,
         hold: args.hold,
         binary: args.binary,
         subprotocol: args.subprotocol,
+        headers: args.headers,
+        origin: args.origin,
+        bind: args.bind,
+        ping_interval: args.ping_interval,
         timeout: args.timeout,
-    })
-    .await;
+    };
+    if args.connections == 0 {
+        eprintln!("test-client: --connections must be at least 1");
+        return Ok(ExitCode::from(2));
+    }
+    if let Err(error) = options.validate() {
+        eprintln!("test-client: {error}");
+        return Ok(ExitCode::from(2));
+    }
+    let live = Arc::new(Live::default());
+    let stdout_json = args.json.as_deref().is_some_and(|p| p.as_os_str() == "-");
+    let progress = Progress::start(live.clone(), args.connections as u64, args.quiet);
+    let report = run(options, live).await;
+    progress.finish().await;
     let json = serde_json::to_string_pretty(&report)?;
     match args.json.as_deref() {
-        Some(path) if path.as_os_str() == "-" => println!("{json}"),
+        Some(_) if stdout_json => println!("{json}"),
         Some(path) => {
             std::fs::write(path, &json).with_context(|| format!("writing {}", path.display()))?;
             print!("{}", report.render());
         }
         None => print!("{}", report.render()),
     }
-    Ok(if report.all_ok() {
-        ExitCode::SUCCESS
+    let failed = if args.fail_on.is_empty() {
+        !report.all_ok()
     } else {
+        let crossed: Vec<String> = args
+            .fail_on
+            .iter()
+            .filter_map(|t| t.crossed(&report))
+            .collect();
+        for line in &crossed {
+            eprintln!("test-client: --fail-on {line}");
+        }
+        !crossed.is_empty()
+    };
+    Ok(if failed {
         ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     })
 }

@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -22,12 +24,15 @@ pub struct Percentiles {
     pub p90: f64,
     /// 99th percentile.
     pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
     /// Largest sample.
     pub max: f64,
 }
 
 impl Percentiles {
-    fn from_micros(h: &Histogram<u64>) -> Self {
+    /// The summary of a histogram of microseconds.
+    pub fn from_micros(h: &Histogram<u64>) -> Self {
         let ms = |us: u64| us as f64 / 1000.0;
         if h.is_empty() {
             return Percentiles::default();
@@ -37,15 +42,35 @@ impl Percentiles {
             p50: ms(h.value_at_quantile(0.50)),
             p90: ms(h.value_at_quantile(0.90)),
             p99: ms(h.value_at_quantile(0.99)),
+            p999: ms(h.value_at_quantile(0.999)),
             max: ms(h.max()),
         }
     }
 }
 
+/// A histogram as `[microseconds, count]` pairs (one per recorded bucket),
+/// for scripts that want more than the percentiles.
+pub type RawHistogram = Vec<[u64; 2]>;
+
+fn raw(h: &Histogram<u64>) -> RawHistogram {
+    h.iter_recorded()
+        .map(|v| [v.value_iterated_to(), v.count_at_value()])
+        .collect()
+}
+
+/// The raw histograms of a run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RawHistograms {
+    /// Handshake times.
+    pub handshake_us: RawHistogram,
+    /// Message round trips (from the intended send time under `--msg-rate`).
+    pub round_trip_us: RawHistogram,
+}
+
 /// Everything a run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    /// Target URL.
+    /// Target URL(s), comma-separated.
     pub url: String,
     /// Connections attempted.
     pub attempted: u64,
@@ -63,6 +88,10 @@ pub struct Report {
     pub messages_sent: u64,
     /// Echoes received and verified.
     pub messages_received: u64,
+    /// Payload bytes sent.
+    pub bytes_sent: u64,
+    /// Payload bytes received in verified echoes.
+    pub bytes_received: u64,
     /// Close codes the server answered with.
     pub close_codes: BTreeMap<u16, u64>,
     /// Handshake latency.
@@ -71,6 +100,12 @@ pub struct Report {
     pub round_trip_ms: Percentiles,
     /// Whole run, seconds.
     pub duration_secs: f64,
+    /// Connections attempted per second of the run.
+    pub connections_per_sec: f64,
+    /// Echoes received per second of the run.
+    pub messages_per_sec: f64,
+    /// The histograms behind the percentiles.
+    pub histograms: RawHistograms,
 }
 
 impl Report {
@@ -83,7 +118,11 @@ impl Report {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "target        {}", self.url);
-        let _ = writeln!(out, "duration      {:.2}s", self.duration_secs);
+        let _ = writeln!(
+            out,
+            "duration      {:.2}s  ({:.0} connections/s, {:.0} messages/s)",
+            self.duration_secs, self.connections_per_sec, self.messages_per_sec
+        );
         let _ = writeln!(
             out,
             "connections   {} attempted, {} ok, {} failed",
@@ -94,8 +133,8 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "messages      {} sent, {} echoed",
-            self.messages_sent, self.messages_received
+            "messages      {} sent, {} echoed ({} / {} bytes)",
+            self.messages_sent, self.messages_received, self.bytes_sent, self.bytes_received
         );
         let _ = writeln!(out, "per pod       (spread {})", self.spread);
         let widest = self.per_pod.values().copied().max().unwrap_or(1).max(1);
@@ -105,8 +144,8 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "latency (ms)  {:>10} {:>8} {:>8} {:>8} {:>8}",
-            "count", "p50", "p90", "p99", "max"
+            "latency (ms)  {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            "count", "p50", "p90", "p99", "p99.9", "max"
         );
         for (name, p) in [
             ("handshake", &self.handshake_ms),
@@ -114,8 +153,8 @@ impl Report {
         ] {
             let _ = writeln!(
                 out,
-                "  {name:<11} {:>10} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
-                p.count, p.p50, p.p90, p.p99, p.max
+                "  {name:<11} {:>10} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+                p.count, p.p50, p.p90, p.p99, p.p999, p.max
             );
         }
         if !self.close_codes.is_empty() {
@@ -130,22 +169,8 @@ impl Report {
     }
 }
 
-/// Accumulates connection outcomes into a [`Report`].
-pub struct Collector {
-    url: String,
-    attempted: u64,
-    ok: u64,
-    failures: BTreeMap<String, u64>,
-    per_pod: BTreeMap<String, u64>,
-    sent: u64,
-    received: u64,
-    close_codes: BTreeMap<u16, u64>,
-    handshake: Histogram<u64>,
-    round_trip: Histogram<u64>,
-}
-
 /// Histograms in microseconds, 3 significant digits, auto-resizing.
-fn histogram() -> Histogram<u64> {
+pub fn histogram() -> Histogram<u64> {
     let mut h =
         Histogram::new(3).unwrap_or_else(|_| unreachable!("3 significant figures is valid"));
     h.auto(true);
@@ -156,36 +181,112 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
 }
 
+fn lock(h: &Mutex<Histogram<u64>>) -> std::sync::MutexGuard<'_, Histogram<u64>> {
+    h.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Figures every connection updates as it goes: read by the progress
+/// display while the run lasts, and by the report at the end.
+#[derive(Debug)]
+pub struct Live {
+    /// Connections open now (handshake done, not closed yet).
+    pub open: AtomicU64,
+    /// Connections finished well.
+    pub ok: AtomicU64,
+    /// Connections failed.
+    pub failed: AtomicU64,
+    /// Messages sent.
+    pub sent: AtomicU64,
+    /// Echoes received and verified.
+    pub received: AtomicU64,
+    /// Payload bytes sent.
+    pub bytes_sent: AtomicU64,
+    /// Payload bytes of verified echoes.
+    pub bytes_received: AtomicU64,
+    handshake: Mutex<Histogram<u64>>,
+    round_trip: Mutex<Histogram<u64>>,
+    /// Round trips since the progress display last looked.
+    recent: Mutex<Histogram<u64>>,
+}
+
+impl Default for Live {
+    fn default() -> Self {
+        Live {
+            open: AtomicU64::new(0),
+            ok: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
+            bytes_received: AtomicU64::new(0),
+            handshake: Mutex::new(histogram()),
+            round_trip: Mutex::new(histogram()),
+            recent: Mutex::new(histogram()),
+        }
+    }
+}
+
+impl Live {
+    /// A handshake took `d`.
+    pub fn handshake(&self, d: Duration) {
+        let _ = lock(&self.handshake).record(micros(d));
+    }
+
+    /// A message went out with `bytes` of payload.
+    pub fn sent(&self, bytes: usize) {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        self.bytes_sent.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// An echo of `bytes` came back, `d` after it was (meant to be) sent.
+    pub fn echoed(&self, bytes: usize, d: Duration) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+        self.bytes_received
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+        let us = micros(d);
+        let _ = lock(&self.round_trip).record(us);
+        let _ = lock(&self.recent).record(us);
+    }
+
+    /// The 99th percentile round trip (ms) since the last call, and resets
+    /// it: what "current p99" shows.
+    pub fn take_recent_p99(&self) -> Option<f64> {
+        let mut recent = lock(&self.recent);
+        let p99 = (!recent.is_empty()).then(|| recent.value_at_quantile(0.99) as f64 / 1000.0);
+        recent.reset();
+        p99
+    }
+}
+
+/// Accumulates connection outcomes into a [`Report`].
+pub struct Collector {
+    url: String,
+    attempted: u64,
+    ok: u64,
+    failures: BTreeMap<String, u64>,
+    per_pod: BTreeMap<String, u64>,
+    close_codes: BTreeMap<u16, u64>,
+}
+
 impl Collector {
     /// An empty collector for a run against `url`.
-    pub fn new(url: &str, attempted: usize) -> Self {
+    pub fn new(url: &str) -> Self {
         Collector {
             url: url.to_owned(),
-            attempted: attempted as u64,
+            attempted: 0,
             ok: 0,
             failures: BTreeMap::new(),
             per_pod: BTreeMap::new(),
-            sent: 0,
-            received: 0,
             close_codes: BTreeMap::new(),
-            handshake: histogram(),
-            round_trip: histogram(),
         }
     }
 
     /// Adds one connection's outcome.
     pub fn add(&mut self, outcome: ConnOutcome) {
+        self.attempted += 1;
         if let Some(pod) = outcome.pod {
             *self.per_pod.entry(pod).or_default() += 1;
         }
-        if let Some(d) = outcome.handshake {
-            let _ = self.handshake.record(micros(d));
-        }
-        for d in outcome.round_trips {
-            let _ = self.round_trip.record(micros(d));
-        }
-        self.sent += outcome.sent;
-        self.received += outcome.received;
         if let Some(code) = outcome.close_code {
             *self.close_codes.entry(code).or_default() += 1;
         }
@@ -195,10 +296,14 @@ impl Collector {
         }
     }
 
-    /// The finished report.
-    pub fn finish(self, elapsed: Duration) -> Report {
+    /// The finished report, with the figures `live` gathered.
+    pub fn finish(self, live: &Live, elapsed: Duration) -> Report {
         let counts: Vec<u64> = self.per_pod.values().copied().collect();
         let spread = counts.iter().max().unwrap_or(&0) - counts.iter().min().unwrap_or(&0);
+        let handshake = lock(&live.handshake);
+        let round_trip = lock(&live.round_trip);
+        let secs = elapsed.as_secs_f64().max(1e-9);
+        let received = live.received.load(Ordering::Relaxed);
         Report {
             url: self.url,
             attempted: self.attempted,
@@ -207,12 +312,20 @@ impl Collector {
             failures: self.failures,
             per_pod: self.per_pod,
             spread,
-            messages_sent: self.sent,
-            messages_received: self.received,
+            messages_sent: live.sent.load(Ordering::Relaxed),
+            messages_received: received,
+            bytes_sent: live.bytes_sent.load(Ordering::Relaxed),
+            bytes_received: live.bytes_received.load(Ordering::Relaxed),
             close_codes: self.close_codes,
-            handshake_ms: Percentiles::from_micros(&self.handshake),
-            round_trip_ms: Percentiles::from_micros(&self.round_trip),
+            handshake_ms: Percentiles::from_micros(&handshake),
+            round_trip_ms: Percentiles::from_micros(&round_trip),
             duration_secs: elapsed.as_secs_f64(),
+            connections_per_sec: self.attempted as f64 / secs,
+            messages_per_sec: received as f64 / secs,
+            histograms: RawHistograms {
+                handshake_us: raw(&handshake),
+                round_trip_us: raw(&round_trip),
+            },
         }
     }
 }

@@ -1,14 +1,16 @@
 //! The load driver against real echo pods: counts, spread, latency and
 //! failures by reason, through the library and through the binary.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use test_client::{LoadOptions, run};
+use test_client::report::Live;
+use test_client::{LoadOptions, Report};
 use test_server::{Pod, PodOptions};
 
 fn options(url: String) -> LoadOptions {
     LoadOptions {
-        url,
+        urls: vec![url],
         connections: 40,
         concurrency: 10,
         messages: 5,
@@ -17,6 +19,10 @@ fn options(url: String) -> LoadOptions {
         timeout: Duration::from_secs(10),
         ..LoadOptions::default()
     }
+}
+
+async fn run(options: LoadOptions) -> Report {
+    test_client::run(options, Arc::new(Live::default())).await
 }
 
 #[tokio::test]
@@ -100,4 +106,110 @@ async fn binary_writes_json_and_sets_the_exit_code() {
         .unwrap();
     assert_eq!(failing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&failing.stdout).contains("http 404"));
+}
+
+/// The percentiles come from the histogram the JSON carries.
+fn assert_consistent(report: &Report) {
+    for p in [&report.handshake_ms, &report.round_trip_ms] {
+        assert!(p.p50 <= p.p90 && p.p90 <= p.p99 && p.p99 <= p.p999 && p.p999 <= p.max);
+    }
+    let counted = |raw: &Vec<[u64; 2]>| raw.iter().map(|[_, n]| n).sum::<u64>();
+    assert_eq!(
+        counted(&report.histograms.round_trip_us),
+        report.round_trip_ms.count
+    );
+    assert_eq!(
+        counted(&report.histograms.handshake_us),
+        report.handshake_ms.count
+    );
+}
+
+#[tokio::test]
+async fn the_report_agrees_with_what_the_pods_saw() {
+    let pods = [
+        Pod::start(PodOptions::new("a")).await.unwrap(),
+        Pod::start(PodOptions::new("b")).await.unwrap(),
+    ];
+    let report = run(LoadOptions {
+        urls: pods
+            .iter()
+            .map(|p| format!("ws://{}/ws", p.addr()))
+            .collect(),
+        connections: 30,
+        rate: Some(500.0),
+        msg_rate: Some(200.0),
+        bind: vec!["127.0.0.1".parse().unwrap(), "127.0.0.2".parse().unwrap()],
+        headers: vec![("x-run".into(), "test".into())],
+        origin: Some("https://example.com".into()),
+        ..options(String::new())
+    })
+    .await;
+    assert!(report.all_ok(), "{}", report.render());
+    for pod in &pods {
+        assert_eq!(report.per_pod.get(pod.name()), Some(&pod.accepted()));
+        assert_eq!(pod.close_codes().iter().filter(|&&c| c == 1000).count(), 15);
+    }
+    assert_eq!(report.spread, 0);
+    assert_eq!(report.messages_received, 30 * 5);
+    assert_eq!(report.bytes_received, 30 * 5 * 100);
+    assert_eq!(report.round_trip_ms.count, 150);
+    assert_consistent(&report);
+}
+
+#[tokio::test]
+async fn open_loop_latency_shows_a_slow_pod_and_its_queue() {
+    let pod = Pod::start(PodOptions::new("slow")).await.unwrap();
+    let load = LoadOptions {
+        connections: 4,
+        concurrency: 4,
+        messages: 20,
+        // One message every 20 ms per connection.
+        msg_rate: Some(50.0),
+        ..options(format!("ws://{}/ws", pod.addr()))
+    };
+    let fast = run(load.clone()).await;
+    assert!(fast.all_ok(), "{}", fast.render());
+    pod.set_delay(Duration::from_millis(30));
+    let slow = run(load).await;
+    assert!(slow.all_ok(), "{}", slow.render());
+    assert_consistent(&slow);
+    // Every echo now takes 30 ms, and they arrive every 20 ms: a queue
+    // builds, and latency from the due time keeps growing (closed-loop
+    // sending would have hidden it behind a slower send rate).
+    assert!(
+        slow.round_trip_ms.p50 >= 30.0 && slow.round_trip_ms.p50 > fast.round_trip_ms.p50,
+        "fast {:?} slow {:?}",
+        fast.round_trip_ms,
+        slow.round_trip_ms
+    );
+    assert!(
+        slow.round_trip_ms.max >= 150.0,
+        "the queue should show: {:?}",
+        slow.round_trip_ms
+    );
+}
+
+#[tokio::test]
+async fn fail_on_thresholds_set_the_exit_code() {
+    let pod = Pod::start(PodOptions::new("solo")).await.unwrap();
+    let url = format!("ws://{}/ws", pod.addr());
+    let bin = env!("CARGO_BIN_EXE_test-client");
+    let exit = |thresholds: &'static [&'static str]| {
+        let mut command = tokio::process::Command::new(bin);
+        command
+            .args(["--url", &url, "--connections", "3", "--messages", "2"])
+            .args(["--hold", "0s", "--quiet"]);
+        for t in thresholds {
+            command.args(["--fail-on", t]);
+        }
+        async move { command.output().await.unwrap() }
+    };
+    let passed = exit(&["failed>0", "p99>60s"]).await;
+    assert_eq!(passed.status.code(), Some(0), "{passed:?}");
+    let crossed = exit(&["failed>0", "p99<60s"]).await;
+    assert_eq!(crossed.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&crossed.stderr).contains("p99<60000"));
+    let malformed = exit(&["latency>5"]).await;
+    assert_eq!(malformed.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&malformed.stderr).contains("unknown figure"));
 }

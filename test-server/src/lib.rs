@@ -21,7 +21,9 @@
 mod metrics;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -57,6 +59,9 @@ pub struct PodOptions {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// `capacity` to report, if any.
     pub capacity: Option<u64>,
+    /// How long each echo waits before it is sent (a slow pod); echoes on
+    /// one connection stay in order, so a queue builds behind a slow one.
+    pub delay: Duration,
 }
 
 impl PodOptions {
@@ -68,6 +73,7 @@ impl PodOptions {
             subprotocols: Vec::new(),
             tls: None,
             capacity: None,
+            delay: Duration::ZERO,
         }
     }
 }
@@ -88,6 +94,8 @@ struct Shared {
     state: Mutex<PodState>,
     /// Cancelled when the pod stops: every connection task ends.
     stop: CancellationToken,
+    /// Echo delay in microseconds (changeable while running).
+    delay_micros: AtomicU64,
 }
 
 /// A running pod. Dropping it does not stop it; call [`Pod::stop`].
@@ -112,6 +120,7 @@ impl Pod {
             capacity: options.capacity,
             state: Mutex::new(PodState::Ready),
             stop: CancellationToken::new(),
+            delay_micros: AtomicU64::new(micros(options.delay)),
         });
         let router = Router::new()
             .route("/ws", get(upgrade))
@@ -167,6 +176,15 @@ impl Pod {
             .lock()
             .map(|c| c.clone())
             .unwrap_or_default()
+    }
+
+    /// Makes every echo from now on wait `delay` first (a pod slowing
+    /// down); `Duration::ZERO` makes it prompt again.
+    pub fn set_delay(&self, delay: Duration) {
+        self.shared
+            .delay_micros
+            .store(micros(delay), Ordering::Relaxed);
+        tracing::info!(pod = %self.shared.name, delay_ms = delay.as_millis() as u64, "echo delay set");
     }
 
     /// Changes the `state` the pod reports (`drain`, `maint`, `ready`).
@@ -325,6 +343,10 @@ async fn upgrade(
     response
 }
 
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
 /// Counts a connection for exactly as long as it lives.
 struct Live(Arc<Shared>);
 
@@ -390,6 +412,13 @@ async fn echo(mut socket: WebSocket, live: Live) {
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
             Some(Err(_)) | None => return,
         };
+        let delay = live.0.delay_micros.load(Ordering::Relaxed);
+        if echoed.is_some() && delay > 0 {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_micros(delay)) => {}
+                () = stop.cancelled() => return,
+            }
+        }
         if socket.send(reply).await.is_err() {
             return;
         }

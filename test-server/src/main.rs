@@ -40,6 +40,9 @@ struct Args {
     /// Pod names are <prefix>-0, <prefix>-1, ...
     #[arg(long, default_value = "pod")]
     name_prefix: String,
+    /// Wait this long before each echo (a slow pod), e.g. "20ms".
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    delay: std::time::Duration,
 }
 
 #[tokio::main]
@@ -76,6 +79,7 @@ async fn main() -> anyhow::Result<()> {
             listen: addr,
             subprotocols: args.subprotocols.clone(),
             capacity: args.capacity,
+            delay: args.delay,
             ..PodOptions::new(format!("{}-{i}", args.name_prefix))
         };
         let pod = Pod::start(options)
