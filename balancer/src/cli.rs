@@ -11,7 +11,6 @@ use std::path::PathBuf;
 use clap::Parser;
 use common::load::ROOT_KEY;
 use common::{Config, ConfigError, ConfigSources, Overrides};
-use serde::Serialize;
 
 use crate::logging::LogFormat;
 
@@ -224,12 +223,10 @@ pub fn effective_config_yaml(config: &Config) -> Result<String, serde_yaml::Erro
     for (name, value) in &mut shown.forward_headers {
         if looks_secret(name) {
             REDACTED.clone_into(value);
-            redacted.push(name.as_str());
+            redacted.push(name.clone());
         }
     }
-    let mut root = BTreeMap::new();
-    root.insert(ROOT_KEY, &shown);
-    let yaml = serde_yaml::to_string(&Rooted(root))?;
+    let yaml = serde_yaml::to_string(&BTreeMap::from([(ROOT_KEY, &shown)]))?;
     if redacted.is_empty() {
         Ok(yaml)
     } else {
@@ -239,12 +236,6 @@ pub fn effective_config_yaml(config: &Config) -> Result<String, serde_yaml::Erro
         ))
     }
 }
-
-/// The config under its root key, as one map so that the key is the
-/// constant the loader looks for.
-#[derive(Serialize)]
-#[serde(transparent)]
-struct Rooted<'a>(BTreeMap<&'static str, &'a Config>);
 
 /// Whether a header's value is likely a credential, by its name.
 fn looks_secret(header: &str) -> bool {

@@ -1,6 +1,8 @@
 //! `wsbalancer` binary: parse flags, load config (exit 2 when invalid), run
-//! until SIGTERM or Ctrl-C.
+//! until SIGTERM or Ctrl-C; or, with `--check-config`, print the effective
+//! config and exit.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -15,6 +17,9 @@ use wsbalancer::{Balancer, StartError};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.check_config.is_some() {
+        return check_config(&cli);
+    }
     let config = match cli.sources().load() {
         Ok(config) => config,
         Err(error) => {
@@ -37,6 +42,24 @@ fn main() -> ExitCode {
                 Some(StartError::Config(_) | StartError::Tls(_) | StartError::ServerTls(_))
             );
             ExitCode::from(if config_error { 2 } else { 1 })
+        }
+    }
+}
+
+/// `--check-config`: the effective config on stdout and exit 0, or one
+/// line on stderr and exit 2.
+fn check_config(cli: &Cli) -> ExitCode {
+    match wsbalancer::cli::check_config(&cli.sources()) {
+        Ok(yaml) => match std::io::stdout().lock().write_all(yaml.as_bytes()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("wsbalancer: writing the effective config: {error}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(error) => {
+            eprintln!("wsbalancer: {error}");
+            ExitCode::from(error.exit_code())
         }
     }
 }

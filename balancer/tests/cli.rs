@@ -180,3 +180,116 @@ async fn serves_then_stops_on_sigterm() {
         .unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// Runs `wsbalancer --check-config FILE` plus `args`; returns (exit code,
+/// stdout, stderr).
+async fn check_config(
+    file: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (i32, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--check-config")
+        .arg(file)
+        .args(args)
+        .env_clear()
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(DEADLINE, cmd.output())
+        .await
+        .expect("exits in time")
+        .expect("runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn check_config_prints_the_effective_config_which_loads_back_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("wsb.yaml");
+    std::fs::write(
+        &file,
+        "wsbalancer:\n  pods: [\"http://backend1:8080\", \"https://backend2:8443/chat\"]\n  \
+         cacheTTL: \"90s\"\n  dialTimeout: \"250ms\"\n  forwardHeaders:\n    \
+         Authorization: \"Bearer s3cret-token\"\n    X-Team: chat\n",
+    )
+    .unwrap();
+    // Environment and flags are layered on top, as for a start.
+    let (code, printed, stderr) =
+        check_config(&file, &["--replicas", "3"], &[("WSB_READ_TIMEOUT", "45s")]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+    let effective: serde_yaml::Value = serde_yaml::from_str(&printed).unwrap();
+    let config = &effective["wsbalancer"];
+    for (key, expected) in [
+        // From the file, in humantime form.
+        ("cacheTTL", "1m 30s"),
+        ("dialTimeout", "250ms"),
+        // Defaults filled in.
+        ("writeTimeout", "10s"),
+        ("metricPath", "/metric"),
+        ("adminListen", "127.0.0.1:9090"),
+        ("drainTimeout", "30s"),
+        // Environment and flag.
+        ("readTimeout", "45s"),
+    ] {
+        assert_eq!(config[key].as_str(), Some(expected), "{key} in:\n{printed}");
+    }
+    assert_eq!(config["replicas"].as_u64(), Some(3), "{printed}");
+    assert_eq!(config["tlsVerify"].as_bool(), Some(true), "{printed}");
+    assert_eq!(
+        config["pods"][1].as_str(),
+        Some("https://backend2:8443/chat")
+    );
+    // A credential in forwardHeaders is not printed; a plain value is.
+    assert!(!printed.contains("s3cret"), "{printed}");
+    assert_eq!(config["forwardHeaders"]["X-Team"].as_str(), Some("chat"));
+    assert!(printed.contains("Authorization"), "{printed}");
+
+    // Fed back (without the environment and flag, which it now holds), it
+    // prints the same.
+    let again = dir.path().join("effective.yaml");
+    std::fs::write(&again, &printed).unwrap();
+    let (code, reprinted, stderr) = check_config(&again, &[], &[]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(reprinted, printed);
+}
+
+#[tokio::test]
+async fn check_config_of_an_invalid_config_exits_2_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    // File body (under `wsbalancer:`), and the key the error must name.
+    let cases = [
+        ("  pods: [\"http://a:1\"]\n  cacheTTL: \"0s\"\n", "cacheTTL"),
+        ("  pods: [\"http://a:1\"]\n  cachTTL: \"3s\"\n", "cachTTL"),
+        ("  pods: [\"ftp://a:1\"]\n", "pods"),
+        ("  metricPath: \"/metric\"\n", "pods"),
+        (
+            "  pods: [\"http://a:1\"]\n  drainWindow: \"30s\"\n  drainTimeout: \"30s\"\n",
+            "drainTimeout",
+        ),
+    ];
+    for (body, key) in cases {
+        let file = dir.path().join("wsb.yaml");
+        std::fs::write(&file, format!("wsbalancer:\n{body}")).unwrap();
+        let (code, stdout, stderr) = check_config(&file, &[], &[]).await;
+        assert_eq!(code, 2, "{body}: {stderr}");
+        assert!(stdout.is_empty(), "nothing printed for {body}: {stdout}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(
+            stderr.contains(&format!("`{key}`")),
+            "{body} should name {key}: {stderr}"
+        );
+    }
+    // A flag is checked the same way.
+    let file = dir.path().join("ok.yaml");
+    std::fs::write(&file, "wsbalancer:\n  pods: [\"http://a:1\"]\n").unwrap();
+    let (code, _, stderr) = check_config(&file, &["--selection", "fastest"], &[]).await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("`selection`"), "{stderr}");
+}

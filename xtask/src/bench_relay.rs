@@ -1,9 +1,11 @@
-//! `cargo xtask bench relay`: what the relay costs, as ratios against a
-//! direct connection to the pod measured in the same run: idle memory per
-//! relayed connection, new connections per second, echo throughput and
-//! latency (small and large messages), and the balancer's CPU per operation.
-//! Each figure is the median of `runs` runs. As the relay issue's method
-//! asks, the balancer is pinned to core 0 and the pod and clients to core 1.
+//! `cargo xtask bench`: what the relay costs, as ratios against a direct
+//! connection to the pod and against HAProxy, measured in the same run:
+//! new connections per second, echo throughput and latency (small and
+//! large messages), each proxy's CPU per operation, and idle memory per
+//! relayed connection. Each figure is the median of the runs, and targets
+//! alternate within every run, so a noisy moment hits them all. As the
+//! relay issue's method asks, the proxies are pinned to core 0 and the pod
+//! and clients to core 1.
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -36,7 +38,7 @@ struct Load {
     p99_ms: f64,
 }
 
-async fn load(url: &str, args: &[&str]) -> anyhow::Result<Load> {
+async fn load(url: &str, args: &[String]) -> anyhow::Result<Load> {
     let out = pinned(1, release_bin("test-client"))
         .args(["--url", url, "--json", "-", "--timeout", "30s"])
         .args(args)
@@ -108,7 +110,8 @@ struct Figures {
     cpu_conn: Vec<f64>,
     /// Per echo scenario: (msg/s, p99 ms, CPU µs per message).
     echo: [(Vec<f64>, Vec<f64>, Vec<f64>); 2],
-    idle_kib: Vec<f64>,
+    /// Per idle level: KiB per connection, one value per run.
+    idle_kib: Vec<Vec<f64>>,
 }
 
 /// The pod, started once for the whole benchmark.
@@ -250,66 +253,75 @@ async fn idle_memory(
     Ok(per)
 }
 
-/// Runs the relay benchmark and returns the markdown report.
-pub async fn run(runs: usize, idle_connections: usize, peers: bool) -> anyhow::Result<String> {
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Runs per figure.
+    pub runs: usize,
+    /// Held connections for each idle memory figure.
+    pub idle: Vec<usize>,
+    /// Include HAProxy and NGINX when installed.
+    pub peers: bool,
+    /// Smaller loads, for a check that finishes in about a minute.
+    pub quick: bool,
+}
+
+impl Plan {
+    /// The quick check: one run of small loads.
+    pub fn quick(peers: bool) -> Self {
+        Plan {
+            runs: 1,
+            idle: vec![500],
+            peers,
+            quick: true,
+        }
+    }
+
+    /// test-client arguments of the connections/s scenario.
+    fn conns(&self) -> Vec<String> {
+        let n = if self.quick { 1000 } else { 20_000 };
+        args(n, 64, 0, 16)
+    }
+
+    /// Name and test-client arguments of the echo scenarios.
+    fn echoes(&self) -> [(&'static str, Vec<String>); 2] {
+        let (small, large) = if self.quick { (100, 10) } else { (2000, 400) };
+        [
+            ("echo 64 conns x 128 B", args(64, 64, small, 128)),
+            ("echo 8 conns x 64 KiB", args(8, 8, large, 65536)),
+        ]
+    }
+}
+
+/// test-client arguments: `connections` at `concurrency`, `messages` of
+/// `size` bytes each, closed loop, closed at once.
+fn args(connections: usize, concurrency: usize, messages: usize, size: usize) -> Vec<String> {
+    [
+        "--connections",
+        &connections.to_string(),
+        "--concurrency",
+        &concurrency.to_string(),
+        "--messages",
+        &messages.to_string(),
+        "--size",
+        &size.to_string(),
+        "--hold",
+        "0s",
+        "--quiet",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// Runs the comparison and returns the markdown report.
+pub async fn run(plan: &Plan) -> anyhow::Result<String> {
     let mut procs = Procs::default();
-    let result = measure(&mut procs, runs.max(1), idle_connections, peers).await;
+    let result = measure(&mut procs, plan).await;
     procs.stop_all().await;
     result
 }
 
-const CONNS: [&str; 10] = [
-    "--connections",
-    "20000",
-    "--concurrency",
-    "64",
-    "--messages",
-    "1",
-    "--size",
-    "16",
-    "--hold",
-    "0s",
-];
-
-const ECHOES: [(&str, [&str; 10]); 2] = [
-    (
-        "echo 64 conns x 128 B",
-        [
-            "--connections",
-            "64",
-            "--concurrency",
-            "64",
-            "--messages",
-            "2000",
-            "--size",
-            "128",
-            "--hold",
-            "0s",
-        ],
-    ),
-    (
-        "echo 8 conns x 64 KiB",
-        [
-            "--connections",
-            "8",
-            "--concurrency",
-            "8",
-            "--messages",
-            "400",
-            "--size",
-            "65536",
-            "--hold",
-            "0s",
-        ],
-    ),
-];
-
-async fn measure(
-    procs: &mut Procs,
-    runs: usize,
-    idle: usize,
-    with_peers: bool,
-) -> anyhow::Result<String> {
+async fn measure(procs: &mut Procs, plan: &Plan) -> anyhow::Result<String> {
     let dir = std::env::temp_dir().join(format!("wsb-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let pod = start_pod(procs).await?;
@@ -326,16 +338,19 @@ async fn measure(
             pid: Some(pid),
         },
     ];
-    let mut versions = Vec::new();
+    let mut notes = Vec::new();
     for peer in [Peer::Haproxy, Peer::Nginx] {
-        if !with_peers {
+        if !plan.peers {
+            notes.push(format!("{} left out (--no-peers).", peer.name()));
             continue;
         }
         if peer.binary().is_none() {
-            println!(
-                "    {} is not installed: no column for it (scripts/install-bench-peers installs it)",
+            let note = format!(
+                "{} is not installed, so it has no column (`cargo xtask bench --install-peers` installs it).",
                 peer.name()
             );
+            println!("    {note}");
+            notes.push(note);
             continue;
         }
         let (addr, pid) = peer
@@ -343,20 +358,28 @@ async fn measure(
                 pinned(0, p)
             })
             .await?;
-        versions.push(peer.version().await);
+        notes.push(format!("{}: {}.", peer.name(), peer.version().await));
         targets.push(Target {
             name: peer.name(),
             url: format!("ws://{addr}/ws"),
             pid: Some(pid),
         });
     }
-    let mut figures: Vec<Figures> = targets.iter().map(|_| Figures::default()).collect();
+    let mut figures: Vec<Figures> = targets
+        .iter()
+        .map(|_| Figures {
+            idle_kib: vec![Vec::new(); plan.idle.len()],
+            ..Figures::default()
+        })
+        .collect();
+    let conns = plan.conns();
+    let echoes = plan.echoes();
 
-    for run in 0..runs {
-        println!("  run {} of {runs}", run + 1);
+    for run in 0..plan.runs {
+        println!("  run {} of {}", run + 1, plan.runs);
         for (target, fig) in targets.iter().zip(figures.iter_mut()) {
             let cpu = target.pid.map(cpu_seconds);
-            let r = load(&target.url, &CONNS).await?;
+            let r = load(&target.url, &conns).await?;
             let rate = r.ok as f64 / r.seconds;
             fig.conn_rate.push(rate);
             if let (Some(pid), Some(cpu)) = (target.pid, cpu) {
@@ -365,7 +388,7 @@ async fn measure(
             }
             println!("    connections/s {}: {rate:.0}", target.name);
         }
-        for (i, (name, args)) in ECHOES.iter().enumerate() {
+        for (i, (name, args)) in echoes.iter().enumerate() {
             for (target, fig) in targets.iter().zip(figures.iter_mut()) {
                 let cpu = target.pid.map(cpu_seconds);
                 let r = load(&target.url, args).await?;
@@ -383,36 +406,92 @@ async fn measure(
                 );
             }
         }
-        if idle > 0 {
+        for (level, &idle) in plan.idle.iter().enumerate() {
             for (target, fig) in targets.iter().zip(figures.iter_mut()) {
-                if target.pid.is_some() {
-                    fig.idle_kib
-                        .push(idle_memory(procs, target.name, &pod, &dir, idle).await?);
+                if target.pid.is_some() && idle > 0 {
+                    fig.idle_kib[level].push(idle_memory(procs, target.name, &pod, &dir, idle).await?);
                 }
             }
         }
     }
+    let baseline = python_baseline(&pod).await;
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(report(&targets, &figures, runs, idle, &versions))
+    let mut out = report(&targets, &figures, plan, &echoes);
+    let _ = writeln!(out);
+    for note in notes {
+        let _ = writeln!(out, "- {note}");
+    }
+    let _ = writeln!(out, "- {baseline}");
+    let _ = writeln!(
+        out,
+        "- Cores: each proxy pinned to core 0; the pod and every client process to core 1 (`taskset`)."
+    );
+    Ok(out)
 }
 
-/// The markdown table: one column per target, ratios against direct.
+/// test-client against Python's `websockets` on the small echo scenario,
+/// both straight to the pod on the same core: the load tool must not be
+/// what limits the figures.
+async fn python_baseline(pod: &PodInfo) -> String {
+    let script = crate::workspace_root().join("scripts/python-echo-client.py");
+    // Same shape as the scenario: 64 connections x 128 B, fewer messages
+    // (the Python client is slow, which is the point).
+    let messages = "200";
+    let ours = load(&pod.ws, &args(64, 64, 200, 128)).await;
+    let python = pinned(1, "python3".into())
+        .arg(&script)
+        .args([&pod.ws, "64", messages, "128"])
+        .output()
+        .await;
+    let python = python.ok().filter(|o| o.status.success()).and_then(|o| {
+        let json: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+        Some(json["messages"].as_f64()? / json["seconds"].as_f64()?)
+    });
+    match (ours, python) {
+        (Ok(ours), Some(python)) => {
+            let ours = ours.messages as f64 / ours.seconds;
+            format!(
+                "Load tool check (64 conns x 128 B echo, direct to the pod, one core): test-client {ours:.0} msg/s, Python websockets {python:.0} msg/s ({:.1}x).",
+                ours / python
+            )
+        }
+        _ => "Load tool check skipped: python3 with `websockets` is not available (`--install-peers` installs it).".into(),
+    }
+}
+
+/// "value (ratio to direct, ratio to HAProxy)" for a throughput cell.
+fn with_ratios(i: usize, value: f64, direct: f64, haproxy: Option<(usize, f64)>) -> String {
+    if i == 0 {
+        return format!("{value:.0}");
+    }
+    let mut cell = format!("{value:.0} ({:.2}x direct", value / direct);
+    if let Some((h, hv)) = haproxy
+        && h != i
+    {
+        let _ = write!(cell, ", {:.2}x HAProxy", value / hv);
+    }
+    cell.push(')');
+    cell
+}
+
+/// The markdown table: one column per target, ratios against direct and
+/// HAProxy.
 fn report(
     targets: &[Target],
     figures: &[Figures],
-    runs: usize,
-    idle: usize,
-    versions: &[String],
+    plan: &Plan,
+    echoes: &[(&'static str, Vec<String>); 2],
 ) -> String {
     let mut out = String::new();
     let names: Vec<&str> = targets.iter().map(|t| t.name).collect();
+    let haproxy = targets.iter().position(|t| t.name == Peer::Haproxy.name());
     let _ = writeln!(
         out,
-        "| measure (median of {runs}) | {} |",
+        "| measure (median of {}) | {} |",
+        plan.runs,
         names.join(" | ")
     );
     let _ = writeln!(out, "|---|{}", "---|".repeat(names.len()));
-    let direct_rate = median(figures[0].conn_rate.clone());
     let row = |out: &mut String, label: &str, cell: &dyn Fn(usize, &Figures) -> String| {
         let cells: Vec<String> = figures
             .iter()
@@ -421,27 +500,29 @@ fn report(
             .collect();
         let _ = writeln!(out, "| {label} | {} |", cells.join(" | "));
     };
+    let conns = if plan.quick { "1,000" } else { "20,000" };
+    let rate = |f: &Figures| median(f.conn_rate.clone());
     row(
         &mut out,
-        "new connections/s (20,000 open+echo+close, concurrency 64)",
+        &format!("new connections/s ({conns} open+close, concurrency 64)"),
         &|i, f| {
-            let m = median(f.conn_rate.clone());
-            if i == 0 {
-                format!("{m:.0}")
-            } else {
-                format!("{m:.0} ({:.2}x)", m / direct_rate)
-            }
+            with_ratios(
+                i,
+                rate(f),
+                rate(&figures[0]),
+                haproxy.map(|h| (h, rate(&figures[h]))),
+            )
         },
     );
-    for (e, (name, _)) in ECHOES.iter().enumerate() {
-        let direct = median(figures[0].echo[e].0.clone());
+    for (e, (name, _)) in echoes.iter().enumerate() {
+        let msgs = |f: &Figures| median(f.echo[e].0.clone());
         row(&mut out, &format!("{name}: messages/s"), &|i, f| {
-            let m = median(f.echo[e].0.clone());
-            if i == 0 {
-                format!("{m:.0}")
-            } else {
-                format!("{m:.0} ({:.2}x)", m / direct)
-            }
+            with_ratios(
+                i,
+                msgs(f),
+                msgs(&figures[0]),
+                haproxy.map(|h| (h, msgs(&figures[h]))),
+            )
         });
         row(&mut out, &format!("{name}: p99 round trip"), &|_, f| {
             format!("{:.2} ms", median(f.echo[e].1.clone()))
@@ -449,7 +530,7 @@ fn report(
     }
     row(
         &mut out,
-        "proxy CPU per op: connection (handshake + 1 echo + close) / 128 B echo / 64 KiB echo",
+        "proxy CPU per op: connection (handshake + close) / 128 B echo / 64 KiB echo",
         &|i, f| {
             if i == 0 {
                 "–".into()
@@ -463,7 +544,7 @@ fn report(
             }
         },
     );
-    if idle > 0 {
+    for (level, idle) in plan.idle.iter().enumerate() {
         row(
             &mut out,
             &format!("idle memory: RSS growth per relayed connection at {idle}"),
@@ -471,13 +552,55 @@ fn report(
                 if i == 0 {
                     "–".into()
                 } else {
-                    format!("{:.2} KiB", median(f.idle_kib.clone()))
+                    format!("{:.2} KiB", median(f.idle_kib[level].clone()))
                 }
             },
         );
     }
-    if !versions.is_empty() {
-        let _ = writeln!(out, "\nPeers: {}.", versions.join("; "));
-    }
     out
+}
+
+/// Start and end of the generated part of the benchmark docs.
+const DOCS_START: &str = "<!-- cargo xtask bench: start -->";
+const DOCS_END: &str = "<!-- cargo xtask bench: end -->";
+
+/// Replaces the generated part of `path` (between the markers, or appended
+/// when there are none) with `report` and a description of this machine.
+pub fn write_docs(path: &std::path::Path, report: &str) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let block = format!(
+        "{DOCS_START}\n### Latest `cargo xtask bench` ({})\n\n{}\n\n{report}{DOCS_END}",
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
+        machine()
+    );
+    let updated = match (text.find(DOCS_START), text.find(DOCS_END)) {
+        (Some(start), Some(end)) if start < end => {
+            format!("{}{block}{}", &text[..start], &text[end + DOCS_END.len()..])
+        }
+        _ => format!("{text}\n{block}\n"),
+    };
+    std::fs::write(path, updated).with_context(|| format!("writing {}", path.display()))
+}
+
+/// One line about the machine: CPU model, cores, memory, kernel.
+fn machine() -> String {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown CPU", |(_, m)| m.trim())
+        .to_owned();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem_gib = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+    let kernel = read("/proc/sys/kernel/osrelease");
+    format!(
+        "Machine: {model}, {cores} cores, {mem_gib:.0} GiB, Linux {}.",
+        kernel.trim()
+    )
 }

@@ -29,13 +29,21 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Benchmarks; each prints a markdown table (and writes it with --out).
+    /// Benchmarks. Without a subcommand: wsbalancer beside a direct
+    /// connection, HAProxy and NGINX (connections/s, echo, CPU, idle
+    /// memory); the full run also updates docs/benchmarks.md.
     Bench {
         #[command(subcommand)]
-        bench: Bench,
+        bench: Option<Bench>,
+        #[command(flatten)]
+        compare: CompareArgs,
         /// Also write the table to this file.
         #[arg(long, global = true)]
         out: Option<PathBuf>,
+        /// Use the binaries in this directory instead of building release
+        /// ones (for a quick check with debug binaries).
+        #[arg(long, global = true, value_name = "DIR")]
+        bin_dir: Option<PathBuf>,
     },
     /// Pods + balancer + load, a report, everything stopped afterwards.
     Demo {
@@ -57,6 +65,33 @@ enum Task {
     },
 }
 
+/// Options of the comparison benchmark.
+#[derive(Debug, clap::Args)]
+struct CompareArgs {
+    /// Runs per figure (the median is reported; targets alternate within
+    /// each run).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Held connections for the idle memory figures (comma-separated; one
+    /// process holds at most ~9,900 relayed connections under the 20,000
+    /// file descriptor limit).
+    #[arg(long, value_delimiter = ',', default_values_t = [5000, 9000])]
+    idle: Vec<usize>,
+    /// Leave HAProxy and NGINX out (they are measured when installed).
+    #[arg(long)]
+    no_peers: bool,
+    /// Install HAProxy, NGINX and Python's websockets first
+    /// (scripts/install-bench-peers).
+    #[arg(long)]
+    install_peers: bool,
+    /// A small run that finishes in about a minute; docs are not updated.
+    #[arg(long)]
+    quick: bool,
+    /// Do not update docs/benchmarks.md after a full run.
+    #[arg(long)]
+    no_docs: bool,
+}
+
 #[derive(Debug, Subcommand)]
 enum Bench {
     /// Spread of connections over pods: bursts, replicas, scale-up, a kill.
@@ -66,34 +101,33 @@ enum Bench {
         #[arg(long)]
         only: Option<String>,
     },
-    /// Cost of the relay against a direct connection: connections/s, echo
-    /// throughput and latency, CPU per operation, idle memory.
+    /// The comparison (the default): same as `cargo xtask bench`.
     Relay {
-        /// Runs per figure (the median is reported).
-        #[arg(long, default_value_t = 3)]
-        runs: usize,
-        /// Idle connections held for the memory figure.
-        #[arg(long, default_value_t = 9000)]
-        idle: usize,
-        /// Leave HAProxy and NGINX out (they are measured when installed).
-        #[arg(long)]
-        no_peers: bool,
+        #[command(flatten)]
+        compare: CompareArgs,
     },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
-        Task::Bench { bench, out } => {
-            build_release().await?;
+        Task::Bench {
+            bench,
+            compare,
+            out,
+            bin_dir,
+        } => {
+            match bin_dir {
+                Some(dir) => {
+                    let _ = BIN_DIR.set(dir);
+                }
+                None => build_release().await?,
+            }
             let work = async {
                 match bench {
-                    Bench::Balance { only } => bench_balance::run(only.as_deref()).await,
-                    Bench::Relay {
-                        runs,
-                        idle,
-                        no_peers,
-                    } => bench_relay::run(runs, idle, !no_peers).await,
+                    Some(Bench::Balance { only }) => bench_balance::run(only.as_deref()).await,
+                    Some(Bench::Relay { compare }) => compare_bench(compare).await,
+                    None => compare_bench(compare).await,
                 }
             };
             let table = tokio::select! {
@@ -132,7 +166,44 @@ fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// Where the benchmark's binaries are, when not freshly built release ones.
+static BIN_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// The comparison benchmark, after installing the peers when asked.
+async fn compare_bench(args: CompareArgs) -> anyhow::Result<String> {
+    if args.install_peers {
+        let script = workspace_root().join("scripts/install-bench-peers");
+        let status = Command::new(&script)
+            .status()
+            .await
+            .with_context(|| format!("running {}", script.display()))?;
+        if !status.success() {
+            bail!("{} failed", script.display());
+        }
+    }
+    let plan = if args.quick {
+        bench_relay::Plan::quick(!args.no_peers)
+    } else {
+        bench_relay::Plan {
+            runs: args.runs.max(3),
+            idle: args.idle,
+            peers: !args.no_peers,
+            quick: false,
+        }
+    };
+    let report = bench_relay::run(&plan).await?;
+    if !args.quick && !args.no_docs {
+        let docs = workspace_root().join("docs/benchmarks.md");
+        bench_relay::write_docs(&docs, &report)?;
+        println!("==> results written to {}", docs.display());
+    }
+    Ok(report)
+}
+
 pub(crate) fn release_bin(name: &str) -> PathBuf {
+    if let Some(dir) = BIN_DIR.get() {
+        return dir.join(name);
+    }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"));

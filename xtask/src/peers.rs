@@ -45,10 +45,18 @@ impl Peer {
     }
 
     /// The installed binary, if any (Debian puts both under /usr/sbin).
+    /// `XTASK_PEER_DIRS` (a PATH-like list) replaces the directories
+    /// searched, which is how a test sees a machine without them.
     pub fn binary(self) -> Option<PathBuf> {
-        ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"]
-            .iter()
-            .map(|dir| Path::new(dir).join(self.program()))
+        let dirs: Vec<PathBuf> = match std::env::var_os("XTASK_PEER_DIRS") {
+            Some(dirs) => std::env::split_paths(&dirs).collect(),
+            None => ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"]
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
+        };
+        dirs.iter()
+            .map(|dir| dir.join(self.program()))
             .find(|p| p.exists())
     }
 

@@ -1,0 +1,71 @@
+//! `cargo xtask bench --quick` on a machine without HAProxy and NGINX: it
+//! measures the direct connection and wsbalancer, says the peers were
+//! skipped, and prints the table. Debug binaries stand in for release ones,
+//! so the suite does not build a second profile.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The directory of this test's own binaries (target/debug).
+fn bin_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_xtask"))
+        .parent()
+        .expect("the xtask binary is in a directory")
+        .to_path_buf()
+}
+
+#[test]
+fn quick_bench_runs_and_says_when_peers_are_missing() {
+    // The binaries the bench starts: built with the workspace's tests, and
+    // built here when this test runs alone (a no-op otherwise).
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let built = Command::new(cargo)
+        .args(["build", "-q", "-p", "wsbalancer", "-p", "test-server", "-p", "test-client"])
+        .status()
+        .expect("cargo runs");
+    assert!(built.success());
+
+    let no_peers = tempfile_dir();
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["bench", "--quick", "--bin-dir"])
+        .arg(bin_dir())
+        .env("XTASK_PEER_DIRS", &no_peers)
+        .output()
+        .expect("xtask runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(240),
+        "the quick bench is meant to be quick"
+    );
+    let header = stdout
+        .lines()
+        .find(|l| l.starts_with("| measure"))
+        .expect("a table");
+    assert_eq!(header, "| measure (median of 1) | direct | wsbalancer |");
+    for peer in ["HAProxy", "NGINX"] {
+        assert!(
+            stdout.contains(&format!("{peer} is not installed")),
+            "{peer} skipped silently: {stdout}"
+        );
+    }
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("| new connections/s"))
+        .expect("a connections row");
+    assert!(row.contains("x direct"), "{row}");
+    let _ = std::fs::remove_dir_all(&no_peers);
+}
+
+/// An empty directory: where the bench looks for the peers.
+fn tempfile_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("xtask-no-peers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
