@@ -409,7 +409,8 @@ async fn measure(procs: &mut Procs, plan: &Plan) -> anyhow::Result<String> {
         for (level, &idle) in plan.idle.iter().enumerate() {
             for (target, fig) in targets.iter().zip(figures.iter_mut()) {
                 if target.pid.is_some() && idle > 0 {
-                    fig.idle_kib[level].push(idle_memory(procs, target.name, &pod, &dir, idle).await?);
+                    fig.idle_kib[level]
+                        .push(idle_memory(procs, target.name, &pod, &dir, idle).await?);
                 }
             }
         }
