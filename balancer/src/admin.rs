@@ -1,6 +1,6 @@
-//! The admin listener: liveness, readiness, the original plugin's JSON
-//! status and a live HTML view of it, on an address of its own so it is
-//! never exposed with the WebSocket port by accident.
+//! The admin listener: liveness, readiness, Prometheus metrics, the
+//! original plugin's JSON status and a live HTML view of it, on an address
+//! of its own so it is never exposed with the WebSocket port by accident.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use common::PodState;
 use common::selection::Health;
 
+use crate::metrics::{self, Metrics};
 use crate::registry::PodRegistry;
 
 /// What the admin handlers read.
@@ -25,6 +26,8 @@ pub struct AdminState {
     pub registry: Arc<PodRegistry>,
     /// Cancelled when the balancer drains or stops: readiness turns 503.
     pub draining: CancellationToken,
+    /// What `/metrics` encodes.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The live dashboard: one self-contained page that polls
@@ -47,6 +50,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/dashboard", get(dashboard))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(prometheus))
         .route("/balancer-metrics", get(balancer_metrics))
         .with_state(state)
 }
@@ -77,6 +81,17 @@ async fn readyz(State(state): State<AdminState>) -> Response {
             .into_response()
     } else {
         "ready\n".into_response()
+    }
+}
+
+/// Every metric in the Prometheus text format.
+async fn prometheus(State(state): State<AdminState>) -> Response {
+    match state.metrics.encode() {
+        Ok(text) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response(),
+        Err(error) => {
+            tracing::error!(%error, "encoding metrics failed");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
     }
 }
 

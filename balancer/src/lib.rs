@@ -4,7 +4,8 @@
 //! [`handshake`] checks the upgrade, [`upgrade`] ranks pods from the
 //! [`registry`] (kept fresh by the [`poller`]), [`dial`] reaches one
 //! (through [`tls`] when needed) with the request [`forward`] built, and
-//! [`relay`] moves bytes until it ends. [`admin`] shows the state.
+//! [`relay`] moves bytes until it ends. [`admin`] shows the state, and the
+//! [`metrics`] counted along the way.
 //! [`Balancer::start`] wires them together.
 
 pub mod admin;
@@ -18,6 +19,7 @@ pub mod head;
 pub mod http_proxy;
 pub mod listener;
 pub mod logging;
+pub mod metrics;
 pub mod poller;
 pub mod registry;
 pub mod relay;
@@ -34,6 +36,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::metrics::Metrics;
 use crate::poller::PollSchedule;
 use crate::registry::PodRegistry;
 use crate::upgrade::Proxy;
@@ -106,14 +109,18 @@ impl Balancer {
         let admin_addr = local_addr(&admin_listener, "adminListen", config.admin_listen)?;
 
         let tls = tls::client_config(&config)?;
+        let mut metrics = Metrics::new();
         let registry = Arc::new(PodRegistry::new(
             config.pod_addresses()?,
             registry::Settings::from_config(&config),
+            metrics.pod_families(),
         ));
         let stop = CancellationToken::new();
         // Stopping implies draining: whatever waits for a drain also ends
         // on a stop.
         let drain = stop.child_token();
+        metrics.watch(registry.clone(), drain.clone());
+        let metrics = Arc::new(metrics);
         let tasks = TaskTracker::new();
         let relays = TaskTracker::new();
 
@@ -132,6 +139,7 @@ impl Balancer {
             drain.clone(),
             stop.clone(),
             relays.clone(),
+            metrics.clone(),
         );
         if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
             let server_tls = Arc::new(tls_listener::ServerTls::load(cert, key)?);
@@ -151,6 +159,7 @@ impl Balancer {
         let admin = admin::router(admin::AdminState {
             registry: registry.clone(),
             draining: drain.clone(),
+            metrics,
         });
         let admin_stop = stop.clone();
         tasks.spawn(async move {

@@ -19,6 +19,7 @@ use crate::ends::End;
 use crate::first_request::{self, FirstRequest};
 use crate::forward;
 use crate::handshake::plain_response;
+use crate::metrics::Refusal;
 use crate::upgrade::{Answer, Proxy, RelayJob};
 
 /// Accepts until `drain` (or `stop`) is cancelled; the listening socket is
@@ -45,6 +46,7 @@ pub async fn accept_loop(
             () = drain.cancelled() => return,
             () = stop.cancelled() => return,
         };
+        proxy.metrics.accepted();
         let _ = tcp.set_nodelay(true);
         let proxy = proxy.clone();
         let stopped = stop.clone().cancelled_owned();
@@ -114,6 +116,8 @@ async fn answer_first_request(
             return None;
         }
         Ok(Ok(FirstRequest::TooLarge)) => {
+            tracing::debug!(%client, reason = Refusal::TooLarge.as_str(), status = 431, "connection failed");
+            proxy.metrics.refused(431, Refusal::TooLarge);
             let response = plain_response(
                 http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "request head too large",
@@ -142,7 +146,12 @@ async fn answer_first_request(
             let written =
                 tokio::time::timeout(proxy.write_timeout(), tcp.write_all(&response)).await;
             let early = (!early.is_empty()).then_some(early);
-            matches!(written, Ok(Ok(()))).then_some((tcp, early, relay))
+            if matches!(written, Ok(Ok(()))) {
+                Some((tcp, early, relay))
+            } else {
+                relay.client_gone("client_gone", None);
+                None
+            }
         }
     }
 }

@@ -6,7 +6,9 @@
 //! report never gets older than `cacheTTL` and many balancer replicas do not
 //! poll in lockstep. A pod is polled early (at most every `min_gap`) when
 //! this balancer opened many connections on it since its last report, and
-//! a failing pod is re-checked sooner, then backed off once ejected.
+//! a failing pod is re-checked sooner, then backed off once ejected. After
+//! every poll the pod's condition (ready, drain, maint, stale, ejected...)
+//! is compared with the last one seen, so each change is logged once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +19,7 @@ use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::registry::{Pod, PodRegistry, ReportChange};
+use crate::registry::{Pod, PodRegistry};
 
 /// Why one poll failed.
 #[derive(Debug, thiserror::Error)]
@@ -120,27 +122,23 @@ async fn poll_loop(
             Ok(report) => {
                 tracing::trace!(pod = %pod.address.url, connections = report.agents_connections, "report");
                 let base = pod.poll_base(closes);
-                match pod.record_report(base, report, registry.joined_late(&pod)) {
-                    ReportChange::Back => {
-                        tracing::info!(pod = %pod.address.url, "pod reporting again, back in rotation")
-                    }
-                    ReportChange::State(state) => {
-                        tracing::info!(pod = %pod.address.url, ?state, "pod changed state")
-                    }
-                    ReportChange::None => {}
-                }
+                pod.record_report(base, report, registry.joined_late(&pod));
                 last_error = None;
             }
             Err(error) => {
+                pod.metrics.poll_failed();
                 let error = error.to_string();
+                // Once per distinct error, not once per poll.
                 if last_error.as_deref() != Some(error.as_str()) {
                     tracing::warn!(pod = %pod.address.url, %error, "poll failed");
                 }
-                if pod.record_failure(eject_after) {
-                    tracing::warn!(pod = %pod.address.url, %error, "pod ejected after repeated failures");
-                }
+                pod.record_failure(eject_after);
                 last_error = Some(error);
             }
+        }
+        // Ejected, back, draining, stale...: logged once per change.
+        if let Some(change) = pod.condition_change(registry.settings()) {
+            change.log(&pod.address.url);
         }
         let (failures, ejected) = pod.failures();
         let next = started + schedule.next_delay(failures, ejected, eject_after);

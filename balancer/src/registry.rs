@@ -20,6 +20,8 @@ use common::selection::{self, Health, PodLoad};
 use common::{Config, PodAddress, PodState, Report, Strategy};
 use tokio::sync::Notify;
 
+use crate::metrics::{PodCounters, PodFamilies};
+
 /// Smallest warm-up share of a pod in slow start, so it is never starved.
 const MIN_WARMUP: f64 = 0.05;
 
@@ -88,6 +90,9 @@ pub struct Pod {
     added_at: Instant,
     /// Report and health, changed by the poller and by dial outcomes.
     status: Mutex<Status>,
+    /// The pod's Prometheus counters, resolved once so that a connection
+    /// only bumps atomics.
+    pub metrics: PodCounters,
 }
 
 #[derive(Debug, Default)]
@@ -104,6 +109,9 @@ struct Status {
     last_failure: Option<Instant>,
     /// When the pod (re)joined the rotation, for slow start.
     warm_since: Option<Instant>,
+    /// The condition last seen by [`Pod::condition_change`], so that each
+    /// change is logged once.
+    condition: Condition,
 }
 
 /// This balancer's own counters at the moment a poll was sent.
@@ -111,6 +119,95 @@ struct Status {
 pub struct PollBase {
     settled: u64,
     closed: u64,
+}
+
+/// What a pod is, in one word: the `state` label of `wsbalancer_pod_state`
+/// and the `from`/`to` of state-change logs. An ejected pod is `ejected`
+/// whatever it reports, a pod without a fresh report is `unknown` (never
+/// reported) or `stale`, and the others are in the state they report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Condition {
+    /// Reporting `ready` (or no state), fresh, not ejected.
+    Ready,
+    /// Reporting `drain`: no new connections.
+    Drain,
+    /// Reporting `maint`: no new connections.
+    Maint,
+    /// No report yet, or a state this version does not know (treated like
+    /// `ready`).
+    #[default]
+    Unknown,
+    /// The last report is older than `cacheTTL`.
+    Stale,
+    /// Failed too many polls or dials in a row.
+    Ejected,
+}
+
+impl Condition {
+    /// Every condition, in label order.
+    pub const ALL: [Condition; 6] = [
+        Condition::Ready,
+        Condition::Drain,
+        Condition::Maint,
+        Condition::Unknown,
+        Condition::Stale,
+        Condition::Ejected,
+    ];
+
+    /// The label and log value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Condition::Ready => "ready",
+            Condition::Drain => "drain",
+            Condition::Maint => "maint",
+            Condition::Unknown => "unknown",
+            Condition::Stale => "stale",
+            Condition::Ejected => "ejected",
+        }
+    }
+
+    fn of(figures: &Figures, has_report: bool) -> Condition {
+        if figures.health == Health::Ejected {
+            Condition::Ejected
+        } else if !has_report {
+            Condition::Unknown
+        } else if figures.stale {
+            Condition::Stale
+        } else {
+            match figures.state {
+                PodState::Ready => Condition::Ready,
+                PodState::Drain => Condition::Drain,
+                PodState::Maint => Condition::Maint,
+                PodState::Unknown => Condition::Unknown,
+            }
+        }
+    }
+}
+
+/// A pod's condition changed since it was last looked at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConditionChange {
+    /// What it was.
+    pub from: Condition,
+    /// What it is now.
+    pub to: Condition,
+    /// `podName` from its last report.
+    pub pod_name: Option<String>,
+}
+
+impl ConditionChange {
+    /// Logs the change of the pod at `url`: a warning when it left the
+    /// rotation by failing, else an info line.
+    pub fn log(&self, url: &str) {
+        let pod_name = self.pod_name.as_deref().unwrap_or_default();
+        let (from, to) = (self.from.as_str(), self.to.as_str());
+        match self.to {
+            Condition::Ejected | Condition::Stale => {
+                tracing::warn!(pod = url, pod_name, from, to, "pod state changed");
+            }
+            _ => tracing::info!(pod = url, pod_name, from, to, "pod state changed"),
+        }
+    }
 }
 
 /// A point-in-time view of a pod, for selection and the admin endpoints.
@@ -144,17 +241,8 @@ pub struct PodSnapshot {
     pub consecutive_failures: u32,
     /// When it last failed (for ordering ejected pods).
     pub last_failure: Option<Instant>,
-}
-
-/// What a stored report changed, so the poller can log it once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReportChange {
-    /// Nothing worth a log line.
-    None,
-    /// The pod was ejected and is back in rotation.
-    Back,
-    /// The pod's reported state changed (to drain, maint or ready).
-    State(PodState),
+    /// Its condition in one word.
+    pub condition: Condition,
 }
 
 /// Marks one connection as counted against a pod; dropping it counts the
@@ -170,6 +258,11 @@ impl Lease {
     /// URL of the pod this lease counts against.
     pub fn pod_url(&self) -> &str {
         &self.pod.address.url
+    }
+
+    /// The pod this lease counts against.
+    pub fn pod(&self) -> &Pod {
+        &self.pod
     }
 
     /// Marks the dial as finished (answered or failed): from the next poll
@@ -194,9 +287,10 @@ impl Drop for Lease {
 }
 
 impl Pod {
-    /// A pod with no report yet.
-    pub fn new(address: PodAddress) -> Self {
+    /// A pod with no report yet, counting into `metrics`.
+    pub fn new(address: PodAddress, metrics: PodCounters) -> Self {
         Pod {
+            metrics,
             address,
             opened: AtomicU64::new(0),
             settled: AtomicU64::new(0),
@@ -266,26 +360,32 @@ impl Pod {
 
     /// Stores a good report. `joined_late` says whether a first report
     /// should start slow start (pods added after the balancer started).
-    pub fn record_report(&self, base: PollBase, report: Report, joined_late: bool) -> ReportChange {
+    pub fn record_report(&self, base: PollBase, report: Report, joined_late: bool) {
         let mut status = self.status();
         let now = Instant::now();
-        let previous_state = status.report.as_ref().map(|(r, _)| r.state);
         let first = status.report.is_none();
         let was_ejected = std::mem::replace(&mut status.ejected, false);
         if was_ejected || (first && joined_late) {
             status.warm_since = Some(now);
         }
-        let state = report.state;
         status.report = Some((report, now));
         status.base = base;
         status.consecutive_failures = 0;
-        if was_ejected {
-            ReportChange::Back
-        } else if previous_state.is_some_and(|s| s != state) {
-            ReportChange::State(state)
-        } else {
-            ReportChange::None
-        }
+    }
+
+    /// The pod's condition if it changed since the last call (each change
+    /// is returned once, to whoever looks first): the poller looks after
+    /// every poll, a dial after it ejected the pod or brought it back.
+    pub fn condition_change(&self, settings: &Settings) -> Option<ConditionChange> {
+        let mut status = self.status();
+        let figures = self.figures(&status, settings);
+        let now = Condition::of(&figures, status.report.is_some());
+        let from = std::mem::replace(&mut status.condition, now);
+        (from != now).then(|| ConditionChange {
+            from,
+            to: now,
+            pod_name: status.report.as_ref().and_then(|(r, _)| r.pod_name.clone()),
+        })
     }
 
     /// Counts a failed poll or dial. Returns true when this failure ejects
@@ -307,13 +407,16 @@ impl Pod {
         (status.consecutive_failures, status.ejected)
     }
 
-    /// A dial reached the pod: it is alive whatever its polls say.
-    pub fn record_dial_success(&self) {
+    /// A dial reached the pod: it is alive whatever its polls say. Returns
+    /// true when that brought it back from ejection.
+    pub fn record_dial_success(&self) -> bool {
         let mut status = self.status();
         status.consecutive_failures = 0;
-        if std::mem::replace(&mut status.ejected, false) {
+        let was_ejected = std::mem::replace(&mut status.ejected, false);
+        if was_ejected {
             status.warm_since = Some(Instant::now());
         }
+        was_ejected
     }
 
     /// Current view of the pod.
@@ -336,6 +439,7 @@ impl Pod {
             warmup: figures.warmup,
             consecutive_failures: status.consecutive_failures,
             last_failure: status.last_failure,
+            condition: Condition::of(&figures, report.is_some()),
         }
     }
 
@@ -442,13 +546,16 @@ pub struct PodRegistry {
 }
 
 impl PodRegistry {
-    /// A registry of the given pods.
-    pub fn new(addresses: Vec<PodAddress>, settings: Settings) -> Self {
+    /// A registry of the given pods, whose counters belong to `metrics`.
+    pub fn new(addresses: Vec<PodAddress>, settings: Settings, metrics: &PodFamilies) -> Self {
         PodRegistry {
             pods: RwLock::new(
                 addresses
                     .into_iter()
-                    .map(|a| Arc::new(Pod::new(a)))
+                    .map(|a| {
+                        let counters = metrics.for_pod(&a.url);
+                        Arc::new(Pod::new(a, counters))
+                    })
                     .collect(),
             ),
             settings,
@@ -500,5 +607,91 @@ impl PodRegistry {
             usable: ranking.usable,
             all_full: ranking.all_full,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::PodFamilies;
+
+    fn settings(cache_ttl: Duration) -> Settings {
+        Settings {
+            cache_ttl,
+            ..Settings::from_config(&Config::default())
+        }
+    }
+
+    fn pod() -> Pod {
+        let address = PodAddress::parse("http://10.0.0.1:8080", "/metric").unwrap();
+        let counters = PodFamilies::default().for_pod(&address.url);
+        Pod::new(address, counters)
+    }
+
+    fn report(state: &str) -> Report {
+        let body = format!(r#"{{"agentsConnections":1,"podName":"p-1","state":"{state}"}}"#);
+        Report::parse(body.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn each_condition_change_is_reported_once() {
+        let settings = settings(Duration::from_secs(30));
+        let pod = pod();
+        assert_eq!(
+            pod.condition_change(&settings),
+            None,
+            "unknown from the start"
+        );
+        pod.record_report(PollBase::default(), report("ready"), false);
+        let change = pod.condition_change(&settings).unwrap();
+        assert_eq!(
+            (change.from, change.to),
+            (Condition::Unknown, Condition::Ready)
+        );
+        assert_eq!(change.pod_name.as_deref(), Some("p-1"));
+        assert_eq!(pod.condition_change(&settings), None, "once per change");
+
+        pod.record_report(PollBase::default(), report("drain"), false);
+        let change = pod.condition_change(&settings).unwrap();
+        assert_eq!(
+            (change.from, change.to),
+            (Condition::Ready, Condition::Drain)
+        );
+
+        for _ in 0..settings.eject_after {
+            pod.record_failure(settings.eject_after);
+        }
+        let change = pod.condition_change(&settings).unwrap();
+        assert_eq!(
+            (change.from, change.to),
+            (Condition::Drain, Condition::Ejected)
+        );
+        assert_eq!(pod.snapshot(&settings).condition, Condition::Ejected);
+
+        assert!(pod.record_dial_success(), "a dial brings it back");
+        let change = pod.condition_change(&settings).unwrap();
+        assert_eq!(
+            (change.from, change.to),
+            (Condition::Ejected, Condition::Drain)
+        );
+        assert_eq!(pod.condition_change(&settings), None);
+    }
+
+    #[test]
+    fn an_old_report_is_stale() {
+        let pod = pod();
+        pod.record_report(PollBase::default(), report("ready"), false);
+        // Older than a TTL of zero once the clock has moved at all.
+        let recorded = Instant::now();
+        while recorded.elapsed().is_zero() {}
+        let change = pod.condition_change(&settings(Duration::ZERO)).unwrap();
+        assert_eq!(change.to, Condition::Stale);
+        let change = pod
+            .condition_change(&settings(Duration::from_secs(30)))
+            .unwrap();
+        assert_eq!(
+            (change.from, change.to),
+            (Condition::Stale, Condition::Ready)
+        );
     }
 }

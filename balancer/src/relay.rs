@@ -9,7 +9,10 @@
 //! idle, 1014 toward the client when the pod vanishes without a Close, 1001
 //! toward the pod when the client does. Frames toward the pod are masked,
 //! frames toward the client are not. The two directions run independently,
-//! so a blocked write one way never delays the other.
+//! so a blocked write one way never delays the other. The same tracking
+//! tells who closed first and with which code, and the bytes and messages
+//! are added to the balancer's [`Traffic`] counters as they pass (one
+//! relaxed add to a per-thread stripe per chunk, no lock, no allocation).
 //!
 //! The relay is a state machine polled by hand ([`Connection`]) rather than
 //! a tree of futures: between two polls it holds its fields and nothing
@@ -26,6 +29,7 @@ use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use crate::ends::{Arrived, Chunk, End};
+use crate::metrics::{Direction, Traffic};
 
 /// Once one side has closed (or the relay sent its own Close), how long the
 /// rest may still take before the connection is dropped. Bounded by the
@@ -37,6 +41,10 @@ pub const CLOSE_BAD_GATEWAY: u16 = 1014;
 
 /// Close code for "going away": idle timeout, client gone, drain.
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+
+/// Close code reported for a Close frame that carries no code (RFC 6455
+/// §7.1.5: "no status received").
+pub const CLOSE_NO_STATUS: u16 = 1005;
 
 /// Timeouts of one relayed connection.
 #[derive(Debug, Clone, Copy)]
@@ -107,6 +115,47 @@ impl fmt::Display for Ending {
     }
 }
 
+/// Who closed a connection, as the client saw it: the sender of the first
+/// Close frame exchanged with the client, or, when there was none, the side
+/// whose [`Ending`] ended it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closer {
+    /// The client sent the first Close, or went away without one.
+    Client,
+    /// The pod sent the first Close, or failed without one where the relay
+    /// could not say so with a Close of its own.
+    Pod,
+    /// The relay closed the client's connection with a Close of its own
+    /// (drain, idle timeout, 1014 for a pod that vanished), or stopped.
+    Balancer,
+}
+
+impl Closer {
+    /// The `side` label and log value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Closer::Client => "client",
+            Closer::Pod => "pod",
+            Closer::Balancer => "balancer",
+        }
+    }
+}
+
+impl fmt::Display for Closer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<Side> for Closer {
+    fn from(side: Side) -> Self {
+        match side {
+            Side::Client => Closer::Client,
+            Side::Pod => Closer::Pod,
+        }
+    }
+}
+
 /// What one relayed connection did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RelayOutcome {
@@ -120,6 +169,17 @@ pub struct RelayOutcome {
     pub messages_out: u64,
     /// The first reason the relay began to end.
     pub ending: Ending,
+    /// Code of the Close frame the client sent ([`CLOSE_NO_STATUS`] when it
+    /// carried none), whether it opened the closing handshake or answered
+    /// one; `None` when it sent no Close.
+    pub client_close: Option<u16>,
+    /// Code of the Close frame the pod sent, likewise.
+    pub pod_close: Option<u16>,
+    /// Who closed the connection.
+    pub closer: Closer,
+    /// Code of the Close frame that closed it, `closer`'s own (the relay's
+    /// when `closer` is the balancer); `None` when no Close frame did.
+    pub close_code: Option<u16>,
 }
 
 /// `at + by`, or a time a century away when that would overflow.
@@ -190,6 +250,25 @@ struct Pump {
     bulk: bool,
 }
 
+/// The first Close frame of a connection, as the client saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FirstClose {
+    /// This side's Close passed first.
+    From(Side),
+    /// The relay sent the client a Close of its own (this code) first.
+    Relay(u16),
+}
+
+/// What both directions share while they are polled.
+struct Shared<'a> {
+    /// The Close the relay asked both directions to insert, if any.
+    requested: Option<u16>,
+    /// Where relayed bytes and messages are counted.
+    traffic: &'a Traffic,
+    /// The connection's first Close: a pump records its own there.
+    first_close: &'a mut Option<FirstClose>,
+}
+
 impl Pump {
     fn new(toward: Side, early: Option<bytes::Bytes>) -> Self {
         Pump {
@@ -208,6 +287,41 @@ impl Pump {
         }
     }
 
+    /// Which way this pump's bytes go, for the traffic counters.
+    fn direction(&self) -> Direction {
+        match self.toward {
+            Side::Pod => Direction::ClientToPod,
+            Side::Client => Direction::PodToClient,
+        }
+    }
+
+    /// Queues a Close of the relay's own toward this pump's side, and
+    /// records whether it is what closed the connection for the client.
+    fn send_own_close(&mut self, code: u16, other: &Pump, first: &mut Option<FirstClose>) {
+        self.note_own_close(code, other, first);
+        self.out = Some(Outgoing::Own(self.close_frame(code), 0));
+    }
+
+    /// Records `code` as the connection's first Close when it goes to the
+    /// client before any Close of either side passed.
+    fn note_own_close(&self, code: u16, other: &Pump, first: &mut Option<FirstClose>) {
+        if self.toward == Side::Client
+            && first.is_none()
+            && !self.tracker.close_seen()
+            && !other.tracker.close_seen()
+        {
+            *first = Some(FirstClose::Relay(code));
+        }
+    }
+
+    /// The code of the Close frame this pump's reading side sent
+    /// ([`CLOSE_NO_STATUS`] when it had none), if it sent one.
+    fn close_received(&self) -> Option<u16> {
+        self.tracker
+            .close_seen()
+            .then(|| self.tracker.close_code().unwrap_or(CLOSE_NO_STATUS))
+    }
+
     /// A Close frame toward this pump's side, masked toward the pod.
     fn close_frame(&self, code: u16) -> Vec<u8> {
         let reason = match code {
@@ -220,16 +334,16 @@ impl Pump {
     }
 
     /// Moves bytes from `from` to `to` until it must wait (Pending) or this
-    /// direction is over (Ready). `requested` is the Close the relay asked
-    /// for, if any; `other` is the opposite direction.
+    /// direction is over (Ready). `other` is the opposite direction.
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
         from: &mut End,
         to: &mut End,
-        requested: Option<u16>,
         other: &Pump,
+        shared: &mut Shared<'_>,
     ) -> Poll<PumpEnd> {
+        let requested = shared.requested;
         if let Some(end) = self.ended {
             return Poll::Ready(end);
         }
@@ -255,6 +369,7 @@ impl Pump {
                                 Outgoing::Relayed { from, .. } => {
                                     *from += n;
                                     self.bytes += n as u64;
+                                    shared.traffic.add_bytes(self.direction(), n as u64);
                                 }
                                 Outgoing::Own(_, written) => *written += n,
                             }
@@ -290,7 +405,7 @@ impl Pump {
                 self.closed_by_us = true;
                 // None if this side's peer already sent one: no second.
                 if !self.tracker.close_seen() {
-                    self.out = Some(Outgoing::Own(self.close_frame(code), 0));
+                    self.send_own_close(code, other, shared.first_close);
                     continue;
                 }
             }
@@ -302,13 +417,19 @@ impl Pump {
                 // Stop at the first frame boundary when a Close waits for one.
                 let stop = requested.is_some() && !self.closed_by_us;
                 let used = if self.framed {
-                    match self.tracker.feed(rest, stop, |_| {}) {
+                    let messages = self.tracker.messages();
+                    let used = match self.tracker.feed(rest, stop, |_| {}) {
                         Ok(used) => used,
                         Err(_) => {
                             self.framed = false;
                             rest.len()
                         }
+                    };
+                    let completed = self.tracker.messages() - messages;
+                    if completed > 0 {
+                        shared.traffic.add_messages(self.direction(), completed);
                     }
+                    used
                 } else {
                     rest.len()
                 };
@@ -351,7 +472,7 @@ impl Pump {
                             Side::Client => CLOSE_BAD_GATEWAY,
                             Side::Pod => CLOSE_GOING_AWAY,
                         };
-                        self.out = Some(Outgoing::Own(self.close_frame(code), 0));
+                        self.send_own_close(code, other, shared.first_close);
                     }
                     self.finishing = Some(end);
                 }
@@ -385,8 +506,9 @@ pub struct Connection {
     requested: Option<u16>,
     /// Last time a byte moved either way.
     last_activity: Instant,
-    /// The side whose Close frame passed first.
-    first_close: Option<Side>,
+    /// The first Close: a side's that passed, or the relay's own toward
+    /// the client.
+    first_close: Option<FirstClose>,
 }
 
 impl Connection {
@@ -406,29 +528,26 @@ impl Connection {
 
     /// Polls both directions; returns the first that ended since the last
     /// call (client side first), or Pending.
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<(Side, PumpEnd)> {
+    fn poll(&mut self, cx: &mut Context<'_>, traffic: &Traffic) -> Poll<(Side, PumpEnd)> {
         let before = self.up.bytes + self.down.bytes;
         let (up_done, down_done) = (self.up.ended.is_some(), self.down.ended.is_some());
         let mut result = Poll::Pending;
+        let mut shared = Shared {
+            requested: self.requested,
+            traffic,
+            first_close: &mut self.first_close,
+        };
         if !up_done
-            && let Poll::Ready(end) = self.up.poll(
-                cx,
-                &mut self.client,
-                &mut self.pod,
-                self.requested,
-                &self.down,
-            )
+            && let Poll::Ready(end) =
+                self.up
+                    .poll(cx, &mut self.client, &mut self.pod, &self.down, &mut shared)
         {
             result = Poll::Ready((Side::Client, end));
         }
         if !down_done
-            && let Poll::Ready(end) = self.down.poll(
-                cx,
-                &mut self.pod,
-                &mut self.client,
-                self.requested,
-                &self.up,
-            )
+            && let Poll::Ready(end) =
+                self.down
+                    .poll(cx, &mut self.pod, &mut self.client, &self.up, &mut shared)
             && result.is_pending()
         {
             result = Poll::Ready((Side::Pod, end));
@@ -440,10 +559,10 @@ impl Connection {
             self.first_close = [(Side::Client, &self.up), (Side::Pod, &self.down)]
                 .into_iter()
                 .find(|(_, pump)| pump.tracker.close_seen())
-                .map(|(side, _)| side);
+                .map(|(side, _)| FirstClose::From(side));
         }
         if result.is_pending()
-            && let Some(first) = self.first_close
+            && let Some(FirstClose::From(first)) = self.first_close
             && self.closing_handshake_over()
         {
             // Both Close frames have passed whole: the WebSocket is over.
@@ -486,9 +605,15 @@ impl Connection {
     /// 1014 to a client whose pod is), if that direction is between two
     /// frames with nothing half-written. Best effort: never waits.
     fn farewell(&mut self, failed: Side) {
-        let (pump, end, code) = match failed {
-            Side::Client => (&mut self.up, &mut self.pod, CLOSE_GOING_AWAY),
-            Side::Pod => (&mut self.down, &mut self.client, CLOSE_BAD_GATEWAY),
+        let first = &mut self.first_close;
+        let (pump, other, end, code) = match failed {
+            Side::Client => (&mut self.up, &self.down, &mut self.pod, CLOSE_GOING_AWAY),
+            Side::Pod => (
+                &mut self.down,
+                &self.up,
+                &mut self.client,
+                CLOSE_BAD_GATEWAY,
+            ),
         };
         let clean = pump.ended.is_none()
             && pump.out.is_none()
@@ -497,6 +622,7 @@ impl Connection {
             && pump.tracker.at_boundary()
             && !pump.tracker.close_seen();
         if clean {
+            pump.note_own_close(code, other, first);
             let frame = pump.close_frame(code);
             let mut cx = Context::from_waker(std::task::Waker::noop());
             let _ = end.poll_write(&mut cx, &frame);
@@ -543,12 +669,13 @@ enum Event {
 
 /// Relays `conn` until both directions are done. `drain` closes the
 /// connection cleanly at a random point of the drain window; `stop` ends it
-/// at once.
+/// at once. Bytes and messages are counted into `traffic` as they pass.
 pub async fn run(
     conn: &mut Connection,
     limits: RelayLimits,
     drain: &DrainSignal,
     stop: &CancellationToken,
+    traffic: &Traffic,
 ) -> RelayOutcome {
     // One cancellation wait at a time (drain, then stop; the drain token is
     // a child of the stop token) and one timer for idle, writes, linger and
@@ -566,7 +693,7 @@ pub async fn run(
         // Pumps first, then the timer, whose deadline is recomputed after
         // every poll (a write that just blocked brings it forward).
         let event = std::future::poll_fn(|cx| {
-            if let Poll::Ready((side, end)) = conn.poll(cx) {
+            if let Poll::Ready((side, end)) = conn.poll(cx, traffic) {
                 return Poll::Ready(Event::Ended(side, end));
             }
             // Only ever brought forward, or re-armed once it has fired:
@@ -645,12 +772,29 @@ pub async fn run(
             }
         }
     }
+    let ending = ending.unwrap_or(Ending::Idle);
+    let (client_close, pod_close) = (conn.up.close_received(), conn.down.close_received());
+    let (closer, close_code) = match conn.first_close {
+        Some(FirstClose::Relay(code)) => (Closer::Balancer, Some(code)),
+        Some(FirstClose::From(Side::Client)) => (Closer::Client, client_close),
+        Some(FirstClose::From(Side::Pod)) => (Closer::Pod, pod_close),
+        None => match ending {
+            Ending::Closed(side) | Ending::ReadError(side) | Ending::WriteFailed(side) => {
+                (Closer::from(side), None)
+            }
+            Ending::Idle | Ending::Drained | Ending::Shutdown => (Closer::Balancer, None),
+        },
+    };
     RelayOutcome {
         client_to_pod: conn.up.bytes,
         pod_to_client: conn.down.bytes,
         messages_in: conn.up.tracker.messages(),
         messages_out: conn.down.tracker.messages(),
-        ending: ending.unwrap_or(Ending::Idle),
+        ending,
+        client_close,
+        pod_close,
+        closer,
+        close_code,
     }
 }
 
@@ -687,7 +831,15 @@ mod tests {
     ) -> tokio::task::JoinHandle<RelayOutcome> {
         tokio::spawn(async move {
             let mut conn = Connection::new(tcp_end(client), tcp_end(pod));
-            run(&mut conn, limits(), &drain, &CancellationToken::new()).await
+            let traffic = Traffic::default();
+            run(
+                &mut conn,
+                limits(),
+                &drain,
+                &CancellationToken::new(),
+                &traffic,
+            )
+            .await
         })
     }
 
@@ -718,6 +870,12 @@ mod tests {
         let outcome = task.await.unwrap();
         assert_eq!((outcome.messages_in, outcome.messages_out), (1, 1));
         assert_eq!(outcome.client_to_pod, masked.len() as u64);
+        // Neither side sent a Close: the client's came from the relay.
+        assert_eq!((outcome.client_close, outcome.pod_close), (None, None));
+        assert_eq!(
+            (outcome.closer, outcome.close_code),
+            (Closer::Balancer, Some(CLOSE_BAD_GATEWAY))
+        );
         // The pod vanished without a Close: the client got 1014 after the data.
         let mut close = [0u8; 4];
         client.read_exact(&mut close).await.unwrap();
@@ -747,6 +905,14 @@ mod tests {
         drop(pod);
         let outcome = task.await.unwrap();
         assert_eq!(outcome.ending, Ending::Closed(Side::Client));
+        assert_eq!(
+            (outcome.client_close, outcome.pod_close),
+            (Some(1000), Some(1000))
+        );
+        assert_eq!(
+            (outcome.closer, outcome.close_code),
+            (Closer::Client, Some(1000))
+        );
     }
 
     #[tokio::test]
@@ -776,6 +942,8 @@ mod tests {
         assert_eq!(got, frame);
         let outcome = task.await.unwrap();
         assert_eq!(outcome.ending, Ending::WriteFailed(Side::Client));
+        // The client never closed; the relay's 1001 went to the pod only.
+        assert_eq!((outcome.closer, outcome.close_code), (Closer::Client, None));
         pushing.abort();
         // The client is as good as gone: the pod gets a masked Close 1001.
         let mut head = [0u8; 6];
@@ -835,5 +1003,14 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(outcome.ending, Ending::Drained);
+        // Both answered the relay's Close: it is the one that closed.
+        assert_eq!(
+            (outcome.client_close, outcome.pod_close),
+            (Some(1001), Some(1001))
+        );
+        assert_eq!(
+            (outcome.closer, outcome.close_code),
+            (Closer::Balancer, Some(1001))
+        );
     }
 }

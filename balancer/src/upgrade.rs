@@ -11,6 +11,7 @@ use std::time::Instant;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -20,6 +21,7 @@ use crate::forward;
 use crate::handshake::{self, Body, plain_response};
 use crate::head::{Fields, RequestHead, ResponseHead};
 use crate::http_proxy::{self, HttpProxyError, PodClient};
+use crate::metrics::{Metrics, Refusal};
 use crate::registry::{Lease, Pod, PodRegistry};
 use crate::relay::{self, DrainSignal, RelayLimits};
 use common::{Config, HttpMode};
@@ -57,20 +59,23 @@ pub struct Proxy {
     pub server_tls: Option<Arc<crate::tls_listener::ServerTls>>,
     /// What plain HTTP requests get.
     pub http_mode: HttpMode,
+    /// Counters, histograms, and what `/metrics` shows.
+    pub metrics: Arc<Metrics>,
     /// Pooled client for plain HTTP requests.
     http: PodClient,
-    /// Connections being dialled or relayed now, against `max_connections`.
-    active: Arc<AtomicU64>,
+    /// Connections being dialled or relayed now, against `max_connections`
+    /// (exported as `wsbalancer_connections_active`).
+    active: Gauge<u64, AtomicU64>,
     /// Source of connection ids for logs.
     next_id: AtomicU64,
 }
 
 /// One slot of `maxConnections`, released on drop.
-struct Slot(Arc<AtomicU64>);
+struct Slot(Gauge<u64, AtomicU64>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.dec();
     }
 }
 
@@ -83,8 +88,11 @@ impl Proxy {
         drain: CancellationToken,
         stop: CancellationToken,
         tasks: TaskTracker,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Proxy {
+            active: metrics.active().clone(),
+            metrics,
             registry,
             http: PodClient::new(tls.clone(), config.dial_timeout),
             tls,
@@ -112,7 +120,6 @@ impl Proxy {
             max_header_bytes: config.max_handshake_header_bytes,
             server_tls: None,
             http_mode: config.http_mode,
-            active: Arc::new(AtomicU64::new(0)),
             next_id: AtomicU64::new(1),
         }
     }
@@ -143,12 +150,12 @@ impl Proxy {
 
     /// Connections being dialled or relayed now.
     pub fn active(&self) -> u64 {
-        self.active.load(Ordering::Relaxed)
+        self.active.get()
     }
 
     /// Takes a `maxConnections` slot, or `None` when the balancer is full.
     fn slot(&self) -> Option<Slot> {
-        let before = self.active.fetch_add(1, Ordering::Relaxed);
+        let before = self.active.inc();
         let slot = Slot(self.active.clone());
         (self.max_connections == 0 || before < self.max_connections).then_some(slot)
     }
@@ -198,8 +205,12 @@ impl Proxy {
         client: SocketAddr,
         head: &RequestHead,
     ) -> Answer {
+        // The request head has just arrived: the handshake's clock starts.
+        let received = Instant::now();
         if let Err(rejection) = handshake::check(head) {
-            tracing::debug!(conn_id, %client, status = rejection.status.as_u16(), reason = rejection.reason, "request refused");
+            tracing::debug!(conn_id, %client, status = rejection.status.as_u16(), reason = Refusal::Invalid.as_str(), detail = rejection.reason, "connection failed");
+            self.metrics
+                .refused(rejection.status.as_u16(), Refusal::Invalid);
             return Answer::Respond(rejection.into_response());
         }
         if self.drain.started.is_cancelled() {
@@ -210,28 +221,27 @@ impl Proxy {
                 http::header::CONNECTION,
                 http::HeaderValue::from_static("close"),
             );
-            return Answer::Respond(response);
+            return self.refuse(conn_id, client, Refusal::Draining, response);
         }
         if !self.origin_allowed(head.fields()) {
-            tracing::info!(conn_id, %client, "origin not allowed");
-            return Answer::Respond(plain_response(StatusCode::FORBIDDEN, "origin not allowed"));
+            let response = plain_response(StatusCode::FORBIDDEN, "origin not allowed");
+            return self.refuse(conn_id, client, Refusal::Origin, response);
         }
         let Some(slot) = self.slot() else {
-            tracing::warn!(conn_id, %client, max = self.max_connections, "maxConnections reached");
-            return Answer::Respond(unavailable("the balancer is at maxConnections"));
+            let response = unavailable("the balancer is at maxConnections");
+            return self.refuse(conn_id, client, Refusal::MaxConnections, response);
         };
         // Counted from here: a drain that starts during the dial waits for
         // this connection too (and closes it within the window).
         let tracked = self.tasks.token();
-        let started = Instant::now();
         let candidates = self.registry.candidates();
         if candidates.all_full {
-            tracing::warn!(conn_id, %client, "every pod is at its connection limit");
-            return Answer::Respond(unavailable("every pod is at its connection limit"));
+            let response = unavailable("every pod is at its connection limit");
+            return self.refuse(conn_id, client, Refusal::PodsFull, response);
         }
         if candidates.pods.is_empty() {
-            tracing::warn!(conn_id, %client, "no pod accepts connections");
-            return Answer::Respond(unavailable("no pod accepts new connections"));
+            let response = unavailable("no pod accepts new connections");
+            return self.refuse(conn_id, client, Refusal::NoPod, response);
         }
         // `check` saw exactly one key.
         let key = head
@@ -239,9 +249,14 @@ impl Proxy {
             .single("sec-websocket-key")
             .unwrap_or_default();
         let accept = dial::accept_key(key);
+        // The pod whose dial failed last: the next dial is a failover.
+        let mut failed: Option<Arc<Pod>> = None;
         // Bounded, so a client never waits for more than a few dial
         // timeouts when many pods are black holes.
         for pod in candidates.pods.into_iter().take(MAX_ATTEMPTS) {
+            if let Some(previous) = failed.take() {
+                previous.metrics.failed_over();
+            }
             let mut lease = pod.lease(self.registry.settings().early_refresh());
             let forwarded =
                 forward::pod_upgrade_head(head, &pod.address, self.origin(client), &self.forward);
@@ -249,42 +264,77 @@ impl Proxy {
             let answer = match tokio::time::timeout(self.dial_timeout, dial).await {
                 Ok(Ok(answer)) => answer,
                 Ok(Err(error)) => {
+                    pod.metrics.dial_failed(error.reason());
                     self.dial_failed(&pod, conn_id, client, error.reason(), &error.to_string());
+                    failed = Some(pod);
                     continue;
                 }
                 Err(_) => {
+                    pod.metrics.dial_failed("timeout");
                     self.dial_failed(&pod, conn_id, client, "timeout", "dial timed out");
+                    failed = Some(pod);
                     continue;
                 }
             };
             lease.settle();
-            pod.record_dial_success();
+            if pod.record_dial_success() {
+                self.log_condition(&pod);
+            }
             return match answer {
-                PodAnswer::Upgraded { head, io, early } => {
-                    tracing::debug!(conn_id, %client, pod = %pod.address.url, handshake_ms = started.elapsed().as_millis() as u64, "upgraded");
-                    Answer::Switch {
-                        pod_head: head,
-                        relay: RelayJob {
-                            conn_id,
-                            client,
-                            pod: ends::pod_end(io, early),
-                            lease,
-                            _slot: slot,
-                            _tracked: tracked,
-                        },
-                    }
-                }
+                PodAnswer::Upgraded { head, io, early } => Answer::Switch {
+                    pod_head: head,
+                    relay: RelayJob {
+                        conn_id,
+                        client,
+                        received,
+                        pod: ends::pod_end(io, early),
+                        lease,
+                        _slot: slot,
+                        _tracked: tracked,
+                    },
+                },
                 PodAnswer::Status { head, body } => {
-                    tracing::info!(conn_id, %client, pod = %pod.address.url, status = head.status().as_u16(), "pod refused the upgrade");
+                    let status = head.status().as_u16();
+                    pod.metrics.answered_status(status);
+                    // The application's answer, passed on as is.
+                    tracing::info!(conn_id, %client, pod = %pod.address.url, reason = "pod_status", status, "connection failed");
                     Answer::Respond(forward::pod_status(&head, body))
                 }
             };
         }
-        Answer::Respond(if candidates.usable == 0 {
+        let response = if candidates.usable == 0 {
             unavailable("no healthy pod")
         } else {
             plain_response(StatusCode::BAD_GATEWAY, "no pod could be reached")
-        })
+        };
+        self.refuse(conn_id, client, Refusal::Unreachable, response)
+    }
+
+    /// Answers an upgrade with the balancer's own refusal: counted, and
+    /// logged as the connection's one event.
+    fn refuse(
+        &self,
+        conn_id: u64,
+        client: SocketAddr,
+        why: Refusal,
+        response: Response<Body>,
+    ) -> Answer {
+        let status = response.status().as_u16();
+        self.metrics.refused(status, why);
+        let reason = why.as_str();
+        match why {
+            // Routine while draining; a client's choice for the origin.
+            Refusal::Draining | Refusal::Invalid | Refusal::TooLarge => {
+                tracing::debug!(conn_id, %client, reason, status, "connection failed");
+            }
+            Refusal::Origin => {
+                tracing::info!(conn_id, %client, reason, status, "connection failed")
+            }
+            Refusal::MaxConnections | Refusal::PodsFull | Refusal::NoPod | Refusal::Unreachable => {
+                tracing::warn!(conn_id, %client, reason, status, "connection failed");
+            }
+        }
+        Answer::Respond(response)
     }
 
     /// Reverse-proxies a plain HTTP request to the least-loaded pod. A
@@ -318,7 +368,9 @@ impl Proxy {
             );
             match self.http.send(request, self.limits.idle).await {
                 Ok(mut response) => {
-                    pod.record_dial_success();
+                    if pod.record_dial_success() {
+                        self.log_condition(&pod);
+                    }
                     tracing::debug!(conn_id, %client, pod = %pod.address.url, method = %parts.method, status = response.status().as_u16(), "http request proxied");
                     if self.drain.started.is_cancelled() {
                         response.headers_mut().insert(
@@ -352,7 +404,15 @@ impl Proxy {
     fn dial_failed(&self, pod: &Pod, conn_id: u64, client: SocketAddr, reason: &str, error: &str) {
         tracing::warn!(conn_id, %client, pod = %pod.address.url, reason, error, "pod unreachable, trying the next");
         if pod.record_failure(self.registry.settings().eject_after) {
-            tracing::warn!(pod = %pod.address.url, "pod ejected after repeated failures");
+            self.log_condition(pod);
+        }
+    }
+
+    /// Logs the pod's change of condition (ejected by dials, or back after
+    /// one succeeded), unless the poller logged it first.
+    fn log_condition(&self, pod: &Pod) {
+        if let Some(change) = pod.condition_change(self.registry.settings()) {
+            change.log(&pod.address.url);
         }
     }
 
@@ -365,30 +425,38 @@ impl Proxy {
             r = tokio::time::timeout(self.handshake_timeout, on_upgrade) => r,
             () = self.stop.cancelled() => return,
         };
-        let (conn_id, client) = (job.conn_id, job.client);
         match upgraded {
             Ok(Ok(io)) => self.start_relay(ends::client_end(io), job),
-            Ok(Err(error)) => {
-                tracing::info!(conn_id, %client, pod = job.lease.pod_url(), %error, closed_by = "client upgrade failed", "connection closed");
-            }
-            Err(_) => {
-                tracing::info!(conn_id, %client, pod = job.lease.pod_url(), closed_by = "client upgrade timed out", "connection closed");
-            }
+            Ok(Err(error)) => job.client_gone("client_upgrade_failed", Some(&error)),
+            Err(_) => job.client_gone("client_upgrade_timeout", None),
         }
     }
 
     /// Relays between the client and the pod in a task of its own, sized
     /// for nothing but the relay: an idle connection costs that task, its
     /// two sockets, and nothing else.
+    ///
+    /// Called once the client's 101 is written: the connection is open.
     pub fn start_relay(self: &Arc<Self>, client_end: ends::Arrived, job: RelayJob) {
         let RelayJob {
             conn_id,
             client,
+            received,
             pod,
             lease,
             _slot,
             _tracked,
         } = job;
+        let handshake = received.elapsed();
+        self.metrics.handshake_done(handshake);
+        lease.pod().metrics.opened();
+        tracing::info!(
+            conn_id,
+            %client,
+            pod = lease.pod_url(),
+            handshake_ms = handshake.as_secs_f64() * 1000.0,
+            "connection opened"
+        );
         // Boxed: an async fn stores its arguments twice (as given and as
         // bound), which for the connection's state would double it.
         let relayed = Box::new(Relayed {
@@ -404,10 +472,17 @@ impl Proxy {
         tokio::spawn(self.clone().relay(relayed));
     }
 
-    /// Relays until done, and logs how it went.
+    /// Relays until done, and counts and logs how it went.
     async fn relay(self: Arc<Self>, mut relayed: Box<Relayed>) {
         let started = Instant::now();
-        let outcome = relay::run(&mut relayed.conn, self.limits, &self.drain, &self.stop).await;
+        let outcome = relay::run(
+            &mut relayed.conn,
+            self.limits,
+            &self.drain,
+            &self.stop,
+            self.metrics.traffic(),
+        )
+        .await;
         let Relayed { conn, meta } = *relayed;
         drop(conn);
         let RelayMeta {
@@ -416,17 +491,28 @@ impl Proxy {
             lease,
             ..
         } = meta;
+        let lived = started.elapsed();
+        self.metrics.connection_ended(lived);
+        lease
+            .pod()
+            .metrics
+            .closed(outcome.close_code, outcome.closer);
+        // Logged once the pod's count is released.
         let pod = lease.pod_url().to_owned();
         drop(lease);
         tracing::info!(
             conn_id,
             %client,
             pod,
-            duration_ms = started.elapsed().as_millis() as u64,
+            duration_ms = lived.as_millis() as u64,
             bytes_in = outcome.client_to_pod,
             bytes_out = outcome.pod_to_client,
             messages_in = outcome.messages_in,
             messages_out = outcome.messages_out,
+            side = outcome.closer.as_str(),
+            code = outcome.close_code,
+            client_close = outcome.client_close,
+            pod_close = outcome.pod_close,
             closed_by = %outcome.ending,
             "connection closed"
         );
@@ -466,12 +552,24 @@ pub enum Answer {
 pub struct RelayJob {
     conn_id: u64,
     client: SocketAddr,
+    /// When the client's upgrade request arrived.
+    received: Instant,
     pod: ends::Arrived,
     lease: Lease,
     _slot: Slot,
     /// Counts the connection (drain and shutdown wait for it) from its dial
     /// until the relay ends.
     _tracked: tokio_util::task::task_tracker::TaskTrackerToken,
+}
+
+impl RelayJob {
+    /// The client went away (or never took its 101) after the pod accepted:
+    /// the connection's one event. Dropping the job releases the pod.
+    pub fn client_gone(self, reason: &'static str, error: Option<&hyper::Error>) {
+        let error = error.map(tracing::field::display);
+        let (conn_id, client) = (self.conn_id, self.client);
+        tracing::info!(conn_id, %client, pod = self.lease.pod_url(), reason, error, "connection failed");
+    }
 }
 
 /// Pods tried for one connection before the client gets a 502.

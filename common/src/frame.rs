@@ -4,8 +4,9 @@
 //! as they pass, so the relay knows where each frame starts (to count
 //! messages, and to insert its own Close frame between two frames, never
 //! inside one) and whether a side already sent its Close. Payloads are never
-//! copied or unmasked. Pure and incremental: bytes may arrive split at any
-//! offset.
+//! copied or unmasked, with one exception: the first two payload bytes of a
+//! Close frame, its close code, which the relay reports in its metrics and
+//! logs. Pure and incremental: bytes may arrive split at any offset.
 
 /// Continuation frame.
 pub const OP_CONTINUATION: u8 = 0x0;
@@ -65,10 +66,12 @@ pub enum FrameError {
 /// Follows frame boundaries in one direction of a WebSocket connection.
 #[derive(Debug, Clone, Default)]
 pub struct FrameTracker {
-    /// Bytes of the current frame's header received so far.
+    /// Bytes of the current frame's header received so far. Once complete,
+    /// it stays here while the frame's payload passes (the close code is
+    /// unmasked with the key at its end).
     header: [u8; MAX_HEADER],
-    /// How many of `header` are filled.
-    have: usize,
+    /// How many of `header` are filled (at most [`MAX_HEADER`]).
+    have: u8,
     /// Payload bytes still to pass before the next header.
     remaining: u64,
     /// Complete data messages seen (final data or continuation frames).
@@ -77,6 +80,13 @@ pub struct FrameTracker {
     close_seen: bool,
     /// Header of the frame whose payload is passing.
     current: Option<FrameHeader>,
+    /// The first Close frame's code, once that frame has passed whole.
+    close_code: Option<u16>,
+    /// Code bytes of the first Close frame, unmasked as they pass.
+    code_bytes: [u8; 2],
+    /// Code bytes the passing frame still carries: 2 at the start of the
+    /// first Close frame with a payload, 0 for every other frame.
+    code_wanted: u8,
 }
 
 /// Header length given its first two bytes.
@@ -151,15 +161,43 @@ impl FrameTracker {
         self.close_seen
     }
 
+    /// The status code of the first Close frame, once it has passed whole;
+    /// `None` before that, and for a Close frame without a code (an empty
+    /// payload, which RFC 6455 §7.1.5 reports as 1005 "no status").
+    pub fn close_code(&self) -> Option<u16> {
+        self.close_code
+    }
+
     /// A frame has passed whole: count it.
     fn frame_done(&mut self) {
         if let Some(header) = self.current.take() {
             if header.fin && !header.is_control() {
                 self.messages += 1;
             }
-            if header.opcode == OP_CLOSE {
+            if header.opcode == OP_CLOSE && !self.close_seen {
                 self.close_seen = true;
+                // No payload is no code; one byte is malformed: no code either.
+                self.close_code = (header.len >= 2).then(|| u16::from_be_bytes(self.code_bytes));
             }
+        }
+    }
+
+    /// Takes the close code's bytes from the start of a Close payload;
+    /// `payload` starts at the first code byte still wanted.
+    fn take_code(&mut self, payload: &[u8]) {
+        // The mask key ends the header, still in place while the payload
+        // passes; an unmasked frame is XORed with zeros.
+        let key = match self.header[1] & 0x80 {
+            0 => [0; 4],
+            _ => {
+                let end = header_len(self.header[0], self.header[1]);
+                [self.header[end - 4], self.header[end - 3], 0, 0]
+            }
+        };
+        for &byte in payload.iter().take(usize::from(self.code_wanted)) {
+            let at = 2 - usize::from(self.code_wanted);
+            self.code_bytes[at] = byte ^ key[at];
+            self.code_wanted -= 1;
         }
     }
 
@@ -178,6 +216,10 @@ impl FrameTracker {
             if self.remaining > 0 {
                 let available = (bytes.len() - i) as u64;
                 let take = self.remaining.min(available);
+                if self.code_wanted > 0 {
+                    // Never more than `remaining`: the frame carries both.
+                    self.take_code(&bytes[i..]);
+                }
                 i += take as usize;
                 self.remaining -= take;
                 if self.remaining == 0 {
@@ -188,15 +230,20 @@ impl FrameTracker {
                 }
                 continue;
             }
-            self.header[self.have] = bytes[i];
+            self.header[usize::from(self.have)] = bytes[i];
             self.have += 1;
             i += 1;
-            if self.have < 2 || self.have < header_len(self.header[0], self.header[1]) {
+            let have = usize::from(self.have);
+            if have < 2 || have < header_len(self.header[0], self.header[1]) {
                 continue;
             }
-            let parsed = parse_header(&self.header[..self.have]);
+            let parsed = parse_header(&self.header[..have]);
             self.have = 0;
             let header = parsed?;
+            // The first Close frame with a payload: read its code as it passes.
+            if header.opcode == OP_CLOSE && !self.close_seen && header.len >= 2 {
+                self.code_wanted = 2;
+            }
             on_frame(&header);
             self.current = Some(header);
             self.remaining = header.len;
@@ -375,5 +422,70 @@ mod tests {
         assert!(t.close_seen());
         assert_eq!(masked[6] ^ 0xFF, 0x03);
         assert_eq!(close_frame(1000, &"é".repeat(100), None).len(), 2 + 2 + 122);
+    }
+
+    #[test]
+    fn close_code_of_an_unmasked_close() {
+        let (_, t) = headers_of(&close_frame(4001, "bye", None));
+        assert_eq!(t.close_code(), Some(4001));
+    }
+
+    #[test]
+    fn close_code_of_a_masked_close_is_unmasked() {
+        // A key that changes both code bytes, and differs between them.
+        let frame = close_frame(1000, "done", Some([0xA5, 0x3C, 0x0F, 0xF0]));
+        assert_ne!(&frame[6..8], &1000u16.to_be_bytes(), "the code is masked");
+        let (_, t) = headers_of(&frame);
+        assert_eq!(t.close_code(), Some(1000));
+    }
+
+    #[test]
+    fn close_code_split_across_feeds_at_every_offset() {
+        let mut s = encode_frame(true, OP_TEXT, b"before", Some([1, 2, 3, 4]));
+        s.extend(close_frame(3003, "split", Some([0x11, 0x22, 0x33, 0x44])));
+        for cut in 0..=s.len() {
+            for second in cut..=s.len() {
+                let mut t = FrameTracker::new();
+                for piece in [&s[..cut], &s[cut..second], &s[second..]] {
+                    t.feed(piece, false, |_| {}).unwrap();
+                }
+                assert_eq!(t.close_code(), Some(3003), "cuts at {cut} and {second}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_close_without_code_has_none() {
+        for mask in [None, Some([7, 7, 7, 7])] {
+            let (_, t) = headers_of(&encode_frame(true, OP_CLOSE, b"", mask));
+            assert!(t.close_seen());
+            assert_eq!(t.close_code(), None);
+            // One byte is malformed: no code either.
+            let (_, t) = headers_of(&encode_frame(true, OP_CLOSE, &[3], mask));
+            assert!(t.close_seen());
+            assert_eq!(t.close_code(), None);
+        }
+    }
+
+    #[test]
+    fn only_the_first_close_counts_and_only_once_whole() {
+        let first = close_frame(1001, "", None);
+        let mut t = FrameTracker::new();
+        t.feed(&first[..3], false, |_| {}).unwrap();
+        assert_eq!(t.close_code(), None, "not before the frame has passed");
+        t.feed(&first[3..], false, |_| {}).unwrap();
+        assert_eq!(t.close_code(), Some(1001));
+        t.feed(&close_frame(1011, "again", None), false, |_| {})
+            .unwrap();
+        assert_eq!(t.close_code(), Some(1001));
+        // Pings carry payloads too; they are no close codes.
+        let mut t = FrameTracker::new();
+        t.feed(
+            &encode_frame(true, OP_PING, &[0x0F, 0xA0], None),
+            false,
+            |_| {},
+        )
+        .unwrap();
+        assert_eq!(t.close_code(), None);
     }
 }

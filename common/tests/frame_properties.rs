@@ -97,5 +97,6 @@ proptest! {
         prop_assert_eq!(tracker.messages(), messages);
         prop_assert!(tracker.at_boundary());
         prop_assert_eq!(tracker.close_seen(), close);
+        prop_assert_eq!(tracker.close_code(), close.then_some(1000));
     }
 }
