@@ -469,3 +469,59 @@ async fn readiness_is_503_and_pods_ejected_when_every_pod_is_down() {
     assert_eq!(status, 503);
     assert!(body.contains("no usable pod"), "{body}");
 }
+
+#[tokio::test]
+async fn the_status_json_keeps_the_originals_fields_and_order() {
+    let pods = pods(3).await;
+    let balancer = support::balancer_for(&pods).await;
+    let admin = balancer.admin_addr();
+    let (_ws, response) = connect(&ws_url(&balancer, "/ws")).await;
+    let landed = landed_on(&response);
+    let (status, head, body) = admin_get(admin, "/balancer-metrics").await;
+    assert_eq!(status, 200, "{head}");
+    assert!(head.contains("content-type: application/json"), "{head}");
+    let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    // The original's fields, and nothing else at the top level.
+    let mut top: Vec<&str> = json
+        .as_object()
+        .expect("an object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    top.sort_unstable();
+    assert_eq!(
+        top,
+        [
+            "agentsConnections",
+            "services",
+            "timestamp",
+            "totalConnections"
+        ]
+    );
+    assert!(
+        humantime::parse_rfc3339(json["timestamp"].as_str().expect("a string")).is_ok(),
+        "{body}"
+    );
+    let services = json["services"].as_array().expect("an array");
+    // In configuration order, every time.
+    let urls: Vec<&str> = services.iter().filter_map(|s| s["url"].as_str()).collect();
+    let configured: Vec<String> = pods.iter().map(|p| p.url()).collect();
+    assert_eq!(urls, configured);
+    let total: u64 = services
+        .iter()
+        .map(|s| s["connections"].as_u64().expect("a count"))
+        .sum();
+    assert_eq!(json["totalConnections"].as_u64(), Some(total));
+    assert_eq!(json["agentsConnections"], json["totalConnections"]);
+    // The extension: who each pod is, its state, and this balancer's share.
+    let relayed: u64 = services.iter().filter_map(|s| s["relayed"].as_u64()).sum();
+    assert_eq!(relayed, 1, "{body}");
+    for service in services {
+        for field in ["podName", "state", "healthy", "reportAge", "stale"] {
+            assert!(service.get(field).is_some(), "{field} missing: {body}");
+        }
+        if service["podName"] == landed.as_str() {
+            assert_eq!(service["relayed"], 1, "{body}");
+        }
+    }
+}
