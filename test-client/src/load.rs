@@ -63,6 +63,9 @@ pub struct LoadOptions {
     pub ping_interval: Option<Duration>,
     /// Bound on the handshake, each echo and the close.
     pub timeout: Duration,
+    /// Number of the first connection (workers of one run count on from
+    /// each other, so URLs and source addresses rotate as in one process).
+    pub first_id: usize,
 }
 
 impl Default for LoadOptions {
@@ -84,6 +87,7 @@ impl Default for LoadOptions {
             bind: Vec::new(),
             ping_interval: None,
             timeout: Duration::from_secs(10),
+            first_id: 0,
         }
     }
 }
@@ -186,9 +190,10 @@ pub async fn run(options: LoadOptions, live: Arc<Live>) -> Report {
     }
     let mut tasks = JoinSet::new();
     let mut collector = Collector::new(&options.urls.join(","));
-    for id in 0..options.connections {
+    for n in 0..options.connections {
+        let id = options.first_id + n;
         if let Some(rate) = options.rate {
-            let at = started + Duration::from_secs_f64(id as f64 / rate);
+            let at = started + Duration::from_secs_f64(n as f64 / rate);
             tokio::select! {
                 () = tokio::time::sleep_until(at) => {}
                 () = over.cancelled() => break,

@@ -18,7 +18,7 @@ use test_client::{LoadOptions, run};
 
 /// Opens WebSocket connections, checks echoes, reports spread and latency.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(version, args_override_self = true)]
 struct Args {
     /// Target URL (the balancer or a pod); repeat for several, used in turn.
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
@@ -83,6 +83,13 @@ struct Args {
     /// No live progress line.
     #[arg(long, short)]
     quiet: bool,
+    /// Split the run over this many processes (each may hold at most
+    /// 20,000 file descriptors here); their reports are merged into one.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Number of this process's first connection (set for workers).
+    #[arg(long, default_value_t = 0, hide = true)]
+    first_id: usize,
 }
 
 fn parse_header(text: &str) -> Result<(String, String), String> {
@@ -118,6 +125,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         bind: args.bind,
         ping_interval: args.ping_interval,
         timeout: args.timeout,
+        first_id: args.first_id,
     };
     if args.connections == 0 {
         eprintln!("test-client: --connections must be at least 1");
@@ -127,11 +135,19 @@ async fn main() -> anyhow::Result<ExitCode> {
         eprintln!("test-client: {error}");
         return Ok(ExitCode::from(2));
     }
-    let live = Arc::new(Live::default());
     let stdout_json = args.json.as_deref().is_some_and(|p| p.as_os_str() == "-");
-    let progress = Progress::start(live.clone(), args.connections as u64, args.quiet);
-    let report = run(options, live).await;
-    progress.finish().await;
+    let report = if args.workers > 1 {
+        if !args.quiet && !stdout_json {
+            eprintln!("test-client: {} worker processes", args.workers);
+        }
+        in_workers(&options, args.workers).await?
+    } else {
+        let live = Arc::new(Live::default());
+        let progress = Progress::start(live.clone(), args.connections as u64, args.quiet);
+        let report = run(options, live).await;
+        progress.finish().await;
+        report
+    };
     let json = serde_json::to_string_pretty(&report)?;
     match args.json.as_deref() {
         Some(_) if stdout_json => println!("{json}"),
@@ -159,4 +175,52 @@ async fn main() -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Runs the load in `workers` child processes (this binary again, with the
+/// same arguments and a share of the connections, the rate and the
+/// concurrency each) and merges their reports.
+async fn in_workers(options: &LoadOptions, workers: usize) -> anyhow::Result<test_client::Report> {
+    let program = std::env::current_exe().context("finding this program")?;
+    let given: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let mut children = Vec::with_capacity(workers);
+    let mut first_id = options.first_id;
+    for worker in 0..workers {
+        let share =
+            options.connections / workers + usize::from(worker < options.connections % workers);
+        if share == 0 {
+            continue;
+        }
+        let mut command = tokio::process::Command::new(&program);
+        command
+            .args(&given)
+            .args(["--workers", "1", "--quiet", "--json", "-"])
+            .args(["--connections", &share.to_string()])
+            .args(["--first-id", &first_id.to_string()])
+            .args([
+                "--concurrency",
+                &options.concurrency.div_ceil(workers).to_string(),
+            ])
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        if let Some(rate) = options.rate {
+            command.args(["--rate", &(rate / workers as f64).to_string()]);
+        }
+        children.push(command.output());
+        first_id += share;
+    }
+    let mut reports = Vec::with_capacity(children.len());
+    for output in futures_util::future::join_all(children).await {
+        let output = output.context("running a worker")?;
+        let report: test_client::Report =
+            serde_json::from_slice(&output.stdout).with_context(|| {
+                format!(
+                    "a worker's report ({}): {}",
+                    output.status,
+                    String::from_utf8_lossy(&output.stderr).trim()
+                )
+            })?;
+        reports.push(report);
+    }
+    test_client::report::merge(&reports).context("no worker ran")
 }

@@ -9,12 +9,12 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::load::ConnOutcome;
 
 /// Latency summary in milliseconds.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Percentiles {
     /// Samples.
     pub count: u64,
@@ -59,7 +59,7 @@ fn raw(h: &Histogram<u64>) -> RawHistogram {
 }
 
 /// The raw histograms of a run.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RawHistograms {
     /// Handshake times.
     pub handshake_us: RawHistogram,
@@ -68,7 +68,7 @@ pub struct RawHistograms {
 }
 
 /// Everything a run measured.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     /// Target URL(s), comma-separated.
     pub url: String,
@@ -167,6 +167,58 @@ impl Report {
         }
         out
     }
+}
+
+/// A histogram rebuilt from its raw pairs.
+fn from_raw(raw: &RawHistogram) -> Histogram<u64> {
+    let mut h = histogram();
+    for [value, count] in raw {
+        let _ = h.record_n(*value, *count);
+    }
+    h
+}
+
+/// One report for a run that several worker processes shared: counts and
+/// maps added up, histograms merged (so percentiles are of the whole run),
+/// the run as long as its longest worker.
+pub fn merge(reports: &[Report]) -> Option<Report> {
+    let first = reports.first()?;
+    let mut total = first.clone();
+    let mut handshake = from_raw(&first.histograms.handshake_us);
+    let mut round_trip = from_raw(&first.histograms.round_trip_us);
+    for r in &reports[1..] {
+        total.attempted += r.attempted;
+        total.ok += r.ok;
+        total.failed += r.failed;
+        for (k, v) in &r.failures {
+            *total.failures.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &r.per_pod {
+            *total.per_pod.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &r.close_codes {
+            *total.close_codes.entry(*k).or_default() += v;
+        }
+        total.messages_sent += r.messages_sent;
+        total.messages_received += r.messages_received;
+        total.bytes_sent += r.bytes_sent;
+        total.bytes_received += r.bytes_received;
+        total.duration_secs = total.duration_secs.max(r.duration_secs);
+        let _ = handshake.add(from_raw(&r.histograms.handshake_us));
+        let _ = round_trip.add(from_raw(&r.histograms.round_trip_us));
+    }
+    let counts: Vec<u64> = total.per_pod.values().copied().collect();
+    total.spread = counts.iter().max().unwrap_or(&0) - counts.iter().min().unwrap_or(&0);
+    let secs = total.duration_secs.max(1e-9);
+    total.connections_per_sec = total.attempted as f64 / secs;
+    total.messages_per_sec = total.messages_received as f64 / secs;
+    total.handshake_ms = Percentiles::from_micros(&handshake);
+    total.round_trip_ms = Percentiles::from_micros(&round_trip);
+    total.histograms = RawHistograms {
+        handshake_us: raw(&handshake),
+        round_trip_us: raw(&round_trip),
+    };
+    Some(total)
 }
 
 /// Histograms in microseconds, 3 significant digits, auto-resizing.

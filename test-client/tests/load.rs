@@ -213,3 +213,39 @@ async fn fail_on_thresholds_set_the_exit_code() {
     assert_eq!(malformed.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&malformed.stderr).contains("unknown figure"));
 }
+
+#[tokio::test]
+async fn workers_split_the_run_and_their_reports_merge() {
+    let pods = [
+        Pod::start(PodOptions::new("a")).await.unwrap(),
+        Pod::start(PodOptions::new("b")).await.unwrap(),
+    ];
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_test-client"));
+    for pod in &pods {
+        command.args(["--url", &format!("ws://{}/ws", pod.addr())]);
+    }
+    let out = command
+        .args(["--workers", "3", "--connections", "31", "--messages", "4"])
+        .args([
+            "--hold",
+            "0s",
+            "--bind",
+            "127.0.0.1,127.0.0.2",
+            "--json",
+            "-",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let report: Report = serde_json::from_slice(&out.stdout).expect("one merged report");
+    assert_eq!((report.attempted, report.ok, report.failed), (31, 31, 0));
+    assert_eq!(report.messages_received, 31 * 4);
+    for pod in &pods {
+        assert_eq!(report.per_pod.get(pod.name()), Some(&pod.accepted()));
+    }
+    // Connections are numbered across workers: the URLs still alternate.
+    assert_eq!(report.spread, 1);
+    assert_eq!(report.round_trip_ms.count, 31 * 4);
+    assert_consistent(&report);
+}
