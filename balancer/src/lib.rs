@@ -6,11 +6,14 @@
 //! (through [`tls`] when needed) with the request [`forward`] built, and
 //! [`relay`] moves bytes until it ends. [`admin`] shows the state, and the
 //! [`metrics`] counted along the way.
-//! [`Balancer::start`] wires them together.
+//! [`Balancer::start`] wires them together; [`reload`] (SIGHUP, a watched
+//! file) and [`discovery`] (DNS) change the pods and settings while
+//! connections run.
 
 pub mod admin;
 pub mod cli;
 pub mod dial;
+pub mod discovery;
 pub mod ends;
 pub mod first_request;
 pub mod forward;
@@ -23,12 +26,13 @@ pub mod metrics;
 pub mod poller;
 pub mod registry;
 pub mod relay;
+pub mod reload;
 pub mod tls;
 pub mod tls_listener;
 pub mod upgrade;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{Config, ConfigError};
@@ -39,7 +43,8 @@ use tokio_util::task::TaskTracker;
 use crate::metrics::Metrics;
 use crate::poller::PollSchedule;
 use crate::registry::PodRegistry;
-use crate::upgrade::Proxy;
+use crate::reload::{ReloadError, ReloadReport};
+use crate::upgrade::{ConnectionSettings, Proxy};
 
 /// Why the balancer could not start.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +68,9 @@ pub enum StartError {
     /// The listener's certificate or key could not be loaded.
     #[error(transparent)]
     ServerTls(#[from] tls_listener::ServerTlsError),
+    /// The DNS resolver for `discovery` could not be set up.
+    #[error(transparent)]
+    Discovery(#[from] discovery::DiscoveryError),
     /// The polling HTTP client could not be built.
     #[error("http client: {0}")]
     HttpClient(#[from] reqwest::Error),
@@ -73,6 +81,12 @@ pub struct Balancer {
     listen_addr: SocketAddr,
     admin_addr: SocketAddr,
     registry: Arc<PodRegistry>,
+    /// What every connection reads its settings from.
+    proxy: Arc<Proxy>,
+    /// Starts pollers for pods that join.
+    pollers: poller::Pollers,
+    /// The config in force, which a reload is compared with.
+    config: Mutex<Config>,
     /// Cancelled when draining starts: no new connections, relays close.
     drain: CancellationToken,
     /// Cancelled to stop at once.
@@ -124,13 +138,24 @@ impl Balancer {
         let tasks = TaskTracker::new();
         let relays = TaskTracker::new();
 
-        poller::spawn_all(
-            &registry,
-            poller::http_client(tls.clone())?,
-            PollSchedule::from_ttl(config.cache_ttl, config.dial_timeout),
-            &tasks,
-            &stop,
-        );
+        let pollers = poller::Pollers {
+            registry: registry.clone(),
+            client: poller::http_client(tls.clone())?,
+            schedule: PollSchedule::from_ttl(config.cache_ttl, config.dial_timeout),
+            tracker: tasks.clone(),
+            stop: stop.clone(),
+        };
+        pollers.spawn_all();
+        if let Some(found) = &config.discovery {
+            let resolver = discovery::resolver(found)?;
+            tasks.spawn(discovery::run(
+                found.clone(),
+                config.metric_path.clone(),
+                resolver,
+                pollers.clone(),
+                stop.clone(),
+            ));
+        }
 
         let mut proxy = Proxy::new(
             &config,
@@ -150,7 +175,7 @@ impl Balancer {
         let proxy = Arc::new(proxy);
         tasks.spawn(listener::accept_loop(
             listener,
-            proxy,
+            proxy.clone(),
             tasks.clone(),
             drain.clone(),
             stop.clone(),
@@ -175,11 +200,14 @@ impl Balancer {
             listen_addr,
             admin_addr,
             registry,
+            proxy,
+            pollers,
             drain,
             stop,
             tasks,
             relays,
             drain_timeout: config.drain_timeout,
+            config: Mutex::new(config),
         })
     }
 
@@ -196,6 +224,75 @@ impl Balancer {
     /// The pods and what is known of them.
     pub fn registry(&self) -> &Arc<PodRegistry> {
         &self.registry
+    }
+
+    /// Applies a new configuration to new connections: pods (those that
+    /// left get no new connections, their relayed ones run on), selection
+    /// settings, timeouts, limits, origins, forwarded headers and pod TLS.
+    /// An invalid one is rejected (the error names the key) and the running
+    /// config stays. Keys that need a restart are listed in the report (and
+    /// logged). No relayed connection is touched.
+    pub fn reload(&self, new: Config) -> Result<ReloadReport, ReloadError> {
+        let outcome = self.apply(new);
+        match &outcome {
+            Ok(report) => tracing::info!(
+                added = report.added.len(),
+                removed = report.removed.len(),
+                "config reloaded"
+            ),
+            Err(error) => {
+                tracing::error!(key = error.key(), %error, "config reload rejected, running config kept")
+            }
+        }
+        outcome
+    }
+
+    /// Loads the configuration again from `sources` (as at start) and
+    /// reloads it, see [`Balancer::reload`].
+    pub fn reload_from(
+        &self,
+        sources: &common::ConfigSources,
+    ) -> Result<ReloadReport, ReloadError> {
+        match sources.load() {
+            Ok(config) => self.reload(config),
+            Err(error) => {
+                let error = ReloadError::from(error);
+                tracing::error!(key = error.key(), %error, "config reload rejected, running config kept");
+                Err(error)
+            }
+        }
+    }
+
+    fn apply(&self, new: Config) -> Result<ReloadReport, ReloadError> {
+        new.validate()?;
+        let addresses = new.pod_addresses()?;
+        let tls = tls::client_config(&new)?;
+        let mut config = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        let restart_needed = reload::restart_needed(&config, &new);
+        for key in &restart_needed {
+            tracing::warn!(key, "config key changed: takes effect after a restart");
+        }
+        self.registry
+            .set_settings(registry::Settings::from_config(&new));
+        self.proxy
+            .set_settings(ConnectionSettings::from_config(&new, tls));
+        // With discovery, the pod set is discovery's (a change of it needs
+        // a restart).
+        let change = if config.discovery.is_none() && new.discovery.is_none() {
+            self.pollers.set_pods(addresses)
+        } else {
+            Default::default()
+        };
+        *config = new;
+        Ok(ReloadReport {
+            added: change.added.iter().map(|p| p.address.url.clone()).collect(),
+            removed: change
+                .removed
+                .iter()
+                .map(|p| p.address.url.clone())
+                .collect(),
+            restart_needed,
+        })
     }
 
     /// A handle that stops the balancer at once when cancelled (a second

@@ -1,11 +1,16 @@
 //! `wsbalancer` binary: parse flags, load config (exit 2 when invalid), run
-//! until SIGTERM or Ctrl-C; or, with `--check-config`, print the effective
+//! until SIGTERM or Ctrl-C, reloading the config on SIGHUP (and when the
+//! file changes, with `watchConfig`); or, with `--check-config`, print the effective
 //! config and exit.
 
 use std::io::Write;
 use std::process::ExitCode;
 
+use std::time::Duration;
+
 use clap::Parser;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// mimalloc returns freed memory to the system far more readily than the
 /// system allocator after a burst of handshakes, which keeps the resident
@@ -31,7 +36,7 @@ fn main() -> ExitCode {
         eprintln!("wsbalancer: invalid --log-level or RUST_LOG: {error}");
         return ExitCode::from(2);
     }
-    match run(config) {
+    match run(config, cli.sources()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("wsbalancer: {error:#}");
@@ -65,16 +70,46 @@ fn check_config(cli: &Cli) -> ExitCode {
 }
 
 #[tokio::main]
-async fn run(config: common::Config) -> anyhow::Result<()> {
+async fn run(config: common::Config, sources: common::ConfigSources) -> anyhow::Result<()> {
     let stop = shutdown_signal();
+    let mut hangups = hangup_signal();
+    let watch = config.watch_config;
     let balancer = Balancer::start(config).await?;
+    let watching = CancellationToken::new();
+    let mut file_changes = match (&sources.file, watch) {
+        (Some(path), true) => Some(wsbalancer::reload::file_changes(
+            path.clone(),
+            WATCH_EVERY,
+            watching.clone(),
+        )),
+        (None, true) => {
+            tracing::warn!("watchConfig is set but no --config file is given: nothing to watch");
+            None
+        }
+        (_, false) => None,
+    };
     // Scripts and tests read this line to learn the bound ports.
     println!(
         "ready listen={} admin={}",
         balancer.listen_addr(),
         balancer.admin_addr()
     );
-    stop.await;
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => break,
+            Some(()) = recv_some(&mut hangups) => {
+                tracing::info!(signal = "SIGHUP", "reloading config");
+                // Rejections are logged by the reload itself.
+                let _ = balancer.reload_from(&sources);
+            }
+            Some(()) = recv_some(&mut file_changes) => {
+                tracing::info!("config file changed: reloading config");
+                let _ = balancer.reload_from(&sources);
+            }
+        }
+    }
+    watching.cancel();
     // A second signal during the drain stops at once.
     let stop_now = balancer.stop_handle();
     let second = shutdown_signal();
@@ -91,6 +126,39 @@ async fn run(config: common::Config) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// How often a watched config file is checked.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// The next message of `rx`, or never when there is none to wait for.
+async fn recv_some(rx: &mut Option<mpsc::Receiver<()>>) -> Option<()> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A message per SIGHUP, installed now (so a signal right after the ready
+/// line is not missed). `None` where there is no SIGHUP.
+fn hangup_signal() -> Option<mpsc::Receiver<()>> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangup = signal(SignalKind::hangup()).ok()?;
+        let (tx, rx) = mpsc::channel(1);
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                // Full: a reload is pending and will read the latest file.
+                if tx.try_send(()).is_err() && tx.is_closed() {
+                    return;
+                }
+            }
+        });
+        Some(rx)
+    }
+    #[cfg(not(unix))]
+    None
 }
 
 /// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is

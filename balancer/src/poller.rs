@@ -19,7 +19,7 @@ use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::registry::{Pod, PodRegistry};
+use crate::registry::{Pod, PodRegistry, PodSetChange};
 
 /// Why one poll failed.
 #[derive(Debug, thiserror::Error)]
@@ -82,23 +82,51 @@ impl PollSchedule {
     }
 }
 
-/// Starts one polling task per pod, tracked by `tracker`, ending when `stop`
-/// is cancelled.
-pub fn spawn_all(
-    registry: &Arc<PodRegistry>,
-    client: reqwest::Client,
-    schedule: PollSchedule,
-    tracker: &TaskTracker,
-    stop: &CancellationToken,
-) {
-    for pod in registry.pods() {
-        tracker.spawn(poll_loop(
-            registry.clone(),
+/// What it takes to start a pod's poller, kept so that pods joining later
+/// (reload, discovery) are polled like the first ones.
+#[derive(Debug, Clone)]
+pub struct Pollers {
+    /// The registry the pods belong to.
+    pub registry: Arc<PodRegistry>,
+    /// Client shared by every poll.
+    pub client: reqwest::Client,
+    /// Pacing of every poller.
+    pub schedule: PollSchedule,
+    /// Tracks the polling tasks, so shutdown waits for them.
+    pub tracker: TaskTracker,
+    /// Stops every poller.
+    pub stop: CancellationToken,
+}
+
+impl Pollers {
+    /// Starts polling `pod` until the balancer stops or the pod leaves the
+    /// registry.
+    pub fn spawn(&self, pod: Arc<Pod>) {
+        self.tracker.spawn(poll_loop(
+            self.registry.clone(),
             pod,
-            client.clone(),
-            schedule,
-            stop.clone(),
+            self.client.clone(),
+            self.schedule,
+            self.stop.clone(),
         ));
+    }
+
+    /// Makes `addresses` the registry's pod set and polls the pods that
+    /// joined (those that left stop being polled on their own); the one
+    /// entry point for reloads and discovery alike.
+    pub fn set_pods(&self, addresses: Vec<common::PodAddress>) -> PodSetChange {
+        let change = self.registry.set_pods(addresses);
+        for pod in &change.added {
+            self.spawn(pod.clone());
+        }
+        change
+    }
+
+    /// Starts polling every pod of the registry.
+    pub fn spawn_all(&self) {
+        for pod in self.registry.pods() {
+            self.spawn(pod);
+        }
     }
 }
 
@@ -109,14 +137,16 @@ async fn poll_loop(
     schedule: PollSchedule,
     stop: CancellationToken,
 ) {
-    let eject_after = registry.settings().eject_after;
     let mut last_error: Option<String> = None;
     loop {
+        // Read each round: a reload may change it.
+        let eject_after = registry.settings().eject_after;
         let started = tokio::time::Instant::now();
         let closes = pod.closes_before_poll();
         let outcome = tokio::select! {
             r = tokio::time::timeout(schedule.timeout, poll_once(&client, &pod.address.metric_url)) => r,
             () = stop.cancelled() => return,
+            () = pod.removed() => return,
         };
         match outcome.unwrap_or(Err(PollError::Timeout)) {
             Ok(report) => {
@@ -137,7 +167,7 @@ async fn poll_loop(
             }
         }
         // Ejected, back, draining, stale...: logged once per change.
-        if let Some(change) = pod.condition_change(registry.settings()) {
+        if let Some(change) = pod.condition_change(&registry.settings()) {
             change.log(&pod.address.url);
         }
         let (failures, ejected) = pod.failures();
@@ -150,6 +180,7 @@ async fn poll_loop(
                 tokio::time::sleep_until(started + schedule.min_gap).await;
             }
             () = stop.cancelled() => return,
+            () = pod.removed() => return,
         }
     }
 }

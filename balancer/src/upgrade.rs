@@ -4,8 +4,8 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use http::{Request, Response, StatusCode};
@@ -27,16 +27,70 @@ use crate::relay::{self, DrainSignal, RelayLimits};
 use common::{Config, HttpMode};
 use http_body_util::{Either, Empty};
 
-/// Everything a connection needs from the running balancer.
-pub struct Proxy {
-    /// Pods and their loads.
-    pub registry: Arc<PodRegistry>,
+/// The settings a new connection reads once, at its start; a reload
+/// replaces them whole, so connections already relayed keep theirs.
+#[derive(Debug)]
+pub struct ConnectionSettings {
     /// TLS settings toward `https`/`wss` pods.
     pub tls: Arc<rustls::ClientConfig>,
     /// Bound on connect + TLS + handshake to one pod.
     pub dial_timeout: std::time::Duration,
     /// Idle and write limits of relayed connections.
     pub limits: RelayLimits,
+    /// Headers added to forwarded requests.
+    pub forward: forward::ForwardPolicy,
+    /// `allowedOrigins`, lowercased; empty allows all.
+    pub allowed_origins: Vec<String>,
+    /// `maxConnections` (0 = unlimited).
+    pub max_connections: u64,
+    /// What plain HTTP requests get.
+    pub http_mode: HttpMode,
+}
+
+impl ConnectionSettings {
+    /// The settings of `config`, dialling pods with `tls`.
+    pub fn from_config(config: &Config, tls: Arc<rustls::ClientConfig>) -> Self {
+        ConnectionSettings {
+            tls,
+            dial_timeout: config.dial_timeout,
+            limits: RelayLimits {
+                idle: config.read_timeout,
+                write: config.write_timeout,
+            },
+            forward: forward::ForwardPolicy::from_config(config),
+            allowed_origins: config
+                .allowed_origins
+                .iter()
+                .map(|o| o.to_ascii_lowercase())
+                .collect(),
+            max_connections: config.max_connections,
+            http_mode: config.http_mode,
+        }
+    }
+
+    /// Whether the request's `Origin` is allowed (absent is: not a browser).
+    fn origin_allowed(&self, fields: &Fields) -> bool {
+        if self.allowed_origins.is_empty() {
+            return true;
+        }
+        let mut origins = fields.values("origin");
+        match (origins.next(), origins.next()) {
+            (None, _) => true,
+            (Some(origin), None) => self
+                .allowed_origins
+                .iter()
+                .any(|a| a.as_bytes().eq_ignore_ascii_case(origin)),
+            (Some(_), Some(_)) => false,
+        }
+    }
+}
+
+/// Everything a connection needs from the running balancer.
+pub struct Proxy {
+    /// Pods and their loads.
+    pub registry: Arc<PodRegistry>,
+    /// What a reload can change; read once per connection.
+    settings: RwLock<Arc<ConnectionSettings>>,
     /// `X-Forwarded-Proto` value for this listener.
     pub scheme: &'static str,
     /// Cancelled when the balancer stops at once.
@@ -45,20 +99,12 @@ pub struct Proxy {
     pub drain: DrainSignal,
     /// Counts relayed connections, so drain and shutdown can wait for them.
     pub tasks: TaskTracker,
-    /// Headers added to forwarded requests.
-    pub forward: forward::ForwardPolicy,
-    /// `allowedOrigins`, lowercased; empty allows all.
-    pub allowed_origins: Vec<String>,
-    /// `maxConnections` (0 = unlimited).
-    pub max_connections: u64,
     /// Time a client has to send its request head.
     pub handshake_timeout: std::time::Duration,
     /// Largest request head accepted (431 beyond).
     pub max_header_bytes: usize,
     /// TLS termination on the listener, when configured.
     pub server_tls: Option<Arc<crate::tls_listener::ServerTls>>,
-    /// What plain HTTP requests get.
-    pub http_mode: HttpMode,
     /// Counters, histograms, and what `/metrics` shows.
     pub metrics: Arc<Metrics>,
     /// Pooled client for plain HTTP requests.
@@ -95,12 +141,7 @@ impl Proxy {
             metrics,
             registry,
             http: PodClient::new(tls.clone(), config.dial_timeout),
-            tls,
-            dial_timeout: config.dial_timeout,
-            limits: RelayLimits {
-                idle: config.read_timeout,
-                write: config.write_timeout,
-            },
+            settings: RwLock::new(Arc::new(ConnectionSettings::from_config(config, tls))),
             scheme: "http",
             stop,
             drain: DrainSignal {
@@ -109,35 +150,26 @@ impl Proxy {
                 code: config.drain_close_code,
             },
             tasks,
-            forward: forward::ForwardPolicy::from_config(config),
-            allowed_origins: config
-                .allowed_origins
-                .iter()
-                .map(|o| o.to_ascii_lowercase())
-                .collect(),
-            max_connections: config.max_connections,
             handshake_timeout: config.handshake_timeout,
             max_header_bytes: config.max_handshake_header_bytes,
             server_tls: None,
-            http_mode: config.http_mode,
             next_id: AtomicU64::new(1),
         }
     }
 
-    /// Whether the request's `Origin` is allowed (absent is: not a browser).
-    fn origin_allowed(&self, fields: &Fields) -> bool {
-        if self.allowed_origins.is_empty() {
-            return true;
-        }
-        let mut origins = fields.values("origin");
-        match (origins.next(), origins.next()) {
-            (None, _) => true,
-            (Some(origin), None) => self
-                .allowed_origins
-                .iter()
-                .any(|a| a.as_bytes().eq_ignore_ascii_case(origin)),
-            (Some(_), Some(_)) => false,
-        }
+    /// The settings for a new connection: one lock-free-in-practice read
+    /// and one reference count.
+    pub fn settings(&self) -> Arc<ConnectionSettings> {
+        self.settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the settings (a reload): new connections get them, those
+    /// already relayed keep the ones they started with.
+    pub fn set_settings(&self, settings: ConnectionSettings) {
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(settings);
     }
 
     /// How the pod is told who the client is.
@@ -154,15 +186,15 @@ impl Proxy {
     }
 
     /// Takes a `maxConnections` slot, or `None` when the balancer is full.
-    fn slot(&self) -> Option<Slot> {
+    fn slot(&self, max_connections: u64) -> Option<Slot> {
         let before = self.active.inc();
         let slot = Slot(self.active.clone());
-        (self.max_connections == 0 || before < self.max_connections).then_some(slot)
+        (max_connections == 0 || before < max_connections).then_some(slot)
     }
 
     /// Bound on one blocked write toward a client (`writeTimeout`).
     pub fn write_timeout(&self) -> std::time::Duration {
-        self.limits.write
+        self.settings().limits.write
     }
 
     /// A new connection id, for logs.
@@ -179,7 +211,7 @@ impl Proxy {
         mut request: Request<Incoming>,
     ) -> Result<Response<Body>, Infallible> {
         let conn_id = self.next_conn_id();
-        if self.http_mode == HttpMode::Proxy
+        if self.settings().http_mode == HttpMode::Proxy
             && !request.headers().contains_key(http::header::UPGRADE)
         {
             return Ok(self.proxy_http(conn_id, client, request).await);
@@ -207,6 +239,7 @@ impl Proxy {
     ) -> Answer {
         // The request head has just arrived: the handshake's clock starts.
         let received = Instant::now();
+        let settings = self.settings();
         if let Err(rejection) = handshake::check(head) {
             tracing::debug!(conn_id, %client, status = rejection.status.as_u16(), reason = Refusal::Invalid.as_str(), detail = rejection.reason, "connection failed");
             self.metrics
@@ -223,11 +256,11 @@ impl Proxy {
             );
             return self.refuse(conn_id, client, Refusal::Draining, response);
         }
-        if !self.origin_allowed(head.fields()) {
+        if !settings.origin_allowed(head.fields()) {
             let response = plain_response(StatusCode::FORBIDDEN, "origin not allowed");
             return self.refuse(conn_id, client, Refusal::Origin, response);
         }
-        let Some(slot) = self.slot() else {
+        let Some(slot) = self.slot(settings.max_connections) else {
             let response = unavailable("the balancer is at maxConnections");
             return self.refuse(conn_id, client, Refusal::MaxConnections, response);
         };
@@ -258,10 +291,14 @@ impl Proxy {
                 previous.metrics.failed_over();
             }
             let mut lease = pod.lease(self.registry.settings().early_refresh());
-            let forwarded =
-                forward::pod_upgrade_head(head, &pod.address, self.origin(client), &self.forward);
-            let dial = dial::open(&pod.address, &self.tls, &forwarded, &accept);
-            let answer = match tokio::time::timeout(self.dial_timeout, dial).await {
+            let forwarded = forward::pod_upgrade_head(
+                head,
+                &pod.address,
+                self.origin(client),
+                &settings.forward,
+            );
+            let dial = dial::open(&pod.address, &settings.tls, &forwarded, &accept);
+            let answer = match tokio::time::timeout(settings.dial_timeout, dial).await {
                 Ok(Ok(answer)) => answer,
                 Ok(Err(error)) => {
                     pod.metrics.dial_failed(error.reason());
@@ -347,6 +384,7 @@ impl Proxy {
         request: Request<Incoming>,
     ) -> Response<Body> {
         let (parts, body) = request.into_parts();
+        let settings = self.settings();
         // `None` when empty: then the request can be sent again.
         let mut body = (!hyper::body::Body::is_end_stream(&body)).then_some(body);
         let candidates = self.registry.candidates();
@@ -363,10 +401,10 @@ impl Proxy {
                 &parts,
                 &pod.address,
                 self.origin(client),
-                &self.forward,
+                &settings.forward,
                 pod_body,
             );
-            match self.http.send(request, self.limits.idle).await {
+            match self.http.send(request, settings.limits.idle).await {
                 Ok(mut response) => {
                     if pod.record_dial_success() {
                         self.log_condition(&pod);
@@ -411,7 +449,7 @@ impl Proxy {
     /// Logs the pod's change of condition (ejected by dials, or back after
     /// one succeeded), unless the poller logged it first.
     fn log_condition(&self, pod: &Pod) {
-        if let Some(change) = pod.condition_change(self.registry.settings()) {
+        if let Some(change) = pod.condition_change(&self.registry.settings()) {
             change.log(&pod.address.url);
         }
     }
@@ -477,7 +515,7 @@ impl Proxy {
         let started = Instant::now();
         let outcome = relay::run(
             &mut relayed.conn,
-            self.limits,
+            self.settings().limits,
             &self.drain,
             &self.stop,
             self.metrics.traffic(),

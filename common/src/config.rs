@@ -152,6 +152,73 @@ pub struct Config {
     /// What happens to plain HTTP requests (no `Upgrade` header).
     #[serde(rename = "httpMode")]
     pub http_mode: HttpMode,
+
+    /// Reload the config file when its content changes (checked every
+    /// second; a Kubernetes ConfigMap update is seen too), as SIGHUP does.
+    #[serde(rename = "watchConfig")]
+    pub watch_config: bool,
+
+    /// DNS discovery of the pods (a headless Service), instead of `pods`.
+    #[serde(rename = "discovery", default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<Discovery>,
+}
+
+/// Where DNS discovery finds the pods: every A/AAAA record of `dns` is a
+/// pod at `scheme://<ip>:port`, re-resolved every `interval`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Discovery {
+    /// The name to resolve (a headless Service gives one record per ready
+    /// pod).
+    pub dns: String,
+    /// The pods' port.
+    pub port: u16,
+    /// `http`, `https`, `ws` or `wss`.
+    #[serde(default = "default_discovery_scheme")]
+    pub scheme: String,
+    /// Time between two resolutions.
+    #[serde(default = "default_discovery_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// DNS server to ask (`ip:port`) instead of the system's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nameserver: Option<SocketAddr>,
+}
+
+fn default_discovery_scheme() -> String {
+    "http".to_owned()
+}
+
+fn default_discovery_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl Discovery {
+    /// The pod URL of one resolved address.
+    pub fn pod_url(&self, ip: std::net::IpAddr) -> String {
+        format!("{}://{}", self.scheme, SocketAddr::new(ip, self.port))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.dns.trim().is_empty() {
+            return Err(ConfigError::invalid("discovery.dns", "must name a host"));
+        }
+        if self.port == 0 {
+            return Err(ConfigError::invalid("discovery.port", "must not be 0"));
+        }
+        if !matches!(self.scheme.as_str(), "http" | "https" | "ws" | "wss") {
+            return Err(ConfigError::invalid(
+                "discovery.scheme",
+                format!("{:?} must be http, https, ws or wss", self.scheme),
+            ));
+        }
+        if self.interval < MIN_CACHE_TTL || self.interval > MAX_DURATION {
+            return Err(ConfigError::invalid(
+                "discovery.interval",
+                "must be between 100ms and a year",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// What the listener does with a request that is not a WebSocket upgrade.
@@ -227,6 +294,8 @@ pub const KEYS: &[&str] = &[
     "tlsCert",
     "tlsKey",
     "httpMode",
+    "watchConfig",
+    "discovery",
 ];
 
 /// Smallest `maxHandshakeHeaderBytes` (the HTTP parser's own minimum).
@@ -263,6 +332,8 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             http_mode: HttpMode::Proxy,
+            watch_config: false,
+            discovery: None,
         }
     }
 }
@@ -272,7 +343,15 @@ impl Config {
     /// durations, a metric path that is a path. The first problem found is
     /// returned, naming its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.pods.is_empty() {
+        if let Some(discovery) = &self.discovery {
+            if !self.pods.is_empty() {
+                return Err(ConfigError::invalid(
+                    "discovery",
+                    "use either `pods` or `discovery`, not both",
+                ));
+            }
+            discovery.validate()?;
+        } else if self.pods.is_empty() {
             return Err(ConfigError::invalid(
                 "pods",
                 "at least one pod URL is required",

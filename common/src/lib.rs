@@ -12,7 +12,7 @@ pub mod pod_address;
 pub mod report;
 pub mod selection;
 
-pub use config::{Config, HttpMode, Strategy};
+pub use config::{Config, Discovery, HttpMode, Strategy};
 pub use load::{ConfigError, ConfigSources, Overrides};
 pub use pod_address::{PodAddress, PodAddressError};
 pub use report::{PodState, Report, ReportError};

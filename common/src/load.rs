@@ -73,6 +73,7 @@ pub struct Overrides {
 /// Keys whose flag values are numbers or booleans rather than strings.
 const TYPED_KEYS: &[&str] = &[
     "tlsVerify",
+    "watchConfig",
     "ejectAfter",
     "maxConnectionsPerPod",
     "maxConnections",

@@ -228,3 +228,39 @@ fn file_problems_name_the_file() {
         Ok(())
     });
 }
+
+#[test]
+fn discovery_replaces_pods_and_is_checked_key_by_key() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "d.yaml",
+            "wsbalancer:\n  discovery: { dns: \"chat.svc\", port: 8080 }\n",
+        )?;
+        let config = from_file("d.yaml").load().expect("valid without pods");
+        let discovery = config.discovery.expect("discovery");
+        assert_eq!(discovery.scheme, "http");
+        assert_eq!(discovery.interval, Duration::from_secs(5));
+        assert_eq!(discovery.nameserver, None);
+        Ok(())
+    });
+    let cases = [
+        (
+            "pods: [\"http://a:1\"]\n  discovery: { dns: x, port: 1 }",
+            "discovery",
+        ),
+        ("discovery: { dns: \"\", port: 1 }", "discovery.dns"),
+        ("discovery: { dns: x, port: 0 }", "discovery.port"),
+        (
+            "discovery: { dns: x, port: 1, scheme: ftp }",
+            "discovery.scheme",
+        ),
+        (
+            "discovery: { dns: x, port: 1, interval: 1ms }",
+            "discovery.interval",
+        ),
+    ];
+    for (body, key) in cases {
+        let yaml = format!("wsbalancer:\n  {body}\n");
+        assert_eq!(failing_key("c.yaml", &yaml), key, "{body}");
+    }
+}

@@ -9,6 +9,7 @@ mod bench_balance;
 mod bench_relay;
 mod peers;
 mod procs;
+mod soak;
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -43,6 +44,18 @@ enum Task {
         /// Use the binaries in this directory instead of building release
         /// ones (for a quick check with debug binaries).
         #[arg(long, global = true, value_name = "DIR")]
+        bin_dir: Option<PathBuf>,
+    },
+    /// Connections churn through a balancer while pods are killed and
+    /// restarted; fails when descriptors or memory leak or a connection is
+    /// lost without a Close.
+    Soak {
+        /// How long to churn, in minutes.
+        #[arg(long, default_value_t = 2.0)]
+        minutes: f64,
+        /// Use the binaries in this directory instead of building release
+        /// ones.
+        #[arg(long, value_name = "DIR")]
         bin_dir: Option<PathBuf>,
     },
     /// Pods + balancer + load, a report, everything stopped afterwards.
@@ -139,6 +152,22 @@ async fn main() -> anyhow::Result<()> {
                 std::fs::write(&path, &table)
                     .with_context(|| format!("writing {}", path.display()))?;
             }
+            Ok(())
+        }
+        Task::Soak { minutes, bin_dir } => {
+            match bin_dir {
+                Some(dir) => {
+                    let _ = BIN_DIR.set(dir);
+                }
+                None => build_release().await?,
+            }
+            let duration = Duration::try_from_secs_f64(minutes * 60.0)
+                .context("--minutes must be a positive number")?;
+            let report = tokio::select! {
+                r = soak::run(duration) => r?,
+                _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
+            };
+            println!("\n{report}");
             Ok(())
         }
         Task::Demo {

@@ -1,7 +1,8 @@
-//! `cargo xtask bench --quick` on a machine without HAProxy and NGINX: it
-//! measures the direct connection and wsbalancer, says the peers were
-//! skipped, and prints the table. Debug binaries stand in for release ones,
-//! so the suite does not build a second profile.
+//! The xtask tasks CI can afford, run as a user would: `cargo xtask bench
+//! --quick` on a machine without HAProxy and NGINX (it measures the direct
+//! connection and wsbalancer, says the peers were skipped, and prints the
+//! table), and a short `cargo xtask soak`. Debug binaries stand in for
+//! release ones, so the suite does not build a second profile.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -15,11 +16,10 @@ fn bin_dir() -> PathBuf {
         .to_path_buf()
 }
 
-#[test]
-fn quick_bench_runs_and_says_when_peers_are_missing() {
-    // The binaries the bench starts are the ones `cargo test --workspace`
-    // builds for the other packages' tests (building them here would
-    // build a second set: tests unify dev-dependency features).
+/// The binaries the tasks start are the ones `cargo test --workspace`
+/// builds for the other packages' tests (building them here would build a
+/// second set: tests unify dev-dependency features).
+fn assert_binaries_built() {
     for name in ["wsbalancer", "test-server", "test-client"] {
         assert!(
             bin_dir().join(name).exists(),
@@ -27,6 +27,39 @@ fn quick_bench_runs_and_says_when_peers_are_missing() {
             bin_dir().display()
         );
     }
+}
+
+#[test]
+fn a_short_soak_leaves_nothing_behind_and_loses_nothing() {
+    assert_binaries_built();
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["soak", "--minutes", "0.5", "--bin-dir"])
+        .arg(bin_dir())
+        .output()
+        .expect("xtask runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "soak failed: {stdout}\n{stderr}");
+    let row = |name: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("| {name} |")))
+            .unwrap_or_else(|| panic!("no {name} row: {stdout}"))
+            .to_owned()
+    };
+    assert_eq!(row("other failures"), "| other failures | {} |");
+    assert!(
+        !row("pods killed and restarted").contains("| 0 |"),
+        "no pod was killed: {stdout}"
+    );
+    // The soak itself fails on more than 2 extra descriptors (pooled poll
+    // connections to restarted pods may come and go) or on RSS growth.
+    assert!(row("balancer descriptors").contains("->"));
+}
+
+#[test]
+fn quick_bench_runs_and_says_when_peers_are_missing() {
+    assert_binaries_built();
     let no_peers = tempfile_dir();
     let started = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_xtask"))

@@ -1,0 +1,165 @@
+//! Config reload without restart: on SIGHUP, or when the config file
+//! changes (`watchConfig`), the config is loaded again by the same loader,
+//! and a valid one applies to new connections ([`crate::Balancer::reload`]).
+//! Connections already relayed keep the settings they started with, and a
+//! pod that left keeps its relayed connections until they end.
+//!
+//! This module holds what a reload reports and the file watch; the swap
+//! itself happens in the registry (pods, selection settings) and the proxy
+//! (per-connection settings).
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::{Config, ConfigError};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::tls::TlsSetupError;
+
+/// Why a reload was rejected; the running config stays in force.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new configuration is invalid (the message names the key).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// TLS toward pods could not be set up from it (`caFile`).
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
+}
+
+impl ReloadError {
+    /// The config key the rejection is about, when there is one.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ReloadError::Config(error) => error.key(),
+            ReloadError::Tls(TlsSetupError::CaFile { .. }) => Some("caFile"),
+            ReloadError::Tls(_) => None,
+        }
+    }
+}
+
+/// What an accepted reload changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// URLs of pods that joined.
+    pub added: Vec<String>,
+    /// URLs of pods that left (their relayed connections run on).
+    pub removed: Vec<String>,
+    /// Keys whose new value only takes effect after a restart.
+    pub restart_needed: Vec<&'static str>,
+}
+
+/// Keys a reload cannot apply to a running balancer, with their values in
+/// `old` and `new` compared: the listeners are bound, and the rest shapes
+/// tasks started once (pollers' pace, the drain, the accept loop).
+pub fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut keys = Vec::new();
+    let mut check = |key, changed: bool| {
+        if changed {
+            keys.push(key);
+        }
+    };
+    check("listen", old.listen != new.listen);
+    check("adminListen", old.admin_listen != new.admin_listen);
+    check("cacheTTL", old.cache_ttl != new.cache_ttl);
+    check("tlsCert", old.tls_cert != new.tls_cert);
+    check("tlsKey", old.tls_key != new.tls_key);
+    check(
+        "handshakeTimeout",
+        old.handshake_timeout != new.handshake_timeout,
+    );
+    check(
+        "maxHandshakeHeaderBytes",
+        old.max_handshake_header_bytes != new.max_handshake_header_bytes,
+    );
+    check("drainWindow", old.drain_window != new.drain_window);
+    check(
+        "drainCloseCode",
+        old.drain_close_code != new.drain_close_code,
+    );
+    keys
+}
+
+/// Watches `path` and sends a message each time its content changes,
+/// checking every `every` until `stop` is cancelled. The content is
+/// compared, not only the modification time, and the path is read through
+/// symlinks, so a Kubernetes ConfigMap update (an atomic symlink swap,
+/// whose file times may not move) is seen too.
+pub fn file_changes(path: PathBuf, every: Duration, stop: CancellationToken) -> mpsc::Receiver<()> {
+    let (tx, rx) = mpsc::channel(1);
+    tokio::spawn(async move {
+        let mut last = fingerprint(&path).await;
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                () = stop.cancelled() => return,
+            }
+            let now = fingerprint(&path).await;
+            // An unreadable file (mid-swap) is not a change: the next read
+            // that succeeds is compared with the last good one.
+            if now.is_some() && now != last {
+                last = now;
+                tracing::info!(path = %path.display(), "config file changed");
+                // Full means a reload is already pending: it reads the
+                // latest file anyway.
+                if tx.try_send(()).is_err() && tx.is_closed() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// A hash of the file's content, or `None` when it cannot be read.
+async fn fingerprint(path: &std::path::Path) -> Option<u64> {
+    let content = tokio::fs::read(path).await.ok()?;
+    let mut hasher = DefaultHasher::new();
+    content.hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_bound_and_started_settings_need_a_restart() {
+        let old = Config::default();
+        let mut new = old.clone();
+        new.pods = vec!["http://10.0.0.1:8080".into()];
+        new.dial_timeout = Duration::from_secs(1);
+        new.max_connections = 5;
+        assert!(restart_needed(&old, &new).is_empty());
+        new.listen = "127.0.0.1:1".parse().unwrap();
+        new.cache_ttl = Duration::from_secs(1);
+        assert_eq!(restart_needed(&old, &new), ["listen", "cacheTTL"]);
+    }
+
+    #[tokio::test]
+    async fn a_changed_file_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, "a: 1").unwrap();
+        let stop = CancellationToken::new();
+        let mut changes = file_changes(path.clone(), Duration::from_millis(10), stop.clone());
+        // Let the watcher take its first fingerprint before the change.
+        tokio::task::yield_now().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        // Written again with new content until seen: the first write may
+        // land before the watcher's first read.
+        for n in 2.. {
+            std::fs::write(&path, format!("a: {n}")).unwrap();
+            let got = tokio::time::timeout(Duration::from_millis(200), changes.recv()).await;
+            if got.is_ok() {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no change seen");
+        }
+        stop.cancel();
+    }
+}
