@@ -70,6 +70,9 @@ pub struct Cli {
     /// Hard cap on connections relayed at once, 0 = none [default: 0].
     #[arg(long, value_name = "N")]
     pub max_connections: Option<String>,
+    /// New connections per second per client IP, 0 = none [default: 0].
+    #[arg(long, value_name = "N")]
+    pub rate_limit: Option<String>,
     /// Linear ramp for pods that join or come back, 0s = off [default: 0s].
     #[arg(long, value_name = "DURATION")]
     pub slow_start: Option<String>,
@@ -119,7 +122,7 @@ impl Cli {
     /// The configuration layers these flags describe.
     pub fn sources(&self) -> ConfigSources {
         let mut overrides = Overrides::default();
-        let flags: [(&'static str, &Option<String>); 26] = [
+        let flags: [(&'static str, &Option<String>); 27] = [
             ("listen", &self.listen),
             ("adminListen", &self.admin_listen),
             ("pods", &self.pods),
@@ -134,6 +137,7 @@ impl Cli {
             ("ejectAfter", &self.eject_after),
             ("maxConnectionsPerPod", &self.max_connections_per_pod),
             ("maxConnections", &self.max_connections),
+            ("rateLimit", &self.rate_limit),
             ("slowStart", &self.slow_start),
             ("replicas", &self.replicas),
             ("drainWindow", &self.drain_window),

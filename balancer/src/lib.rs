@@ -24,6 +24,7 @@ pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod poller;
+pub mod rate_limit;
 pub mod registry;
 pub mod relay;
 pub mod reload;

@@ -171,6 +171,8 @@ pub enum Refusal {
     Origin,
     /// `maxConnections` reached (503).
     MaxConnections,
+    /// The client IP is past `rateLimit` (429).
+    RateLimited,
     /// Every accepting pod is at its limit (503).
     PodsFull,
     /// No pod accepts new connections (503).
@@ -189,6 +191,7 @@ impl Refusal {
             Refusal::Draining => "draining",
             Refusal::Origin => "origin",
             Refusal::MaxConnections => "max_connections",
+            Refusal::RateLimited => "rate_limited",
             Refusal::PodsFull => "pods_full",
             Refusal::NoPod => "no_pod",
             Refusal::Unreachable => "unreachable",

@@ -22,6 +22,7 @@ use crate::handshake::{self, Body, plain_response};
 use crate::head::{Fields, RequestHead, ResponseHead};
 use crate::http_proxy::{self, HttpProxyError, PodClient};
 use crate::metrics::{Metrics, Refusal};
+use crate::rate_limit::RateLimiter;
 use crate::registry::{Lease, Pod, PodRegistry};
 use crate::relay::{self, DrainSignal, RelayLimits};
 use common::{Config, HttpMode};
@@ -43,6 +44,8 @@ pub struct ConnectionSettings {
     pub allowed_origins: Vec<String>,
     /// `maxConnections` (0 = unlimited).
     pub max_connections: u64,
+    /// `rateLimit`: new connections per second per client IP (0 = none).
+    pub rate_limit: u32,
     /// What plain HTTP requests get.
     pub http_mode: HttpMode,
 }
@@ -64,6 +67,7 @@ impl ConnectionSettings {
                 .map(|o| o.to_ascii_lowercase())
                 .collect(),
             max_connections: config.max_connections,
+            rate_limit: config.rate_limit,
             http_mode: config.http_mode,
         }
     }
@@ -114,6 +118,8 @@ pub struct Proxy {
     active: Gauge<u64, AtomicU64>,
     /// Source of connection ids for logs.
     next_id: AtomicU64,
+    /// `rateLimit` buckets, one per client address.
+    rate_limiter: RateLimiter,
 }
 
 /// One slot of `maxConnections`, released on drop.
@@ -154,6 +160,7 @@ impl Proxy {
             max_header_bytes: config.max_handshake_header_bytes,
             server_tls: None,
             next_id: AtomicU64::new(1),
+            rate_limiter: RateLimiter::default(),
         }
     }
 
@@ -255,6 +262,21 @@ impl Proxy {
                 http::HeaderValue::from_static("close"),
             );
             return self.refuse(conn_id, client, Refusal::Draining, response);
+        }
+        if let Err(wait) = self
+            .rate_limiter
+            .allow(client.ip(), settings.rate_limit, received)
+        {
+            let mut response = plain_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many new connections from this address",
+            );
+            let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+            response.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from(seconds),
+            );
+            return self.refuse(conn_id, client, Refusal::RateLimited, response);
         }
         if !settings.origin_allowed(head.fields()) {
             let response = plain_response(StatusCode::FORBIDDEN, "origin not allowed");
@@ -364,7 +386,8 @@ impl Proxy {
             Refusal::Draining | Refusal::Invalid | Refusal::TooLarge => {
                 tracing::debug!(conn_id, %client, reason, status, "connection failed");
             }
-            Refusal::Origin => {
+            // A client's doing, worth seeing but not a fault of ours.
+            Refusal::Origin | Refusal::RateLimited => {
                 tracing::info!(conn_id, %client, reason, status, "connection failed")
             }
             Refusal::MaxConnections | Refusal::PodsFull | Refusal::NoPod | Refusal::Unreachable => {

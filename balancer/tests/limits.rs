@@ -184,3 +184,42 @@ async fn a_pod_back_from_ejection_warms_up_slowly() {
     assert!(back.accepted() <= 3);
     balancer.shutdown(DEADLINE).await;
 }
+
+/// The status line of an upgrade sent by hand from `source`.
+async fn upgrade_from(source: std::net::IpAddr, balancer: &Balancer) -> String {
+    use tokio::io::AsyncWriteExt;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(std::net::SocketAddr::new(source, 0)).unwrap();
+    let addr = balancer.listen_addr();
+    let mut tcp = socket.connect(addr).await.unwrap();
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    support::read_response_head(&mut tcp).await
+}
+
+#[tokio::test]
+async fn a_client_past_rate_limit_gets_429_before_any_dial_and_others_do_not() {
+    init_logs();
+    let pods = pods(1).await;
+    let mut cfg = config(pods.iter().map(Pod::url).collect());
+    // One a second: the refused attempt must come within that second,
+    // which a slow machine still manages.
+    cfg.rate_limit = 1;
+    let balancer = Balancer::start(cfg).await.unwrap();
+    let first: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    let head = upgrade_from(first, &balancer).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let head = upgrade_from(first, &balancer).await;
+    assert!(head.starts_with("HTTP/1.1 429"), "{head}");
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.contains("retry-after: 1\r\n"), "{head}");
+    // The refusal cost the pod nothing.
+    wait_until("1 accepted", || pods[0].accepted() == 1).await;
+    // Another address has its own allowance.
+    let head = upgrade_from("127.0.0.2".parse().unwrap(), &balancer).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert_eq!(pods[0].accepted(), 2);
+}

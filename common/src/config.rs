@@ -86,6 +86,12 @@ pub struct Config {
     #[serde(rename = "maxConnections")]
     pub max_connections: u64,
 
+    /// New connections per second one client IP address may open (a burst
+    /// of one second's worth, then this rate); 0 means unlimited. Past it
+    /// clients get 429 with `Retry-After`, before any pod is dialled.
+    #[serde(rename = "rateLimit")]
+    pub rate_limit: u32,
+
     /// A pod that joins or comes back gets a share rising linearly from
     /// almost nothing to its full share over this long; 0 turns it off.
     #[serde(rename = "slowStart", with = "humantime_serde")]
@@ -281,6 +287,7 @@ pub const KEYS: &[&str] = &[
     "ejectAfter",
     "maxConnectionsPerPod",
     "maxConnections",
+    "rateLimit",
     "slowStart",
     "replicas",
     "drainWindow",
@@ -319,6 +326,7 @@ impl Default for Config {
             eject_after: 3,
             max_connections_per_pod: 0,
             max_connections: 0,
+            rate_limit: 0,
             slow_start: Duration::ZERO,
             replicas: 1,
             drain_window: Duration::from_secs(10),

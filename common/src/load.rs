@@ -77,6 +77,7 @@ const TYPED_KEYS: &[&str] = &[
     "ejectAfter",
     "maxConnectionsPerPod",
     "maxConnections",
+    "rateLimit",
     "replicas",
     "drainCloseCode",
     "trustForwardedHeaders",
