@@ -103,3 +103,86 @@ fn tempfile_dir() -> PathBuf {
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
 }
+
+/// A started child, killed when dropped (a failed assertion must not leave
+/// processes behind).
+struct Started(std::process::Child);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `program` with `args` and returns it with its first stdout line
+/// (the `ready ...` line).
+fn start(program: &str, args: &[&str]) -> (Started, String) {
+    use std::io::BufRead;
+    let mut child = Command::new(bin_dir().join(program))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("a ready line");
+    (Started(child), line)
+}
+
+fn field(line: &str, key: &str) -> String {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+        .to_owned()
+}
+
+#[test]
+fn ten_thousand_at_once_through_max_connections_5000() {
+    assert_binaries_built();
+    let (_pod, pod_line) = start("test-server", &["--pods", "1", "--base-port", "0"]);
+    let (_balancer, ready) = start(
+        "wsbalancer",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--log-level",
+            "error",
+            "--max-connections",
+            "5000",
+            "--read-timeout",
+            "5m",
+            "--pods",
+            &field(&pod_line, "url"),
+        ],
+    );
+    let url = format!("ws://{}/ws", field(&ready, "listen"));
+    // Every client connects at once and holds; the run ends (holds cut
+    // short) after 30 s, by which time every attempt has its answer.
+    let out = Command::new(bin_dir().join("test-client"))
+        .args(["--url", &url, "--workers", "2", "--connections", "10000"])
+        .args(["--concurrency", "10000", "--messages", "1", "--size", "16"])
+        .args(["--hold", "10m", "--duration", "30s", "--timeout", "30s"])
+        .args(["--bind", "127.0.0.2,127.0.0.3", "--json", "-"])
+        .output()
+        .expect("test-client runs");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("no report: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(report["attempted"], 10_000, "{report}");
+    assert_eq!(
+        report["ok"], 5000,
+        "exactly maxConnections relayed: {}",
+        report["failures"]
+    );
+    assert_eq!(
+        report["failures"],
+        serde_json::json!({"http 503": 5000}),
+        "the rest refused at once, none stuck"
+    );
+    assert_eq!(report["messages_received"], 5000);
+}
