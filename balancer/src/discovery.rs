@@ -7,6 +7,7 @@
 //! streak of failures, not once per interval.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use common::{Discovery, PodAddress};
 use hickory_resolver::TokioResolver;
@@ -14,6 +15,7 @@ use hickory_resolver::config::{NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Metrics;
 use crate::poller::Pollers;
 
 /// Why discovery could not start.
@@ -46,12 +48,14 @@ pub fn resolver(discovery: &Discovery) -> Result<TokioResolver, DiscoveryError> 
 }
 
 /// Resolves `discovery.dns` every interval and makes the result the pod
-/// set, until `stop` is cancelled.
+/// set, until `stop` is cancelled. Every failed lookup is counted in
+/// `metrics`; only the first of a streak is logged.
 pub async fn run(
     discovery: Discovery,
     metric_path: String,
     resolver: TokioResolver,
     pollers: Pollers,
+    metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
     let mut failing = false;
@@ -69,6 +73,7 @@ pub async fn run(
         let ips: Vec<IpAddr> = match lookup {
             Ok(found) => found.iter().collect(),
             Err(error) => {
+                metrics.discovery_failed();
                 if !std::mem::replace(&mut failing, true) {
                     tracing::warn!(dns = %discovery.dns, %error, pods = pollers.registry.pods().len(), "discovery failed, keeping the last pod set");
                 }

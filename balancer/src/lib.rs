@@ -154,6 +154,7 @@ impl Balancer {
                 config.metric_path.clone(),
                 resolver,
                 pollers.clone(),
+                metrics.clone(),
                 stop.clone(),
             ));
         }

@@ -428,6 +428,8 @@ pub struct Metrics {
     refused: Family<RefusedLabels, Counter>,
     /// Bytes and messages relayed.
     traffic: Arc<Traffic>,
+    /// Failed lookups of `discovery.dns`.
+    discovery_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -508,6 +510,12 @@ impl Metrics {
             "Failed polls of the pod's load report",
             pods.poll_errors.clone(),
         );
+        let discovery_errors = Counter::default();
+        registry.register(
+            "discovery_errors",
+            "Failed DNS lookups of discovery.dns (the last pod set is kept)",
+            discovery_errors.clone(),
+        );
         Metrics {
             registry,
             pods,
@@ -517,7 +525,13 @@ impl Metrics {
             accepted,
             refused,
             traffic: Arc::new(Traffic::default()),
+            discovery_errors,
         }
+    }
+
+    /// A DNS lookup of `discovery.dns` failed.
+    pub fn discovery_failed(&self) {
+        self.discovery_errors.inc();
     }
 
     /// The families new pods' counters are made from.

@@ -122,8 +122,27 @@ async fn the_pod_set_follows_the_dns_records() {
     echo(&mut on_a, "a's connection survived").await;
     assert_eq!(a.accepted(), 1, "the removed pod got nothing new");
 
-    // A DNS failure (no answer at all) keeps the last set.
+    // A DNS failure (no answer at all) keeps the last set; each failed
+    // lookup is counted.
     *records.lock().unwrap() = Vec::new();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let metrics = support::plain_get(balancer.admin_addr(), "/metrics").await;
+        let failures: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("wsbalancer_discovery_errors_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0);
+        if failures >= 2.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no failed lookup counted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(balancer.registry().pods().len(), 1);
     let (mut ws, response) = connect(&url).await;
     assert_eq!(landed_on(&response), "pod-b");
     echo(&mut ws, "still b").await;
