@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use support::{DEADLINE, connect, landed_on, pods};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -101,39 +101,20 @@ async fn admin_get(addr: &str, path: &str) -> String {
 async fn serves_then_stops_on_sigterm() {
     let pods = pods(2).await;
     let urls: Vec<String> = pods.iter().map(|p| p.url()).collect();
-    let mut child = Command::new(BIN)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--cache-ttl",
-            "500ms",
-            "--drain-window",
-            "200ms",
-        ])
-        .arg("--pods")
-        .arg(urls.join(","))
-        .env_clear()
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let ready = tokio::time::timeout(DEADLINE, lines.next_line())
-        .await
-        .expect("ready in time")
-        .unwrap()
-        .expect("a ready line");
-    let field = |name: &str| {
-        ready
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix(&format!("{name}=")).map(str::to_owned))
-            .expect("field in ready line")
-    };
+    let mut process = support::Process::start([
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--cache-ttl",
+        "500ms",
+        "--drain-window",
+        "200ms",
+        "--pods",
+        &urls.join(","),
+    ])
+    .await;
+    let field = |name: &str| process.field(name);
     let (listen, admin) = (field("listen"), field("admin"));
 
     let (mut ws, response) = connect(&format!("ws://{listen}/ws")).await;
@@ -155,7 +136,7 @@ async fn serves_then_stops_on_sigterm() {
     assert!(status.contains("\"totalConnections\""), "{status}");
     assert!(status.contains(&urls[0]), "{status}");
 
-    let pid = child.id().expect("running").to_string();
+    let pid = process.child.id().expect("running").to_string();
     let killed = Command::new("kill")
         .args(["-TERM", &pid])
         .status()
@@ -174,7 +155,7 @@ async fn serves_then_stops_on_sigterm() {
     .await;
     assert_eq!(closed, Ok(Some(1001)), "client got a Close 1001");
     drop(ws);
-    let status = tokio::time::timeout(DEADLINE, child.wait())
+    let status = tokio::time::timeout(DEADLINE, process.child.wait())
         .await
         .expect("exits after the drain")
         .unwrap();

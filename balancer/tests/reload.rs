@@ -5,11 +5,9 @@
 
 mod support;
 
-use std::process::Stdio;
 
 use futures_util::{SinkExt, StreamExt};
 use support::{DEADLINE, Ws, config, connect, init_logs, landed_on, pods, wait_until, ws_url};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use tokio_tungstenite::tungstenite::Message;
 use wsbalancer::Balancer;
@@ -110,35 +108,16 @@ async fn reload_a_real_process(trigger: Trigger) {
         std::fs::write(&file, yaml).unwrap();
     };
     write(&a.url());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wsbalancer"))
-        .arg("--config")
-        .arg(&file)
-        .env_clear()
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let ready = tokio::time::timeout(DEADLINE, lines.next_line())
-        .await
-        .expect("ready in time")
-        .unwrap()
-        .expect("a ready line");
-    let listen = ready
-        .split_whitespace()
-        .find_map(|kv| kv.strip_prefix("listen="))
-        .expect("listen in the ready line")
-        .to_owned();
+    let mut process =
+        support::Process::start([std::ffi::OsStr::new("--config"), file.as_os_str()]).await;
+    let listen = process.field("listen");
     let url = format!("ws://{listen}/ws");
     let (mut on_a, response) = connect(&url).await;
     assert_eq!(landed_on(&response), a.name());
 
     write(&b.url());
     if trigger == Trigger::Hangup {
-        let pid = child.id().expect("running").to_string();
+        let pid = process.child.id().expect("running").to_string();
         let hup = Command::new("kill")
             .args(["-HUP", &pid])
             .status()
@@ -160,7 +139,7 @@ async fn reload_a_real_process(trigger: Trigger) {
         );
     }
     echo(&mut on_a, "survived the reload").await;
-    assert!(child.try_wait().unwrap().is_none(), "still running");
+    assert!(process.child.try_wait().unwrap().is_none(), "still running");
 }
 
 #[tokio::test]

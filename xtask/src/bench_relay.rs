@@ -78,8 +78,8 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-/// Resident memory of a process, in KiB.
-fn rss_kib(pid: u32) -> f64 {
+/// Resident memory of a process, in KiB (NaN when unknown).
+pub(crate) fn rss_kib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {

@@ -45,14 +45,7 @@ fn fds(pid: u32) -> usize {
 
 /// Resident memory of a process, in KiB.
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
+    crate::bench_relay::rss_kib(pid) as u64
 }
 
 /// Relayed connections the balancer reports, from its `/metrics`.

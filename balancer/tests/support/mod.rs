@@ -271,3 +271,48 @@ pub async fn plain_get(addr: SocketAddr, path: &str) -> String {
     let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     raw_exchange(addr, request.as_bytes()).await
 }
+
+/// A `wsbalancer` process started with `args` (and no inherited `WSB_*`
+/// environment), killed when dropped, with its `ready` line's fields.
+pub struct Process {
+    /// The running child.
+    pub child: tokio::process::Child,
+    /// The `ready listen=... admin=...` line.
+    pub ready: String,
+}
+
+impl Process {
+    /// Starts the binary and waits for its ready line.
+    pub async fn start<I, S>(args: I) -> Process
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsbalancer"))
+            .args(args)
+            .env_clear()
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("wsbalancer starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let ready = tokio::time::timeout(DEADLINE, BufReader::new(stdout).lines().next_line())
+            .await
+            .expect("ready in time")
+            .expect("stdout readable")
+            .expect("a ready line");
+        Process { child, ready }
+    }
+
+    /// A `key=value` field of the ready line (`listen`, `admin`).
+    pub fn field(&self, name: &str) -> String {
+        self.ready
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name} in {:?}", self.ready))
+            .to_owned()
+    }
+}
