@@ -26,7 +26,7 @@ use tokio_util::either::Either;
 
 use common::PodAddress;
 
-use crate::head::{Fields, ResponseError, ResponseHead};
+use crate::head::{Fields, ParsedRequest, RequestHead, ResponseError, ResponseHead};
 
 /// Largest body of a pod's non-101 answer passed to the client.
 pub const MAX_STATUS_BODY: usize = 64 * 1024;
@@ -103,8 +103,13 @@ pub fn accept_key(key: &[u8]) -> String {
 }
 
 /// A 101 must really switch to WebSocket, for this very handshake; anything
-/// else (h2c, a wrong accept key) is a broken pod, and the next is tried.
-fn check_switch(head: &ResponseHead, expected_accept: &str) -> Result<(), DialError> {
+/// else (h2c, a wrong accept key, a subprotocol `request` did not offer) is
+/// a broken pod, and the next is tried.
+fn check_switch(
+    head: &ResponseHead,
+    expected_accept: &str,
+    request: &[u8],
+) -> Result<(), DialError> {
     let fields = head.fields();
     if !fields.has_token("upgrade", "websocket") {
         return Err(DialError::BadUpgrade("101 without Upgrade: websocket"));
@@ -112,7 +117,29 @@ fn check_switch(head: &ResponseHead, expected_accept: &str) -> Result<(), DialEr
     if fields.single("sec-websocket-accept") != Some(expected_accept.as_bytes()) {
         return Err(DialError::BadUpgrade("wrong Sec-WebSocket-Accept"));
     }
+    // RFC 6455 §4.1: the client must fail a connection whose server picked
+    // a subprotocol it did not offer. The balancer does so before the
+    // client sees it, and tries the next pod.
+    let mut chosen = fields.values("sec-websocket-protocol");
+    if let Some(protocol) = chosen.next()
+        && (chosen.next().is_some() || !offers(request, protocol))
+    {
+        return Err(DialError::BadUpgrade("subprotocol not offered"));
+    }
     Ok(())
+}
+
+/// Whether the upgrade request `request` (the head sent to the pod) offers
+/// `protocol` in its `Sec-WebSocket-Protocol` (compared exactly, as RFC
+/// 6455 tokens are). Read only when a pod picks one: most answers do not.
+fn offers(request: &[u8], protocol: &[u8]) -> bool {
+    match RequestHead::parse(request) {
+        ParsedRequest::Complete(head, _) => head
+            .fields()
+            .tokens("sec-websocket-protocol")
+            .any(|offered| offered == protocol),
+        _ => false,
+    }
 }
 
 /// Connects to `pod` and sends it `head`, the upgrade request; the pod
@@ -178,7 +205,8 @@ pub async fn handshake<T>(
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    io.write_all(head).await?;
+    let request = head;
+    io.write_all(request).await?;
     io.flush().await?;
     let mut buf = Vec::with_capacity(1024);
     let (head, len) = loop {
@@ -197,7 +225,7 @@ where
     let rest = &buf[len..];
     let status = head.status();
     if status == StatusCode::SWITCHING_PROTOCOLS {
-        check_switch(&head, expected_accept)?;
+        check_switch(&head, expected_accept, request)?;
         let early = Bytes::copy_from_slice(rest);
         return Ok(PodAnswer::Upgraded { head, io, early });
     }
@@ -291,12 +319,41 @@ mod tests {
         ResponseHead::parse(text.as_bytes()).unwrap().unwrap().0
     }
 
+    const REQUEST: &[u8] = b"GET /ws HTTP/1.1\r\nHost: a\r\n\r\n";
+
     #[test]
     fn a_101_must_be_a_websocket_switch_for_this_key() {
         let accept = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
-        assert!(check_switch(&head("websocket"), accept).is_ok());
-        assert!(check_switch(&head("websocket"), "other").is_err());
-        assert!(check_switch(&head("h2c"), accept).is_err());
+        assert!(check_switch(&head("websocket"), accept, REQUEST).is_ok());
+        assert!(check_switch(&head("websocket"), "other", REQUEST).is_err());
+        assert!(check_switch(&head("h2c"), accept, REQUEST).is_err());
+    }
+
+    #[test]
+    fn a_101_may_only_pick_a_subprotocol_the_request_offered() {
+        let accept = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+        let answer = |protocol: &str| {
+            let text = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                 Sec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Protocol: {protocol}\r\n\r\n"
+            );
+            ResponseHead::parse(text.as_bytes()).unwrap().unwrap().0
+        };
+        let offering = b"GET /ws HTTP/1.1\r\nHost: a\r\n\
+            Sec-WebSocket-Protocol: chat, superchat\r\n\r\n";
+        assert!(check_switch(&answer("superchat"), accept, offering).is_ok());
+        for (protocol, request) in [
+            ("evil", &offering[..]),
+            ("Chat", offering),
+            ("chat, superchat", offering),
+            ("chat", REQUEST),
+        ] {
+            assert!(
+                check_switch(&answer(protocol), accept, request).is_err(),
+                "{protocol} accepted for {}",
+                String::from_utf8_lossy(request)
+            );
+        }
     }
 }
 

@@ -86,6 +86,14 @@ pub fn check(request: &RequestHead) -> Result<(), Rejection> {
                 .with(header::ALLOW, "GET"),
         );
     }
+    // hyper reads `GET * HTTP/1.1` (asterisk form) into a target that is
+    // not a path; forwarded, it would reach the pod as a malformed request.
+    if !request.target().starts_with('/') {
+        return Err(Rejection::new(
+            StatusCode::BAD_REQUEST,
+            "the request target must be a path",
+        ));
+    }
     if !upgrade {
         return Err(Rejection::new(
             StatusCode::BAD_REQUEST,
@@ -214,6 +222,10 @@ mod tests {
             ),
             (
                 upgrade().header("host", "second").body(()).unwrap(),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                upgrade().uri("*").body(()).unwrap(),
                 StatusCode::BAD_REQUEST,
             ),
         ];

@@ -187,7 +187,8 @@ impl RequestHead {
         &self.fields.bytes[range(self.method)]
     }
 
-    /// Path and query, as sent (always starting with `/`).
+    /// Path and query, as sent: starting with `/`, except a `*` (asterisk
+    /// form) that hyper parsed, which [`crate::handshake::check`] refuses.
     pub fn target(&self) -> &str {
         // Both sources put only ASCII here: httparse checks the target's
         // characters, and `http` keeps a valid URI.

@@ -112,6 +112,12 @@ struct Status {
     ejected: bool,
     /// When the pod last failed a poll or a dial.
     last_failure: Option<Instant>,
+    /// Dials ejected the pod: good reports do not bring it back before
+    /// this moment (its reports are fine; its upgrades are not).
+    dials_failing_until: Option<Instant>,
+    /// Dials answered with something other than a WebSocket switch (or a
+    /// 4xx) since the last one that switched.
+    broken_dials: u32,
     /// When the pod (re)joined the rotation, for slow start.
     warm_since: Option<Instant>,
     /// The condition last seen by [`Pod::condition_change`], so that each
@@ -380,12 +386,18 @@ impl Pod {
         let mut status = self.status();
         let now = Instant::now();
         let first = status.report.is_none();
+        status.report = Some((report, now));
+        status.base = base;
+        if status.dials_failing_until.is_some_and(|until| now < until) {
+            // Alive, but its upgrades failed: it stays out until the
+            // hold ends, then this poll's success lets it back to try.
+            return;
+        }
+        status.dials_failing_until = None;
         let was_ejected = std::mem::replace(&mut status.ejected, false);
         if was_ejected || (first && joined_late) {
             status.warm_since = Some(now);
         }
-        status.report = Some((report, now));
-        status.base = base;
         status.consecutive_failures = 0;
     }
 
@@ -417,6 +429,25 @@ impl Pod {
         eject
     }
 
+    /// A dial reached the pod but got no WebSocket switch (an answer other
+    /// than 101 or 4xx, or a broken 101). `eject_after` of those in a row
+    /// eject the pod, and good reports do not bring it back for `hold`: a
+    /// pod whose `/metric` works but whose upgrades fail would otherwise be
+    /// back after every poll and, its count never rising, take the next
+    /// connections again. Returns true when this ejected it.
+    pub fn record_dial_failure(&self, eject_after: u32, hold: Duration) -> bool {
+        let mut status = self.status();
+        let now = Instant::now();
+        // Counted apart from poll failures: good polls do not reset it.
+        status.broken_dials = status.broken_dials.saturating_add(1);
+        status.last_failure = Some(now);
+        if status.broken_dials < eject_after {
+            return false;
+        }
+        status.dials_failing_until = Some(now + hold);
+        !std::mem::replace(&mut status.ejected, true)
+    }
+
     /// Failed polls or dials in a row, and whether the pod is ejected.
     pub fn failures(&self) -> (u32, bool) {
         let status = self.status();
@@ -428,6 +459,8 @@ impl Pod {
     pub fn record_dial_success(&self) -> bool {
         let mut status = self.status();
         status.consecutive_failures = 0;
+        status.dials_failing_until = None;
+        status.broken_dials = 0;
         let was_ejected = std::mem::replace(&mut status.ejected, false);
         if was_ejected {
             status.warm_since = Some(Instant::now());

@@ -272,10 +272,9 @@ impl Proxy {
                 "too many new connections from this address",
             );
             let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
-            response.headers_mut().insert(
-                http::header::RETRY_AFTER,
-                http::HeaderValue::from(seconds),
-            );
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(seconds));
             return self.refuse(conn_id, client, Refusal::RateLimited, response);
         }
         if !settings.origin_allowed(head.fields()) {
@@ -336,7 +335,23 @@ impl Proxy {
                 }
             };
             lease.settle();
-            if pod.record_dial_success() {
+            // A 101, or a 4xx (the application refusing this client), is a
+            // working pod. Any other answer to an upgrade (5xx, or a 2xx or
+            // 3xx from something that is not a WebSocket server) counts
+            // toward ejection like a failed dial: such a pod's count never
+            // rises, and least-connections would otherwise send it every
+            // new connection.
+            let working = match &answer {
+                PodAnswer::Upgraded { .. } => true,
+                PodAnswer::Status { head, .. } => head.status().is_client_error(),
+            };
+            let changed = if working {
+                pod.record_dial_success()
+            } else {
+                let settings = self.registry.settings();
+                pod.record_dial_failure(settings.eject_after, settings.cache_ttl)
+            };
+            if changed {
                 self.log_condition(&pod);
             }
             return match answer {
@@ -464,7 +479,16 @@ impl Proxy {
 
     fn dial_failed(&self, pod: &Pod, conn_id: u64, client: SocketAddr, reason: &str, error: &str) {
         tracing::warn!(conn_id, %client, pod = %pod.address.url, reason, error, "pod unreachable, trying the next");
-        if pod.record_failure(self.registry.settings().eject_after) {
+        let settings = self.registry.settings();
+        // A pod that answered, but not with a WebSocket switch, stays out
+        // past its next good poll; one that could not be reached (down,
+        // restarting) is back as soon as it reports again.
+        let ejected = if reason == "handshake" {
+            pod.record_dial_failure(settings.eject_after, settings.cache_ttl)
+        } else {
+            pod.record_failure(settings.eject_after)
+        };
+        if ejected {
             self.log_condition(pod);
         }
     }

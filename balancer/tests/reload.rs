@@ -5,7 +5,6 @@
 
 mod support;
 
-
 use futures_util::{SinkExt, StreamExt};
 use support::{DEADLINE, Ws, config, connect, init_logs, landed_on, pods, wait_until, ws_url};
 use tokio::process::Command;

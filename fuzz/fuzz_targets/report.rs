@@ -1,0 +1,5 @@
+//! cargo-fuzz target: [`wsbalancer_fuzz::report`] on libFuzzer's inputs.
+
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| wsbalancer_fuzz::report(data));
