@@ -215,10 +215,9 @@ fn regressions() {
 
 /// Found by `cargo fuzz run config`: a key holding a line break (a YAML
 /// complex key, `? `, of folded scalars; a JSON `"a\nb"`) is an unknown
-/// key, and the error quotes it as it is, so the "one line" refusal spans
-/// two. Open until `common::load` escapes the keys it quotes.
+/// key, and the error used to quote it as it was, so the "one line"
+/// refusal spanned two. `common::load` now escapes what it quotes.
 #[test]
-#[ignore = "open: common::load quotes an unknown key with its line breaks"]
 fn a_refused_key_with_a_line_break_stays_on_one_line() {
     bodies::config(b"\xd8?   > \r ?\xae\r ?\xae -Kd > \r ?00b\xae\r  -x\xdc");
     bodies::config(b"\x02{\"a\\nb\": 1}");

@@ -22,6 +22,33 @@ pub const ROOT_KEY: &str = "wsbalancer";
 /// Prefix of environment variables read as configuration.
 pub const ENV_PREFIX: &str = "WSB_";
 
+/// `text` fit for a one-line message: parsers' multi-line messages (a
+/// TOML error draws the line with a caret under it) are joined with spaces,
+/// and any other control character is escaped.
+pub fn one_line(text: &str) -> String {
+    let joined = text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    escape_controls(&joined)
+}
+
+/// `text` with control characters (line breaks included) escaped: a key
+/// as the user wrote it, kept on one line.
+fn escape_controls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Why a configuration could not be loaded. Its `Display` is the one line
 /// printed before the process exits with code 2.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -46,10 +73,11 @@ pub enum ConfigError {
 
 impl ConfigError {
     /// Shorthand for [`ConfigError::Invalid`].
+    /// Both parts are kept to one line (see [`one_line`]).
     pub fn invalid(key: impl Into<String>, problem: impl Into<String>) -> Self {
         ConfigError::Invalid {
-            key: key.into(),
-            problem: problem.into(),
+            key: escape_controls(&key.into()),
+            problem: one_line(&problem.into()),
         }
     }
 
@@ -148,7 +176,7 @@ impl ConfigSources {
 fn file_layer(path: &Path) -> Result<Figment, ConfigError> {
     let file_error = |problem: String| ConfigError::File {
         path: path.to_owned(),
-        problem,
+        problem: one_line(&problem),
     };
     if !path.is_file() {
         return Err(file_error("not found or not a regular file".to_owned()));
