@@ -48,8 +48,8 @@ pub fn resolver(discovery: &Discovery) -> Result<TokioResolver, DiscoveryError> 
 }
 
 /// Resolves `discovery.dns` every interval and makes the result the pod
-/// set, until `stop` is cancelled. Every failed lookup is counted in
-/// `metrics`; only the first of a streak is logged.
+/// set, until `stop` is cancelled. A failure is logged and counted in
+/// `metrics` once, when lookups start failing, not once per lookup.
 pub async fn run(
     discovery: Discovery,
     metric_path: String,
@@ -73,8 +73,8 @@ pub async fn run(
         let ips: Vec<IpAddr> = match lookup {
             Ok(found) => found.iter().collect(),
             Err(error) => {
-                metrics.discovery_failed();
                 if !std::mem::replace(&mut failing, true) {
+                    metrics.discovery_failed();
                     tracing::warn!(dns = %discovery.dns, %error, pods = pollers.registry.pods().len(), "discovery failed, keeping the last pod set");
                 }
                 continue;

@@ -513,7 +513,7 @@ impl Metrics {
         let discovery_errors = Counter::default();
         registry.register(
             "discovery_errors",
-            "Failed DNS lookups of discovery.dns (the last pod set is kept)",
+            "Times DNS lookups of discovery.dns started failing (once per streak; the last pod set is kept)",
             discovery_errors.clone(),
         );
         Metrics {
@@ -529,7 +529,7 @@ impl Metrics {
         }
     }
 
-    /// A DNS lookup of `discovery.dns` failed.
+    /// DNS lookups of `discovery.dns` started failing.
     pub fn discovery_failed(&self) {
         self.discovery_errors.inc();
     }

@@ -6,6 +6,7 @@
 mod support;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use common::Discovery;
@@ -16,8 +17,9 @@ use tokio::net::UdpSocket;
 use tokio_tungstenite::tungstenite::Message;
 use wsbalancer::Balancer;
 
-/// Answers A queries with `records` (TTL 0), anything else with no answer.
-async fn dns_server(records: Arc<Mutex<Vec<Ipv4Addr>>>) -> SocketAddr {
+/// Answers A queries with `records` (TTL 0), anything else with no answer;
+/// counts the queries in `queries`.
+async fn dns_server(records: Arc<Mutex<Vec<Ipv4Addr>>>, queries: Arc<AtomicUsize>) -> SocketAddr {
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let addr = socket.local_addr().unwrap();
     tokio::spawn(async move {
@@ -26,6 +28,7 @@ async fn dns_server(records: Arc<Mutex<Vec<Ipv4Addr>>>) -> SocketAddr {
             let Ok((n, from)) = socket.recv_from(&mut buf).await else {
                 return;
             };
+            queries.fetch_add(1, Ordering::Relaxed);
             let answer = answer(&buf[..n], &records.lock().unwrap());
             if let Some(answer) = answer {
                 let _ = socket.send_to(&answer, from).await;
@@ -92,7 +95,8 @@ async fn the_pod_set_follows_the_dns_records() {
         IpAddr::V6(_) => unreachable!(),
     };
     let records = Arc::new(Mutex::new(vec![ip(&a)]));
-    let nameserver = dns_server(records.clone()).await;
+    let queries = Arc::new(AtomicUsize::new(0));
+    let nameserver = dns_server(records.clone(), queries.clone()).await;
     let mut cfg = config(Vec::new());
     cfg.discovery = Some(Discovery {
         dns: "chat-headless.test.".into(),
@@ -122,26 +126,28 @@ async fn the_pod_set_follows_the_dns_records() {
     echo(&mut on_a, "a's connection survived").await;
     assert_eq!(a.accepted(), 1, "the removed pod got nothing new");
 
-    // A DNS failure (no answer at all) keeps the last set; each failed
-    // lookup is counted.
+    // A DNS failure (no answer at all) keeps the last set, and is counted
+    // once however many lookups fail.
     *records.lock().unwrap() = Vec::new();
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
+    let failures = || async {
         let metrics = support::plain_get(balancer.admin_addr(), "/metrics").await;
-        let failures: f64 = metrics
+        metrics
             .lines()
             .find_map(|l| l.strip_prefix("wsbalancer_discovery_errors_total "))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0);
-        if failures >= 2.0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no failed lookup counted"
-        );
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while failures().await < 1.0 {
+        assert!(tokio::time::Instant::now() < deadline, "no failure counted");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    let asked = queries.load(Ordering::Relaxed);
+    wait_until("several more failed lookups", || {
+        queries.load(Ordering::Relaxed) >= asked + 6
+    })
+    .await;
+    assert_eq!(failures().await, 1.0, "counted once per streak");
     assert_eq!(balancer.registry().pods().len(), 1);
     let (mut ws, response) = connect(&url).await;
     assert_eq!(landed_on(&response), "pod-b");
