@@ -15,8 +15,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 const BIN: &str = env!("CARGO_BIN_EXE_wsbalancer");
 
-/// Runs the binary to completion; returns (exit code, stderr).
-async fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+/// Runs the binary to completion; returns (exit code, stdout, stderr).
+async fn output(args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> (i32, String, String) {
     let mut cmd = Command::new(BIN);
     // Only what the test sets: a developer's WSB_* must not change results.
     cmd.args(args).env_clear().stdin(Stdio::null());
@@ -29,8 +29,16 @@ async fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
         .expect("runs");
     (
         out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Runs the binary to completion; returns (exit code, stderr).
+async fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+    let (code, _, stderr) = output(&args, env).await;
+    (code, stderr)
 }
 
 #[tokio::test]
@@ -169,24 +177,9 @@ async fn check_config(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> (i32, String, String) {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("--check-config")
-        .arg(file)
-        .args(args)
-        .env_clear()
-        .stdin(Stdio::null());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = tokio::time::timeout(DEADLINE, cmd.output())
-        .await
-        .expect("exits in time")
-        .expect("runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let mut all = vec![std::ffi::OsStr::new("--check-config"), file.as_os_str()];
+    all.extend(args.iter().map(std::ffi::OsStr::new));
+    output(&all, env).await
 }
 
 #[tokio::test]

@@ -96,12 +96,7 @@ async fn serve_recorded(mut tcp: TcpStream, heads: Arc<Mutex<Vec<Vec<u8>>>>) {
         }
     };
     if end.is_some() && buf.starts_with(b"GET /metric ") {
-        let body = r#"{"agentsConnections":0}"#;
-        let answer = format!(
-            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        let _ = tcp.write_all(answer.as_bytes()).await;
+        let _ = tcp.write_all(support::EMPTY_REPORT.as_bytes()).await;
         return;
     }
     let head = buf[..end.unwrap_or(buf.len())].to_vec();
