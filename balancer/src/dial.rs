@@ -64,6 +64,15 @@ impl DialError {
             DialError::Io(_) | DialError::Handshake(_) | DialError::BadUpgrade(_) => "handshake",
         }
     }
+
+    /// Whether the pod was reached and answered, but not with a proper
+    /// WebSocket switch (as opposed to being unreachable).
+    pub fn pod_answered(&self) -> bool {
+        matches!(
+            self,
+            DialError::Io(_) | DialError::Handshake(_) | DialError::BadUpgrade(_)
+        )
+    }
 }
 
 /// A byte stream to a pod, plain or TLS. (An enum rather than a boxed trait

@@ -324,12 +324,19 @@ impl Proxy {
                 Ok(Err(error)) => {
                     pod.metrics.dial_failed(error.reason());
                     self.dial_failed(&pod, conn_id, client, error.reason(), &error.to_string());
+                    let fault = if error.pod_answered() {
+                        Fault::Misbehaved
+                    } else {
+                        Fault::Unreachable
+                    };
+                    self.pod_failed(&pod, fault);
                     failed = Some(pod);
                     continue;
                 }
                 Err(_) => {
                     pod.metrics.dial_failed("timeout");
                     self.dial_failed(&pod, conn_id, client, "timeout", "dial timed out");
+                    self.pod_failed(&pod, Fault::Unreachable);
                     failed = Some(pod);
                     continue;
                 }
@@ -345,14 +352,12 @@ impl Proxy {
                 PodAnswer::Upgraded { .. } => true,
                 PodAnswer::Status { head, .. } => head.status().is_client_error(),
             };
-            let changed = if working {
-                pod.record_dial_success()
+            if working {
+                if pod.record_dial_success() {
+                    self.log_condition(&pod);
+                }
             } else {
-                let settings = self.registry.settings();
-                pod.record_dial_failure(settings.eject_after, settings.cache_ttl)
-            };
-            if changed {
-                self.log_condition(&pod);
+                self.pod_failed(&pod, Fault::Misbehaved);
             }
             return match answer {
                 PodAnswer::Upgraded { head, io, early } => Answer::Switch {
@@ -458,6 +463,7 @@ impl Proxy {
                 }
                 Err(error @ HttpProxyError::Connect(_)) => {
                     self.dial_failed(&pod, conn_id, client, error.reason(), &error.to_string());
+                    self.pod_failed(&pod, Fault::Unreachable);
                     if !resendable {
                         return http_proxy::bad_gateway();
                     }
@@ -479,14 +485,17 @@ impl Proxy {
 
     fn dial_failed(&self, pod: &Pod, conn_id: u64, client: SocketAddr, reason: &str, error: &str) {
         tracing::warn!(conn_id, %client, pod = %pod.address.url, reason, error, "pod unreachable, trying the next");
+    }
+
+    /// Counts a failure against `pod` toward its ejection, and logs the
+    /// ejection. A pod that answered, but not with a WebSocket switch,
+    /// stays out past its next good poll; one that could not be reached
+    /// (down, restarting) is back as soon as it reports again.
+    fn pod_failed(&self, pod: &Pod, fault: Fault) {
         let settings = self.registry.settings();
-        // A pod that answered, but not with a WebSocket switch, stays out
-        // past its next good poll; one that could not be reached (down,
-        // restarting) is back as soon as it reports again.
-        let ejected = if reason == "handshake" {
-            pod.record_dial_failure(settings.eject_after, settings.cache_ttl)
-        } else {
-            pod.record_failure(settings.eject_after)
+        let ejected = match fault {
+            Fault::Misbehaved => pod.record_dial_failure(settings.eject_after, settings.cache_ttl),
+            Fault::Unreachable => pod.record_failure(settings.eject_after),
         };
         if ejected {
             self.log_condition(pod);
@@ -655,6 +664,15 @@ impl RelayJob {
         let (conn_id, client) = (self.conn_id, self.client);
         tracing::info!(conn_id, %client, pod = self.lease.pod_url(), reason, error, "connection failed");
     }
+}
+
+/// How a dial failed, for ejection.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// Down or unreachable: back with its next good report.
+    Unreachable,
+    /// Answered without switching to WebSocket: held out for `cacheTTL`.
+    Misbehaved,
 }
 
 /// Pods tried for one connection before the client gets a 502.
