@@ -18,32 +18,28 @@ use tokio_util::either::Either;
 
 use crate::dial::PodStream;
 
-/// Size of a relay buffer for ordinary traffic.
-pub const CHUNK: usize = 16 * 1024;
+/// Size of a relay buffer: a whole 64 KiB message and its header in one
+/// read and one write, so the far side is woken once per message, not once
+/// per piece. Buffers are borrowed only while bytes are in flight, so the
+/// size costs an idle connection nothing.
+pub const CHUNK: usize = 64 * 1024 + 64;
 
-/// Size of a relay buffer once a direction carries bulk data (its last read
-/// filled a whole buffer): fewer reads, writes and wake-ups per megabyte.
-pub const BULK_CHUNK: usize = 64 * 1024;
+/// Free buffers kept for reuse at most (about 4 MiB); beyond, they are
+/// freed.
+const POOL_MAX: usize = 64;
 
-/// Free buffers of each size kept for reuse at most (1 MiB each); beyond,
-/// they are freed.
-const POOL_MAX: [usize; 2] = [64, 16];
+/// Free relay buffers shared by every connection.
+static POOL: Mutex<Vec<Box<[u8]>>> = Mutex::new(Vec::new());
 
-/// Free relay buffers shared by every connection: [`CHUNK`] and
-/// [`BULK_CHUNK`] sized.
-static POOLS: [Mutex<Vec<Box<[u8]>>>; 2] = [Mutex::new(Vec::new()), Mutex::new(Vec::new())];
-
-/// A buffer borrowed from a pool; returned when dropped.
+/// A buffer borrowed from the pool; returned when dropped.
 pub struct Buffer(Option<Box<[u8]>>);
 
 impl Buffer {
-    /// Takes a buffer from the pool, or allocates one: a bulk-sized one
-    /// when `bulk`.
-    pub fn take(bulk: bool) -> Self {
-        let (pool, size) = if bulk { (1, BULK_CHUNK) } else { (0, CHUNK) };
-        let reused = POOLS[pool].lock().ok().and_then(|mut pool| pool.pop());
+    /// Takes a buffer from the pool, or allocates one.
+    pub fn take() -> Self {
+        let reused = POOL.lock().ok().and_then(|mut pool| pool.pop());
         Buffer(Some(
-            reused.unwrap_or_else(|| vec![0u8; size].into_boxed_slice()),
+            reused.unwrap_or_else(|| vec![0u8; CHUNK].into_boxed_slice()),
         ))
     }
 
@@ -55,9 +51,8 @@ impl Buffer {
 impl Drop for Buffer {
     fn drop(&mut self) {
         let Some(buf) = self.0.take() else { return };
-        let pool = usize::from(buf.len() == BULK_CHUNK);
-        if let Ok(mut free) = POOLS[pool].lock()
-            && free.len() < POOL_MAX[pool]
+        if let Ok(mut free) = POOL.lock()
+            && free.len() < POOL_MAX
         {
             free.push(buf);
         }
@@ -73,11 +68,12 @@ pub enum Chunk {
 }
 
 impl Chunk {
-    /// Whether the read filled its whole buffer (more was probably waiting).
-    pub fn is_full(&self) -> bool {
+    /// Room left after the bytes (none in an early chunk): where a read
+    /// that tops the chunk up goes.
+    pub fn spare(&self) -> usize {
         match self {
-            Chunk::Early(_) => false,
-            Chunk::Pooled(buf, len) => buf.0.as_ref().is_some_and(|b| b.len() == *len),
+            Chunk::Early(_) => 0,
+            Chunk::Pooled(buf, len) => buf.0.as_ref().map_or(0, |b| b.len() - len),
         }
     }
 
@@ -150,27 +146,52 @@ impl End {
     /// which (unlike `try_read`) clears readiness after a short read: the
     /// next read waits for new data instead of costing a recv() that says
     /// EAGAIN. When nothing is there, the buffer goes back to the pool.
-    /// `bulk` asks for a bulk-sized buffer.
     pub fn poll_read_chunk(
         &mut self,
         cx: &mut Context<'_>,
-        bulk: bool,
     ) -> Poll<std::io::Result<Option<Chunk>>> {
         match self {
             End::Tcp(tcp) => std::task::ready!(tcp.poll_read_ready(cx))?,
             End::Io(_) => {}
             End::Closed => return Poll::Ready(Ok(None)),
         }
-        let mut buf = Buffer::take(bulk);
-        let mut filled = ReadBuf::new(buf.slice());
+        let mut buf = Buffer::take();
+        let n = std::task::ready!(self.poll_read_into(cx, buf.slice()))?;
+        Poll::Ready(Ok((n > 0).then_some(Chunk::Pooled(buf, n))))
+    }
+
+    /// Reads more into `chunk`'s spare room (see [`Chunk::spare`]); the
+    /// number of bytes added, 0 at end of stream (or with no room).
+    pub fn poll_top_up(
+        &mut self,
+        cx: &mut Context<'_>,
+        chunk: &mut Chunk,
+    ) -> Poll<std::io::Result<usize>> {
+        let Chunk::Pooled(buf, len) = chunk else {
+            return Poll::Ready(Ok(0));
+        };
+        let Some(room) = buf.slice().get_mut(*len..) else {
+            return Poll::Ready(Ok(0));
+        };
+        let n = std::task::ready!(self.poll_read_into(cx, room))?;
+        *len += n;
+        Poll::Ready(Ok(n))
+    }
+
+    /// One read into `room`: the number of bytes read, 0 at end of stream.
+    fn poll_read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        room: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let mut filled = ReadBuf::new(room);
         let read = match self {
             End::Tcp(tcp) => Pin::new(tcp).poll_read(cx, &mut filled),
             End::Io(io) => Pin::new(&mut **io).poll_read(cx, &mut filled),
             End::Closed => Poll::Ready(Ok(())),
         };
         std::task::ready!(read)?;
-        let n = filled.filled().len();
-        Poll::Ready(Ok((n > 0).then_some(Chunk::Pooled(buf, n))))
+        Poll::Ready(Ok(filled.filled().len()))
     }
 
     /// Writes some of `bytes` (flushed, for TLS), or waits.

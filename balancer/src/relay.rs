@@ -25,8 +25,8 @@ use std::time::Duration;
 
 use common::frame::{FrameTracker, close_frame};
 use rand::Rng;
-use tokio::time::{Instant, sleep_until};
-use tokio_util::sync::CancellationToken;
+use tokio::time::{Instant, Sleep, sleep_until};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::ends::{Arrived, Chunk, End};
 use crate::metrics::{Direction, Traffic};
@@ -246,8 +246,6 @@ struct Pump {
     ended: Option<PumpEnd>,
     /// Bytes passed.
     bytes: u64,
-    /// The last read filled its whole buffer: read into bulk-sized ones.
-    bulk: bool,
 }
 
 /// The first Close frame of a connection, as the client saw it.
@@ -267,6 +265,9 @@ struct Shared<'a> {
     traffic: &'a Traffic,
     /// The connection's first Close: a pump records its own there.
     first_close: &'a mut Option<FirstClose>,
+    /// Some bytes were read during this poll (activity, even before any
+    /// of them is passed on).
+    read: bool,
 }
 
 impl Pump {
@@ -283,7 +284,6 @@ impl Pump {
             finishing: None,
             ended: None,
             bytes: 0,
-            bulk: false,
         }
     }
 
@@ -344,10 +344,49 @@ impl Pump {
         shared: &mut Shared<'_>,
     ) -> Poll<PumpEnd> {
         let requested = shared.requested;
+        // A Close of the relay's own waits for a frame boundary.
+        let stopping = requested.is_some() && !self.closed_by_us;
         if let Some(end) = self.ended {
             return Poll::Ready(end);
         }
         loop {
+            // 0. A frame that arrived in part, with the rest on its way
+            // and room for it: read the rest first, so the frame goes on
+            // in one write (the far side wakes once per frame, not once
+            // per piece).
+            if let Some(chunk) = &self.chunk
+                && matches!(self.out, Some(Outgoing::Relayed { .. }))
+            {
+                if self.fed < chunk.bytes().len() && !stopping {
+                    // Topped up: feed the new bytes before writing.
+                    self.feed(shared, stopping);
+                    continue;
+                }
+                if let Some(start) = self.partial_frame_start(chunk, stopping) {
+                    if let Some(Outgoing::Relayed {
+                        from: first,
+                        to: last,
+                    }) = &mut self.out
+                        && *first < start
+                    {
+                        // Whole frames before it go now; it waits.
+                        *last = start;
+                    } else if let Some(chunk) = &mut self.chunk {
+                        match from.poll_top_up(cx, chunk) {
+                            Poll::Pending => return Poll::Pending,
+                            Poll::Ready(Ok(n)) if n > 0 => {
+                                shared.read = true;
+                                continue;
+                            }
+                            // The stream ended mid-frame: pass what came,
+                            // then end (no Close of our own inside a frame).
+                            Poll::Ready(result) => {
+                                self.finishing = Some(self.read_end(result.is_ok()));
+                            }
+                        }
+                    }
+                }
+            }
             // 1. Finish the write in progress.
             if let Some(out) = &mut self.out {
                 let bytes: &[u8] = match out {
@@ -378,7 +417,19 @@ impl Pump {
                         Poll::Ready(_) => return self.end(PumpEnd::WriteFailed),
                     }
                 }
-                self.out = None;
+                self.out = match self.out {
+                    // Whole frames went ahead of a partial one: its turn.
+                    Some(Outgoing::Relayed { to, .. }) if to < self.fed => {
+                        Some(Outgoing::Relayed {
+                            from: to,
+                            to: self.fed,
+                        })
+                    }
+                    _ => None,
+                };
+                if self.out.is_some() {
+                    continue;
+                }
             }
             // 2. An ending waiting for its last write.
             if let Some(end) = self.finishing {
@@ -413,54 +464,20 @@ impl Pump {
             if let Some(chunk) = &self.chunk
                 && self.fed < chunk.bytes().len()
             {
-                let rest = &chunk.bytes()[self.fed..];
-                // Stop at the first frame boundary when a Close waits for one.
-                let stop = requested.is_some() && !self.closed_by_us;
-                let used = if self.framed {
-                    let messages = self.tracker.messages();
-                    let used = match self.tracker.feed(rest, stop, |_| {}) {
-                        Ok(used) => used,
-                        Err(_) => {
-                            self.framed = false;
-                            rest.len()
-                        }
-                    };
-                    let completed = self.tracker.messages() - messages;
-                    if completed > 0 {
-                        shared.traffic.add_messages(self.direction(), completed);
-                    }
-                    used
-                } else {
-                    rest.len()
-                };
-                let start = self.fed;
-                self.fed += used;
-                if !self.closed_by_us {
-                    self.out = Some(Outgoing::Relayed {
-                        from: start,
-                        to: start + used,
-                    });
-                } else if self.tracker.close_seen() {
-                    // The answer to our Close: this direction is done.
-                    self.finishing = Some(PumpEnd::Answered);
-                }
+                self.feed(shared, stopping);
                 continue;
             }
             self.chunk = None;
             self.fed = 0;
             // 5. Read more.
-            match from.poll_read_chunk(cx, self.bulk) {
+            match from.poll_read_chunk(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(Some(chunk))) => {
-                    self.bulk = chunk.is_full();
+                    shared.read = true;
                     self.chunk = Some(chunk);
                 }
                 Poll::Ready(result) => {
-                    let end = match (self.closed_by_us, result.is_ok()) {
-                        (true, _) => PumpEnd::Answered,
-                        (false, true) => PumpEnd::Eof,
-                        (false, false) => PumpEnd::ReadError,
-                    };
+                    let end = self.read_end(result.is_ok());
                     // The reading side vanished without a Close: tell the
                     // other side properly (1014 to a client, 1001 to a pod).
                     if !self.closed_by_us
@@ -477,6 +494,74 @@ impl Pump {
                     self.finishing = Some(end);
                 }
             }
+        }
+    }
+
+    /// Feeds the chunk's next bytes to the tracker (up to the next frame
+    /// boundary when `stopping`) and queues them to be written, after any
+    /// not written yet.
+    fn feed(&mut self, shared: &mut Shared<'_>, stopping: bool) {
+        let Some(chunk) = &self.chunk else { return };
+        let rest = chunk.bytes().get(self.fed..).unwrap_or_default();
+        let used = if self.framed {
+            let messages = self.tracker.messages();
+            let used = match self.tracker.feed(rest, stopping, |_| {}) {
+                Ok(used) => used,
+                Err(_) => {
+                    self.framed = false;
+                    rest.len()
+                }
+            };
+            let completed = self.tracker.messages() - messages;
+            if completed > 0 {
+                shared.traffic.add_messages(self.direction(), completed);
+            }
+            used
+        } else {
+            rest.len()
+        };
+        let start = self.fed;
+        self.fed += used;
+        if !self.closed_by_us {
+            let from = match self.out {
+                Some(Outgoing::Relayed { from, .. }) => from,
+                _ => start,
+            };
+            self.out = Some(Outgoing::Relayed { from, to: self.fed });
+        } else if self.tracker.close_seen() {
+            // The answer to our Close: this direction is done.
+            self.finishing = Some(PumpEnd::Answered);
+        }
+    }
+
+    /// Where in `chunk` a frame starts that has only partly arrived, when
+    /// its rest should be read before it is written: all of the chunk was
+    /// fed, the rest fits in the chunk's spare room, and nothing else waits
+    /// (no Close of our own, no ending, no write already blocked). 0 when
+    /// the frame began in an earlier chunk.
+    fn partial_frame_start(&self, chunk: &Chunk, stopping: bool) -> Option<usize> {
+        let waits = !self.framed
+            || stopping
+            || self.finishing.is_some()
+            || self.blocked_since.is_some()
+            || self.fed != chunk.bytes().len();
+        if waits {
+            return None;
+        }
+        let (passed, rest) = self.tracker.partial_frame()?;
+        (rest <= chunk.spare() as u64).then(|| {
+            self.fed
+                .saturating_sub(usize::try_from(passed).unwrap_or(usize::MAX))
+        })
+    }
+
+    /// How this direction ends when its reading side does (`ok`: at end of
+    /// stream rather than on an error).
+    fn read_end(&self, ok: bool) -> PumpEnd {
+        match (self.closed_by_us, ok) {
+            (true, _) => PumpEnd::Answered,
+            (false, true) => PumpEnd::Eof,
+            (false, false) => PumpEnd::ReadError,
         }
     }
 
@@ -536,6 +621,7 @@ impl Connection {
             requested: self.requested,
             traffic,
             first_close: &mut self.first_close,
+            read: false,
         };
         if !up_done
             && let Poll::Ready(end) =
@@ -552,7 +638,9 @@ impl Connection {
         {
             result = Poll::Ready((Side::Pod, end));
         }
-        if self.up.bytes + self.down.bytes != before || self.chunk_moved() {
+        // Bytes read count as activity even before they are passed on (a
+        // Close being inserted first, the rest of a frame awaited).
+        if shared.read || self.up.bytes + self.down.bytes != before {
             self.last_activity = Instant::now();
         }
         if self.first_close.is_none() {
@@ -588,12 +676,6 @@ impl Connection {
                 && pump.out.is_none()
                 && pump.finishing.is_none()
         })
-    }
-
-    /// Whether a read happened that passed no bytes yet (a Close being
-    /// inserted before it): still activity.
-    fn chunk_moved(&self) -> bool {
-        self.up.chunk.is_some() || self.down.chunk.is_some()
     }
 
     fn done(&self) -> bool {
@@ -667,134 +749,178 @@ enum Event {
     Cancelled,
 }
 
+pin_project_lite::pin_project! {
+    /// A relay in progress: the future [`run`] returns. Written by hand,
+    /// not as an `async fn`, because it lives as long as the connection: a
+    /// generator would keep its arguments twice and a closure's captures
+    /// besides, which at tens of thousands of connections is real memory.
+    pub struct Relay<'a> {
+        conn: &'a mut Connection,
+        limits: RelayLimits,
+        drain: &'a DrainSignal,
+        stop: &'a CancellationToken,
+        traffic: &'a Traffic,
+        // One cancellation wait at a time: drain, then stop (the drain
+        // token is a child of the stop token).
+        #[pin]
+        cancel: WaitForCancellationFuture<'a>,
+        // One timer for idle, blocked writes, linger and the drain moment.
+        #[pin]
+        timer: Sleep,
+        waiting_for_stop: bool,
+        ending: Option<Ending>,
+        linger: Option<Instant>,
+        drain_at: Option<Instant>,
+    }
+}
+
 /// Relays `conn` until both directions are done. `drain` closes the
 /// connection cleanly at a random point of the drain window; `stop` ends it
 /// at once. Bytes and messages are counted into `traffic` as they pass.
-pub async fn run(
-    conn: &mut Connection,
+pub fn run<'a>(
+    conn: &'a mut Connection,
     limits: RelayLimits,
-    drain: &DrainSignal,
-    stop: &CancellationToken,
-    traffic: &Traffic,
-) -> RelayOutcome {
-    // One cancellation wait at a time (drain, then stop; the drain token is
-    // a child of the stop token) and one timer for idle, writes, linger and
-    // the drain moment.
-    let cancel = drain.started.cancelled();
-    let timer = sleep_until(far_future_add(Instant::now(), limits.idle));
-    tokio::pin!(cancel, timer);
-    let mut waiting_for_stop = false;
-    let mut ending: Option<Ending> = None;
-    let mut linger: Option<Instant> = None;
-    let linger_for = limits.write.min(CLOSE_LINGER);
-    let mut drain_at: Option<Instant> = None;
+    drain: &'a DrainSignal,
+    stop: &'a CancellationToken,
+    traffic: &'a Traffic,
+) -> Relay<'a> {
+    Relay {
+        conn,
+        limits,
+        drain,
+        stop,
+        traffic,
+        cancel: drain.started.cancelled(),
+        timer: sleep_until(far_future_add(Instant::now(), limits.idle)),
+        waiting_for_stop: false,
+        ending: None,
+        linger: None,
+        drain_at: None,
+    }
+}
 
-    while !conn.done() {
-        // Pumps first, then the timer, whose deadline is recomputed after
-        // every poll (a write that just blocked brings it forward).
-        let event = std::future::poll_fn(|cx| {
-            if let Poll::Ready((side, end)) = conn.poll(cx, traffic) {
-                return Poll::Ready(Event::Ended(side, end));
-            }
-            // Only ever brought forward, or re-armed once it has fired:
-            // activity does not move the timer (no timer-wheel work per
-            // message); a timer that fires early just finds no idleness.
-            let deadline = conn.deadline(limits, linger, drain_at);
-            if deadline < timer.deadline() || timer.is_elapsed() {
-                timer.as_mut().reset(deadline);
-            }
-            if timer.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Event::Timer);
-            }
-            if cancel.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Event::Cancelled);
-            }
-            Poll::Pending
-        })
-        .await;
-        match event {
-            Event::Ended(side, end) => {
-                let other = match side {
-                    Side::Client => Side::Pod,
-                    Side::Pod => Side::Client,
-                };
-                ending.get_or_insert(end.ending(side, other));
-                if end == PumpEnd::WriteFailed {
-                    conn.farewell(other);
-                    break;
+impl Future for Relay<'_> {
+    type Output = RelayOutcome;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RelayOutcome> {
+        let mut this = self.project();
+        let limits = *this.limits;
+        let linger_for = limits.write.min(CLOSE_LINGER);
+        while !this.conn.done() {
+            // Pumps first, then the timer, whose deadline is recomputed after
+            // every poll (a write that just blocked brings it forward).
+            let event = 'event: {
+                if let Poll::Ready((side, end)) = this.conn.poll(cx, this.traffic) {
+                    break 'event Event::Ended(side, end);
                 }
-                linger.get_or_insert_with(|| far_future_add(Instant::now(), linger_for));
-            }
-            Event::Timer => {
-                let now = Instant::now();
-                let blocked = [
-                    (Side::Pod, conn.up.write_deadline(limits.write)),
-                    (Side::Client, conn.down.write_deadline(limits.write)),
-                ];
-                if let Some((side, _)) = blocked
-                    .iter()
-                    .find(|(_, at)| at.is_some_and(|at| now >= at))
-                {
-                    ending.get_or_insert(Ending::WriteFailed(*side));
-                    conn.farewell(*side);
-                    break;
+                // Only ever brought forward, or re-armed once it has fired:
+                // activity does not move the timer (no timer-wheel work per
+                // message); a timer that fires early just finds no idleness.
+                let deadline = this.conn.deadline(limits, *this.linger, *this.drain_at);
+                if deadline < this.timer.deadline() || this.timer.is_elapsed() {
+                    this.timer.as_mut().reset(deadline);
                 }
-                if drain_at.is_some_and(|at| now >= at) {
-                    drain_at = None;
-                    ending.get_or_insert(Ending::Drained);
-                    conn.requested.get_or_insert(drain.code);
-                    linger.get_or_insert_with(|| far_future_add(now, linger_for));
-                } else if let Some(at) = linger {
-                    if now >= at {
+                if this.timer.as_mut().poll(cx).is_ready() {
+                    break 'event Event::Timer;
+                }
+                if this.cancel.as_mut().poll(cx).is_ready() {
+                    break 'event Event::Cancelled;
+                }
+                return Poll::Pending;
+            };
+            match event {
+                Event::Ended(side, end) => {
+                    let other = match side {
+                        Side::Client => Side::Pod,
+                        Side::Pod => Side::Client,
+                    };
+                    this.ending.get_or_insert(end.ending(side, other));
+                    if end == PumpEnd::WriteFailed {
+                        this.conn.farewell(other);
                         break;
                     }
-                } else if blocked.iter().all(|(_, at)| at.is_none())
-                    && now >= far_future_add(conn.last_activity, limits.idle)
-                {
-                    ending.get_or_insert(Ending::Idle);
-                    conn.requested.get_or_insert(CLOSE_GOING_AWAY);
-                    linger = Some(far_future_add(now, linger_for));
+                    this.linger
+                        .get_or_insert_with(|| far_future_add(Instant::now(), linger_for));
                 }
-            }
-            Event::Cancelled => {
-                if waiting_for_stop || stop.is_cancelled() {
-                    ending.get_or_insert(Ending::Shutdown);
-                    break;
+                Event::Timer => {
+                    let now = Instant::now();
+                    let blocked = [
+                        (Side::Pod, this.conn.up.write_deadline(limits.write)),
+                        (Side::Client, this.conn.down.write_deadline(limits.write)),
+                    ];
+                    if let Some((side, _)) = blocked
+                        .iter()
+                        .find(|(_, at)| at.is_some_and(|at| now >= at))
+                    {
+                        this.ending.get_or_insert(Ending::WriteFailed(*side));
+                        this.conn.farewell(*side);
+                        break;
+                    }
+                    if this.drain_at.is_some_and(|at| now >= at) {
+                        *this.drain_at = None;
+                        this.ending.get_or_insert(Ending::Drained);
+                        this.conn.requested.get_or_insert(this.drain.code);
+                        this.linger
+                            .get_or_insert_with(|| far_future_add(now, linger_for));
+                    } else if let Some(at) = *this.linger {
+                        if now >= at {
+                            break;
+                        }
+                    } else if blocked.iter().all(|(_, at)| at.is_none())
+                        && now >= far_future_add(this.conn.last_activity, limits.idle)
+                    {
+                        this.ending.get_or_insert(Ending::Idle);
+                        this.conn.requested.get_or_insert(CLOSE_GOING_AWAY);
+                        *this.linger = Some(far_future_add(now, linger_for));
+                    }
                 }
-                waiting_for_stop = true;
-                cancel.set(stop.cancelled());
-                let jitter = if drain.window.is_zero() {
-                    Duration::ZERO
-                } else {
-                    drain.window.mul_f64(rand::rng().random_range(0.0..1.0))
-                };
-                drain_at = Some(far_future_add(Instant::now(), jitter));
+                Event::Cancelled => {
+                    if *this.waiting_for_stop || this.stop.is_cancelled() {
+                        this.ending.get_or_insert(Ending::Shutdown);
+                        break;
+                    }
+                    *this.waiting_for_stop = true;
+                    this.cancel.set(this.stop.cancelled());
+                    let window = this.drain.window;
+                    let jitter = if window.is_zero() {
+                        Duration::ZERO
+                    } else {
+                        window.mul_f64(rand::rng().random_range(0.0..1.0))
+                    };
+                    *this.drain_at = Some(far_future_add(Instant::now(), jitter));
+                }
             }
         }
+        Poll::Ready(this.conn.outcome(this.ending.unwrap_or(Ending::Idle)))
     }
-    let ending = ending.unwrap_or(Ending::Idle);
-    let (client_close, pod_close) = (conn.up.close_received(), conn.down.close_received());
-    let (closer, close_code) = match conn.first_close {
-        Some(FirstClose::Relay(code)) => (Closer::Balancer, Some(code)),
-        Some(FirstClose::From(Side::Client)) => (Closer::Client, client_close),
-        Some(FirstClose::From(Side::Pod)) => (Closer::Pod, pod_close),
-        None => match ending {
-            Ending::Closed(side) | Ending::ReadError(side) | Ending::WriteFailed(side) => {
-                (Closer::from(side), None)
-            }
-            Ending::Idle | Ending::Drained | Ending::Shutdown => (Closer::Balancer, None),
-        },
-    };
-    RelayOutcome {
-        client_to_pod: conn.up.bytes,
-        pod_to_client: conn.down.bytes,
-        messages_in: conn.up.tracker.messages(),
-        messages_out: conn.down.tracker.messages(),
-        ending,
-        client_close,
-        pod_close,
-        closer,
-        close_code,
+}
+
+impl Connection {
+    /// How the relay went, once it is over.
+    fn outcome(&self, ending: Ending) -> RelayOutcome {
+        let (client_close, pod_close) = (self.up.close_received(), self.down.close_received());
+        let (closer, close_code) = match self.first_close {
+            Some(FirstClose::Relay(code)) => (Closer::Balancer, Some(code)),
+            Some(FirstClose::From(Side::Client)) => (Closer::Client, client_close),
+            Some(FirstClose::From(Side::Pod)) => (Closer::Pod, pod_close),
+            None => match ending {
+                Ending::Closed(side) | Ending::ReadError(side) | Ending::WriteFailed(side) => {
+                    (Closer::from(side), None)
+                }
+                Ending::Idle | Ending::Drained | Ending::Shutdown => (Closer::Balancer, None),
+            },
+        };
+        RelayOutcome {
+            client_to_pod: self.up.bytes,
+            pod_to_client: self.down.bytes,
+            messages_in: self.up.tracker.messages(),
+            messages_out: self.down.tracker.messages(),
+            ending,
+            client_close,
+            pod_close,
+            closer,
+            close_code,
+        }
     }
 }
 
@@ -884,6 +1010,48 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_frame_that_arrives_in_parts_goes_on_in_one_write_after_whole_ones() {
+        let (mut client, client_near) = pair().await;
+        let (pod_near, mut pod) = pair().await;
+        let task = start(client_near, pod_near, no_drain());
+        let whole = encode_frame(true, OP_TEXT, b"first", Some([1, 2, 3, 4]));
+        let split = encode_frame(true, OP_BINARY, &[5u8; 1000], Some([4, 3, 2, 1]));
+        let mut sent = whole.clone();
+        sent.extend_from_slice(&split[..300]);
+        client.write_all(&sent).await.unwrap();
+        let mut got = vec![0u8; whole.len()];
+        pod.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, whole, "the whole frame is not held back");
+        // The relay runs on this thread (current-thread runtime): whatever
+        // it wrote in the poll that passed the whole frame is there now.
+        let mut probe = [0u8; 1];
+        assert_eq!(
+            pod.try_read(&mut probe).map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::WouldBlock),
+            "a part of a frame waits for its rest"
+        );
+        client.write_all(&split[300..]).await.unwrap();
+        let mut got = vec![0u8; split.len()];
+        pod.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, split);
+        // A stream that ends inside a frame still passes every byte.
+        let cut = encode_frame(true, OP_TEXT, b"never finished", Some([9, 9, 9, 9]));
+        client.write_all(&cut[..8]).await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), pod.read_to_end(&mut rest));
+        read.await.unwrap().unwrap();
+        assert_eq!(rest, cut[..8], "no Close of the relay's own inside a frame");
+        drop(pod);
+        let outcome = task.await.unwrap();
+        assert_eq!(outcome.messages_in, 2);
+        assert_eq!(
+            outcome.client_to_pod,
+            (whole.len() + split.len() + 8) as u64
+        );
+    }
+
+    #[tokio::test]
     async fn after_both_closes_the_client_side_closes_at_once() {
         let (mut client, client_near) = pair().await;
         let (pod_near, mut pod) = pair().await;
@@ -970,12 +1138,14 @@ mod tests {
         let drain = no_drain();
         let started = drain.started.clone();
         let task = start(client_near, pod_near, drain);
-        // Half a frame from the pod, then the drain starts.
+        // Half a frame from the pod, then the drain starts. The relay holds
+        // a part of a frame for its rest, except when a Close of its own
+        // waits: then it passes the part on and waits for the boundary.
         let frame = encode_frame(true, OP_BINARY, &[5u8; 1000], None);
         pod.write_all(&frame[..500]).await.unwrap();
+        started.cancel();
         let mut first = vec![0u8; 500];
         client.read_exact(&mut first).await.unwrap();
-        started.cancel();
         pod.write_all(&frame[500..]).await.unwrap();
         // The client gets the whole frame, then the Close, never a Close inside it.
         let mut rest = vec![0u8; frame.len() - 500];

@@ -86,11 +86,12 @@ pub fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
 /// checking every `every` until `stop` is cancelled. The content is
 /// compared, not only the modification time, and the path is read through
 /// symlinks, so a Kubernetes ConfigMap update (an atomic symlink swap,
-/// whose file times may not move) is seen too.
+/// whose file times may not move) is seen too. Changes count from the
+/// call: the first fingerprint is taken before it returns.
 pub fn file_changes(path: PathBuf, every: Duration, stop: CancellationToken) -> mpsc::Receiver<()> {
     let (tx, rx) = mpsc::channel(1);
+    let mut last = std::fs::read(&path).ok().map(|content| hash(&content));
     tokio::spawn(async move {
-        let mut last = fingerprint(&path).await;
         let mut ticks = tokio::time::interval(every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -117,10 +118,13 @@ pub fn file_changes(path: PathBuf, every: Duration, stop: CancellationToken) -> 
 
 /// A hash of the file's content, or `None` when it cannot be read.
 async fn fingerprint(path: &std::path::Path) -> Option<u64> {
-    let content = tokio::fs::read(path).await.ok()?;
+    Some(hash(&tokio::fs::read(path).await.ok()?))
+}
+
+fn hash(content: &[u8]) -> u64 {
     let mut hasher = DefaultHasher::new();
     content.hash(&mut hasher);
-    Some(hasher.finish())
+    hasher.finish()
 }
 
 #[cfg(test)]
@@ -147,19 +151,10 @@ mod tests {
         std::fs::write(&path, "a: 1").unwrap();
         let stop = CancellationToken::new();
         let mut changes = file_changes(path.clone(), Duration::from_millis(10), stop.clone());
-        // Let the watcher take its first fingerprint before the change.
-        tokio::task::yield_now().await;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        // Written again with new content until seen: the first write may
-        // land before the watcher's first read.
-        for n in 2.. {
-            std::fs::write(&path, format!("a: {n}")).unwrap();
-            let got = tokio::time::timeout(Duration::from_millis(200), changes.recv()).await;
-            if got.is_ok() {
-                break;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "no change seen");
-        }
+        // Written at once: the first fingerprint was taken in the call.
+        std::fs::write(&path, "a: 2").unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), changes.recv()).await;
+        assert_eq!(got, Ok(Some(())), "the change right after the call is seen");
         stop.cancel();
     }
 }
