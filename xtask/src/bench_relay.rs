@@ -285,7 +285,9 @@ impl Plan {
 
     /// Name and test-client arguments of the echo scenarios.
     fn echoes(&self) -> [(&'static str, Vec<String>); 2] {
-        let (small, large) = if self.quick { (100, 10) } else { (2000, 400) };
+        // Full runs last a few seconds per phase: shorter ones are mostly
+        // noise on a shared machine.
+        let (small, large) = if self.quick { (100, 10) } else { (3000, 1600) };
         [
             ("echo 64 conns x 128 B", args(64, 64, small, 128)),
             ("echo 8 conns x 64 KiB", args(8, 8, large, 65536)),
