@@ -160,7 +160,18 @@ async fn start_balancer(
         .await?;
     let line = lines.first().context("balancer ready line")?;
     let listen = field(line, "listen").context("listen")?;
+    let admin = field(line, "admin").context("admin")?;
     let pid = procs.pid(name).context("balancer pid")?;
+    // Started means serving: its first poll of the pod done (and what that
+    // sets up, such as the HTTP client's certificate store, in place), as
+    // a balancer is before any client arrives.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_get(&admin, "/readyz").await.unwrap_or_default() != "ready\n" {
+        if Instant::now() > deadline {
+            bail!("the balancer never became ready");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     Ok((format!("ws://{listen}/ws"), pid))
 }
 
