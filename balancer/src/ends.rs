@@ -19,8 +19,8 @@ use tokio_util::either::Either;
 use crate::dial::PodStream;
 
 /// Size of a relay buffer: a whole 64 KiB message and its header in one
-/// read and one write, so the far side is woken once per message, not once
-/// per piece. Buffers are borrowed only while bytes are in flight, so the
+/// read and one write (when it has all arrived), so the far side is woken
+/// once per message, not once per piece. Buffers are borrowed only while bytes are in flight, so the
 /// size costs an idle connection nothing.
 pub const CHUNK: usize = 64 * 1024 + 64;
 
@@ -68,15 +68,6 @@ pub enum Chunk {
 }
 
 impl Chunk {
-    /// Room left after the bytes (none in an early chunk): where a read
-    /// that tops the chunk up goes.
-    pub fn spare(&self) -> usize {
-        match self {
-            Chunk::Early(_) => 0,
-            Chunk::Pooled(buf, len) => buf.0.as_ref().map_or(0, |b| b.len() - len),
-        }
-    }
-
     /// The bytes.
     pub fn bytes(&self) -> &[u8] {
         match self {
@@ -158,24 +149,6 @@ impl End {
         let mut buf = Buffer::take();
         let n = std::task::ready!(self.poll_read_into(cx, buf.slice()))?;
         Poll::Ready(Ok((n > 0).then_some(Chunk::Pooled(buf, n))))
-    }
-
-    /// Reads more into `chunk`'s spare room (see [`Chunk::spare`]); the
-    /// number of bytes added, 0 at end of stream (or with no room).
-    pub fn poll_top_up(
-        &mut self,
-        cx: &mut Context<'_>,
-        chunk: &mut Chunk,
-    ) -> Poll<std::io::Result<usize>> {
-        let Chunk::Pooled(buf, len) = chunk else {
-            return Poll::Ready(Ok(0));
-        };
-        let Some(room) = buf.slice().get_mut(*len..) else {
-            return Poll::Ready(Ok(0));
-        };
-        let n = std::task::ready!(self.poll_read_into(cx, room))?;
-        *len += n;
-        Poll::Ready(Ok(n))
     }
 
     /// One read into `room`: the number of bytes read, 0 at end of stream.

@@ -118,7 +118,11 @@ impl Balancer {
                 .await
                 .map_err(|source| StartError::Bind { what, addr, source })
         };
-        let listener = bind("listen", config.listen).await?;
+        let listener = listener::bind(config.listen).map_err(|source| StartError::Bind {
+            what: "listen",
+            addr: config.listen,
+            source,
+        })?;
         let admin_listener = bind("adminListen", config.admin_listen).await?;
         let listen_addr = local_addr(&listener, "listen", config.listen)?;
         let admin_addr = local_addr(&admin_listener, "adminListen", config.admin_listen)?;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
@@ -21,6 +21,22 @@ use crate::forward;
 use crate::handshake::plain_response;
 use crate::metrics::Refusal;
 use crate::upgrade::{Answer, Proxy, RelayJob};
+
+/// Binds the client-facing listener. `TCP_NODELAY` is set on the listening
+/// socket, and Linux hands it down to every accepted one: one system call
+/// per connection fewer than setting it on each (elsewhere it is set on
+/// each, as well). Otherwise what `TcpListener::bind` does: `SO_REUSEADDR`
+/// and a backlog of 1024.
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
 
 /// Accepts until `drain` (or `stop`) is cancelled; the listening socket is
 /// closed then, so new clients are refused at once. Connections are tracked
@@ -47,6 +63,8 @@ pub async fn accept_loop(
             () = stop.cancelled() => return,
         };
         proxy.metrics.accepted();
+        // Inherited from the listener on Linux (see `bind`).
+        #[cfg(not(target_os = "linux"))]
         let _ = tcp.set_nodelay(true);
         let proxy = proxy.clone();
         let stopped = stop.clone().cancelled_owned();
@@ -182,5 +200,29 @@ async fn serve<IO>(
             }
         }
         () = stopped => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_sockets_have_nodelay_from_the_listener() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        assert!(
+            accepted.nodelay().unwrap(),
+            "TCP_NODELAY on the accepted socket"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_taken_address_is_an_error() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let taken = listener.local_addr().unwrap();
+        assert!(bind(taken).is_err());
     }
 }

@@ -344,49 +344,10 @@ impl Pump {
         shared: &mut Shared<'_>,
     ) -> Poll<PumpEnd> {
         let requested = shared.requested;
-        // A Close of the relay's own waits for a frame boundary.
-        let stopping = requested.is_some() && !self.closed_by_us;
         if let Some(end) = self.ended {
             return Poll::Ready(end);
         }
         loop {
-            // 0. A frame that arrived in part, with the rest on its way
-            // and room for it: read the rest first, so the frame goes on
-            // in one write (the far side wakes once per frame, not once
-            // per piece).
-            if let Some(chunk) = &self.chunk
-                && matches!(self.out, Some(Outgoing::Relayed { .. }))
-            {
-                if self.fed < chunk.bytes().len() && !stopping {
-                    // Topped up: feed the new bytes before writing.
-                    self.feed(shared, stopping);
-                    continue;
-                }
-                if let Some(start) = self.partial_frame_start(chunk, stopping) {
-                    if let Some(Outgoing::Relayed {
-                        from: first,
-                        to: last,
-                    }) = &mut self.out
-                        && *first < start
-                    {
-                        // Whole frames before it go now; it waits.
-                        *last = start;
-                    } else if let Some(chunk) = &mut self.chunk {
-                        match from.poll_top_up(cx, chunk) {
-                            Poll::Pending => return Poll::Pending,
-                            Poll::Ready(Ok(n)) if n > 0 => {
-                                shared.read = true;
-                                continue;
-                            }
-                            // The stream ended mid-frame: pass what came,
-                            // then end (no Close of our own inside a frame).
-                            Poll::Ready(result) => {
-                                self.finishing = Some(self.read_end(result.is_ok()));
-                            }
-                        }
-                    }
-                }
-            }
             // 1. Finish the write in progress.
             if let Some(out) = &mut self.out {
                 let bytes: &[u8] = match out {
@@ -417,19 +378,7 @@ impl Pump {
                         Poll::Ready(_) => return self.end(PumpEnd::WriteFailed),
                     }
                 }
-                self.out = match self.out {
-                    // Whole frames went ahead of a partial one: its turn.
-                    Some(Outgoing::Relayed { to, .. }) if to < self.fed => {
-                        Some(Outgoing::Relayed {
-                            from: to,
-                            to: self.fed,
-                        })
-                    }
-                    _ => None,
-                };
-                if self.out.is_some() {
-                    continue;
-                }
+                self.out = None;
             }
             // 2. An ending waiting for its last write.
             if let Some(end) = self.finishing {
@@ -464,7 +413,7 @@ impl Pump {
             if let Some(chunk) = &self.chunk
                 && self.fed < chunk.bytes().len()
             {
-                self.feed(shared, stopping);
+                self.feed(shared);
                 continue;
             }
             self.chunk = None;
@@ -497,10 +446,11 @@ impl Pump {
         }
     }
 
-    /// Feeds the chunk's next bytes to the tracker (up to the next frame
-    /// boundary when `stopping`) and queues them to be written, after any
-    /// not written yet.
-    fn feed(&mut self, shared: &mut Shared<'_>, stopping: bool) {
+    /// Feeds the chunk's next bytes to the tracker and queues them to be
+    /// written: up to the next frame boundary when a Close of the relay's
+    /// own waits for one.
+    fn feed(&mut self, shared: &mut Shared<'_>) {
+        let stopping = shared.requested.is_some() && !self.closed_by_us;
         let Some(chunk) = &self.chunk else { return };
         let rest = chunk.bytes().get(self.fed..).unwrap_or_default();
         let used = if self.framed {
@@ -523,36 +473,14 @@ impl Pump {
         let start = self.fed;
         self.fed += used;
         if !self.closed_by_us {
-            let from = match self.out {
-                Some(Outgoing::Relayed { from, .. }) => from,
-                _ => start,
-            };
-            self.out = Some(Outgoing::Relayed { from, to: self.fed });
+            self.out = Some(Outgoing::Relayed {
+                from: start,
+                to: self.fed,
+            });
         } else if self.tracker.close_seen() {
             // The answer to our Close: this direction is done.
             self.finishing = Some(PumpEnd::Answered);
         }
-    }
-
-    /// Where in `chunk` a frame starts that has only partly arrived, when
-    /// its rest should be read before it is written: all of the chunk was
-    /// fed, the rest fits in the chunk's spare room, and nothing else waits
-    /// (no Close of our own, no ending, no write already blocked). 0 when
-    /// the frame began in an earlier chunk.
-    fn partial_frame_start(&self, chunk: &Chunk, stopping: bool) -> Option<usize> {
-        let waits = !self.framed
-            || stopping
-            || self.finishing.is_some()
-            || self.blocked_since.is_some()
-            || self.fed != chunk.bytes().len();
-        if waits {
-            return None;
-        }
-        let (passed, rest) = self.tracker.partial_frame()?;
-        (rest <= chunk.spare() as u64).then(|| {
-            self.fed
-                .saturating_sub(usize::try_from(passed).unwrap_or(usize::MAX))
-        })
     }
 
     /// How this direction ends when its reading side does (`ok`: at end of
@@ -639,7 +567,7 @@ impl Connection {
             result = Poll::Ready((Side::Pod, end));
         }
         // Bytes read count as activity even before they are passed on (a
-        // Close being inserted first, the rest of a frame awaited).
+        // Close being inserted first).
         if shared.read || self.up.bytes + self.down.bytes != before {
             self.last_activity = Instant::now();
         }
@@ -1010,31 +938,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_frame_that_arrives_in_parts_goes_on_in_one_write_after_whole_ones() {
+    async fn a_stream_that_ends_inside_a_frame_passes_every_byte_and_no_close() {
         let (mut client, client_near) = pair().await;
         let (pod_near, mut pod) = pair().await;
         let task = start(client_near, pod_near, no_drain());
-        let whole = encode_frame(true, OP_TEXT, b"first", Some([1, 2, 3, 4]));
-        let split = encode_frame(true, OP_BINARY, &[5u8; 1000], Some([4, 3, 2, 1]));
-        let mut sent = whole.clone();
-        sent.extend_from_slice(&split[..300]);
-        client.write_all(&sent).await.unwrap();
-        let mut got = vec![0u8; whole.len()];
-        pod.read_exact(&mut got).await.unwrap();
-        assert_eq!(got, whole, "the whole frame is not held back");
-        // The relay runs on this thread (current-thread runtime): whatever
-        // it wrote in the poll that passed the whole frame is there now.
-        let mut probe = [0u8; 1];
-        assert_eq!(
-            pod.try_read(&mut probe).map_err(|e| e.kind()),
-            Err(std::io::ErrorKind::WouldBlock),
-            "a part of a frame waits for its rest"
-        );
-        client.write_all(&split[300..]).await.unwrap();
-        let mut got = vec![0u8; split.len()];
-        pod.read_exact(&mut got).await.unwrap();
-        assert_eq!(got, split);
-        // A stream that ends inside a frame still passes every byte.
         let cut = encode_frame(true, OP_TEXT, b"never finished", Some([9, 9, 9, 9]));
         client.write_all(&cut[..8]).await.unwrap();
         client.shutdown().await.unwrap();
@@ -1044,11 +951,7 @@ mod tests {
         assert_eq!(rest, cut[..8], "no Close of the relay's own inside a frame");
         drop(pod);
         let outcome = task.await.unwrap();
-        assert_eq!(outcome.messages_in, 2);
-        assert_eq!(
-            outcome.client_to_pod,
-            (whole.len() + split.len() + 8) as u64
-        );
+        assert_eq!((outcome.messages_in, outcome.client_to_pod), (0, 8));
     }
 
     #[tokio::test]
@@ -1138,14 +1041,12 @@ mod tests {
         let drain = no_drain();
         let started = drain.started.clone();
         let task = start(client_near, pod_near, drain);
-        // Half a frame from the pod, then the drain starts. The relay holds
-        // a part of a frame for its rest, except when a Close of its own
-        // waits: then it passes the part on and waits for the boundary.
+        // Half a frame from the pod, then the drain starts.
         let frame = encode_frame(true, OP_BINARY, &[5u8; 1000], None);
         pod.write_all(&frame[..500]).await.unwrap();
-        started.cancel();
         let mut first = vec![0u8; 500];
         client.read_exact(&mut first).await.unwrap();
+        started.cancel();
         pod.write_all(&frame[500..]).await.unwrap();
         // The client gets the whole frame, then the Close, never a Close inside it.
         let mut rest = vec![0u8; frame.len() - 500];

@@ -151,18 +151,6 @@ impl FrameTracker {
         self.have == 0 && self.remaining == 0
     }
 
-    /// Inside a frame whose header has passed: how many of its bytes have
-    /// passed (header included) and how many are still to come. `None`
-    /// between two frames and while a header is incomplete. The relay uses
-    /// it to pass a frame that arrived in pieces on in one write.
-    pub fn partial_frame(&self) -> Option<(u64, u64)> {
-        let header = self
-            .current
-            .filter(|_| self.have == 0 && self.remaining > 0)?;
-        let header_bytes = header_len(self.header[0], self.header[1]) as u64;
-        Some((header_bytes + header.len - self.remaining, self.remaining))
-    }
-
     /// Complete data messages seen so far.
     pub fn messages(&self) -> u64 {
         self.messages
@@ -385,23 +373,6 @@ mod tests {
         assert_eq!(t.messages(), 0);
         t.feed(&frame[4..], false, |_| {}).unwrap();
         assert_eq!(t.messages(), 1);
-    }
-
-    #[test]
-    fn partial_frame_counts_what_passed_and_what_is_to_come() {
-        let frame = encode_frame(true, OP_BINARY, &[7u8; 300], Some([1, 2, 3, 4]));
-        let header = frame.len() - 300;
-        let mut t = FrameTracker::new();
-        assert_eq!(t.partial_frame(), None);
-        t.feed(&frame[..1], false, |_| {}).unwrap();
-        assert_eq!(t.partial_frame(), None, "length not known yet");
-        t.feed(&frame[1..header + 100], false, |_| {}).unwrap();
-        assert_eq!(t.partial_frame(), Some((header as u64 + 100, 200)));
-        t.feed(&frame[header + 100..], false, |_| {}).unwrap();
-        assert_eq!(t.partial_frame(), None);
-        let empty = encode_frame(true, OP_TEXT, b"", None);
-        t.feed(&empty, false, |_| {}).unwrap();
-        assert_eq!(t.partial_frame(), None, "an empty frame is whole");
     }
 
     #[test]
