@@ -24,6 +24,10 @@ use crate::dial::PodStream;
 /// size costs an idle connection nothing.
 pub const CHUNK: usize = 64 * 1024 + 64;
 
+/// Largest remainder [`Chunk::copy_rest`] copies out of a pooled buffer; a
+/// larger one keeps the buffer (at most 4 times what it owes).
+const COPY_MAX: usize = 16 * 1024;
+
 /// Free buffers kept for reuse at most (about 4 MiB); beyond, they are
 /// freed.
 const POOL_MAX: usize = 64;
@@ -61,17 +65,33 @@ impl Drop for Buffer {
 
 /// Bytes read from one end.
 pub enum Chunk {
-    /// Bytes already buffered by hyper during the handshake.
-    Early(Bytes),
+    /// Bytes the connection owns outright: those read past the handshake,
+    /// or what a blocked write still owes (see [`Chunk::copy_rest`]).
+    Owned(Bytes),
     /// `len` bytes at the start of a pooled buffer.
     Pooled(Buffer, usize),
 }
 
 impl Chunk {
+    /// The bytes from `from` on, copied into a chunk of their own, when this
+    /// is a pooled buffer and they are few enough to copy (`None`
+    /// otherwise). A write that has to wait then holds what it owes instead
+    /// of a whole pooled buffer, which goes back to the pool: a client that
+    /// stops reading pins the bytes it was sent, not 64 KiB.
+    pub fn copy_rest(&self, from: usize) -> Option<Chunk> {
+        match self {
+            Chunk::Pooled(buf, len) => {
+                let rest = buf.0.as_deref()?.get(from..*len)?;
+                (rest.len() <= COPY_MAX).then(|| Chunk::Owned(Bytes::copy_from_slice(rest)))
+            }
+            Chunk::Owned(_) => None,
+        }
+    }
+
     /// The bytes.
     pub fn bytes(&self) -> &[u8] {
         match self {
-            Chunk::Early(b) => b,
+            Chunk::Owned(b) => b,
             Chunk::Pooled(buf, len) => buf.0.as_deref().map_or(&[][..], |b| &b[..*len]),
         }
     }
@@ -204,5 +224,41 @@ impl End {
             End::Io(io) => Pin::new(&mut **io).poll_shutdown(&mut cx),
             End::Closed => Poll::Ready(Ok(())),
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pooled(content: &[u8]) -> Chunk {
+        let mut buf = Buffer::take();
+        buf.slice()[..content.len()].copy_from_slice(content);
+        Chunk::Pooled(buf, content.len())
+    }
+
+    #[test]
+    fn a_small_rest_is_copied_out_of_its_pooled_buffer() {
+        let chunk = pooled(b"0123456789");
+        let rest = chunk.copy_rest(4).expect("copied");
+        assert!(matches!(rest, Chunk::Owned(_)));
+        assert_eq!(rest.bytes(), b"456789");
+        assert_eq!(chunk.copy_rest(10).map(|c| c.bytes().len()), Some(0));
+    }
+
+    #[test]
+    fn a_large_rest_or_an_owned_chunk_stays_as_it_is() {
+        let big = vec![7u8; COPY_MAX + 1];
+        assert!(pooled(&big).copy_rest(0).is_none());
+        assert!(
+            pooled(&big).copy_rest(1).is_some(),
+            "exactly COPY_MAX is copied"
+        );
+        assert!(
+            Chunk::Owned(Bytes::from_static(b"abc"))
+                .copy_rest(1)
+                .is_none()
+        );
+        assert!(pooled(b"abc").copy_rest(4).is_none(), "past the end");
     }
 }

@@ -277,7 +277,7 @@ impl Pump {
             tracker: FrameTracker::new(),
             framed: true,
             closed_by_us: false,
-            chunk: early.map(Chunk::Early),
+            chunk: early.map(Chunk::Owned),
             fed: 0,
             out: None,
             blocked_since: None,
@@ -360,7 +360,10 @@ impl Pump {
                 if !bytes.is_empty() {
                     match to.poll_write(cx, bytes) {
                         Poll::Pending => {
-                            self.blocked_since.get_or_insert_with(Instant::now);
+                            if self.blocked_since.is_none() {
+                                self.blocked_since = Some(Instant::now());
+                                self.keep_only_unwritten();
+                            }
                             return Poll::Pending;
                         }
                         Poll::Ready(Ok(n)) if n > 0 => {
@@ -481,6 +484,22 @@ impl Pump {
             // The answer to our Close: this direction is done.
             self.finishing = Some(PumpEnd::Answered);
         }
+    }
+
+    /// A write has to wait: when what it still owes is little, that is
+    /// copied out and the pooled buffer goes back (see [`Chunk::copy_rest`]);
+    /// the offsets follow.
+    fn keep_only_unwritten(&mut self) {
+        let Some(Outgoing::Relayed { from, to }) = &mut self.out else {
+            return;
+        };
+        let Some(rest) = self.chunk.as_ref().and_then(|c| c.copy_rest(*from)) else {
+            return;
+        };
+        self.chunk = Some(rest);
+        self.fed -= *from;
+        *to -= *from;
+        *from = 0;
     }
 
     /// How this direction ends when its reading side does (`ok`: at end of
@@ -952,6 +971,43 @@ mod tests {
         drop(pod);
         let outcome = task.await.unwrap();
         assert_eq!((outcome.messages_in, outcome.client_to_pod), (0, 8));
+    }
+
+    /// Like [`pair`], with small socket buffers both ways, so that writes
+    /// toward the far end block after a few KiB when it does not read.
+    async fn small_pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpSocket::new_v4().unwrap();
+        listener.set_send_buffer_size(4096).unwrap();
+        listener.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = listener.listen(8).unwrap();
+        let far = tokio::net::TcpSocket::new_v4().unwrap();
+        far.set_recv_buffer_size(4096).unwrap();
+        let far = far.connect(listener.local_addr().unwrap()).await.unwrap();
+        let (near, _) = listener.accept().await.unwrap();
+        (far, near)
+    }
+
+    #[tokio::test]
+    async fn bytes_owed_by_a_blocked_write_pass_intact_once_it_reads() {
+        let (mut client, client_near) = small_pair().await;
+        let (pod_near, mut pod) = pair().await;
+        let task = start(client_near, pod_near, no_drain());
+        // Frames of 1 KiB, one at a time, while the client reads nothing:
+        // the relay's writes toward it block with a little owed each time.
+        let mut sent = Vec::new();
+        for i in 0..200u32 {
+            let frame = encode_frame(true, OP_BINARY, &[(i % 251) as u8; 1024], None);
+            pod.write_all(&frame).await.unwrap();
+            sent.extend_from_slice(&frame);
+            tokio::task::yield_now().await;
+        }
+        let mut got = vec![0u8; sent.len()];
+        let read = tokio::time::timeout(Duration::from_secs(10), client.read_exact(&mut got));
+        read.await.unwrap().unwrap();
+        assert!(got == sent, "every byte, in order");
+        drop(pod);
+        let outcome = task.await.unwrap();
+        assert_eq!(outcome.messages_out, 200);
     }
 
     #[tokio::test]
