@@ -25,15 +25,20 @@ use crate::upgrade::{Answer, Proxy, RelayJob};
 /// Binds the client-facing listener. `TCP_NODELAY` is set on the listening
 /// socket, and Linux hands it down to every accepted one: one system call
 /// per connection fewer than setting it on each (elsewhere it is set on
-/// each, as well). Otherwise what `TcpListener::bind` does: `SO_REUSEADDR`
-/// and a backlog of 1024.
+/// each, as well). `SO_REUSEADDR` as `TcpListener::bind` sets it (not on
+/// Windows, where it would let another process take the port), and a
+/// backlog of 1024 rather than its 128, so a burst of connections waits in
+/// the kernel's queue instead of having its SYNs dropped and retried a
+/// second later.
 pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     let socket = match addr {
         std::net::SocketAddr::V4(_) => TcpSocket::new_v4()?,
         std::net::SocketAddr::V6(_) => TcpSocket::new_v6()?,
     };
+    #[cfg(not(windows))]
     socket.set_reuseaddr(true)?;
-    socket.set_nodelay(true)?;
+    // Best effort: where it is not inherited, each accepted socket gets it.
+    let _ = socket.set_nodelay(true);
     socket.bind(addr)?;
     socket.listen(1024)
 }
