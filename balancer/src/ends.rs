@@ -20,8 +20,8 @@ use crate::dial::PodStream;
 
 /// Size of a relay buffer: a whole 64 KiB message and its header in one
 /// read and one write (when it has all arrived), so the far side is woken
-/// once per message, not once per piece. Buffers are borrowed only while bytes are in flight, so the
-/// size costs an idle connection nothing.
+/// once per message, not once per piece. Buffers are borrowed only while
+/// bytes are in flight, so the size costs an idle connection nothing.
 pub const CHUNK: usize = 64 * 1024 + 64;
 
 /// Largest remainder [`Chunk::copy_rest`] copies out of a pooled buffer; a
