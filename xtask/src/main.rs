@@ -82,8 +82,9 @@ enum Task {
 #[derive(Debug, clap::Args)]
 struct CompareArgs {
     /// Runs per figure (the median is reported; targets alternate within
-    /// each run).
-    #[arg(long, default_value_t = 3)]
+    /// each run). Five, as the relay issue's reference figures: on a
+    /// shared machine three medians still move by ±10%.
+    #[arg(long, default_value_t = 5)]
     runs: usize,
     /// Held connections for the idle memory figures (comma-separated; one
     /// process holds at most ~9,900 relayed connections under the 20,000
