@@ -167,24 +167,15 @@ impl End {
             End::Closed => return Poll::Ready(Ok(None)),
         }
         let mut buf = Buffer::take();
-        let n = std::task::ready!(self.poll_read_into(cx, buf.slice()))?;
-        Poll::Ready(Ok((n > 0).then_some(Chunk::Pooled(buf, n))))
-    }
-
-    /// One read into `room`: the number of bytes read, 0 at end of stream.
-    fn poll_read_into(
-        &mut self,
-        cx: &mut Context<'_>,
-        room: &mut [u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let mut filled = ReadBuf::new(room);
+        let mut filled = ReadBuf::new(buf.slice());
         let read = match self {
             End::Tcp(tcp) => Pin::new(tcp).poll_read(cx, &mut filled),
             End::Io(io) => Pin::new(&mut **io).poll_read(cx, &mut filled),
             End::Closed => Poll::Ready(Ok(())),
         };
         std::task::ready!(read)?;
-        Poll::Ready(Ok(filled.filled().len()))
+        let n = filled.filled().len();
+        Poll::Ready(Ok((n > 0).then_some(Chunk::Pooled(buf, n))))
     }
 
     /// Writes some of `bytes` (flushed, for TLS), or waits.

@@ -113,17 +113,18 @@ impl Balancer {
     /// Binds both listeners, starts polling and starts accepting.
     pub async fn start(config: Config) -> Result<Balancer, StartError> {
         config.validate()?;
-        let bind = |what: &'static str, addr: SocketAddr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Bind { what, addr, source })
-        };
         let listener = listener::bind(config.listen).map_err(|source| StartError::Bind {
             what: "listen",
             addr: config.listen,
             source,
         })?;
-        let admin_listener = bind("adminListen", config.admin_listen).await?;
+        let admin_listener = TcpListener::bind(config.admin_listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                what: "adminListen",
+                addr: config.admin_listen,
+                source,
+            })?;
         let listen_addr = local_addr(&listener, "listen", config.listen)?;
         let admin_addr = local_addr(&admin_listener, "adminListen", config.admin_listen)?;
 

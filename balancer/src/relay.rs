@@ -429,7 +429,11 @@ impl Pump {
                     self.chunk = Some(chunk);
                 }
                 Poll::Ready(result) => {
-                    let end = self.read_end(result.is_ok());
+                    let end = match (self.closed_by_us, result.is_ok()) {
+                        (true, _) => PumpEnd::Answered,
+                        (false, true) => PumpEnd::Eof,
+                        (false, false) => PumpEnd::ReadError,
+                    };
                     // The reading side vanished without a Close: tell the
                     // other side properly (1014 to a client, 1001 to a pod).
                     if !self.closed_by_us
@@ -500,16 +504,6 @@ impl Pump {
         self.fed -= *from;
         *to -= *from;
         *from = 0;
-    }
-
-    /// How this direction ends when its reading side does (`ok`: at end of
-    /// stream rather than on an error).
-    fn read_end(&self, ok: bool) -> PumpEnd {
-        match (self.closed_by_us, ok) {
-            (true, _) => PumpEnd::Answered,
-            (false, true) => PumpEnd::Eof,
-            (false, false) => PumpEnd::ReadError,
-        }
     }
 
     fn end(&mut self, end: PumpEnd) -> Poll<PumpEnd> {

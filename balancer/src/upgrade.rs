@@ -569,9 +569,11 @@ impl Proxy {
     /// Relays until done, and counts and logs how it went.
     async fn relay(self: Arc<Self>, mut relayed: Box<Relayed>) {
         let started = Instant::now();
+        // Read before the relay, so the settings are not held for its life.
+        let limits = self.settings().limits;
         let outcome = relay::run(
             &mut relayed.conn,
-            self.settings().limits,
+            limits,
             &self.drain,
             &self.stop,
             self.metrics.traffic(),

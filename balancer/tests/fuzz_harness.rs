@@ -201,7 +201,12 @@ fn fuzz_bodies_hold_on_mutated_inputs() {
 #[test]
 fn regressions() {
     // A report past the size limit is refused without being parsed.
-    bodies::report(&vec![b' '; common::report::MAX_REPORT_BYTES + 1]);
+    let big = vec![b' '; common::report::MAX_REPORT_BYTES + 1];
+    bodies::report(&big);
+    assert!(matches!(
+        common::Report::parse(&big),
+        Err(common::report::ReportError::TooLarge)
+    ));
     // A 64-bit frame length with its top bit set.
     bodies::frame_tracker(b"\x00\x82\x7f\x80\x00\x00\x00\x00\x00\x00\x00");
     // A head of as many fields as the parser takes, all forwarded.
@@ -211,6 +216,10 @@ fn regressions() {
     }
     head.extend_from_slice(b"\r\n");
     bodies::request_head(&head);
+    assert!(matches!(
+        wsbalancer::head::RequestHead::parse(&head),
+        wsbalancer::head::ParsedRequest::Complete(..)
+    ));
 }
 
 /// Found by `cargo fuzz run config`: a key holding a line break (a YAML

@@ -73,6 +73,7 @@ async fn a_reload_moves_new_connections_and_keeps_the_old_ones() {
     }
     drop(on_a);
     wait_until("a is left with nothing", || a.connections() == 0).await;
+    assert_eq!(balancer.registry().pods().len(), 1);
     assert!(
         balancer
             .registry()

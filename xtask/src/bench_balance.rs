@@ -169,7 +169,7 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 /// Starts one pod process on `port` (0 = any); returns its URL.
-async fn pod(procs: &mut Procs, index: usize, port: u16) -> anyhow::Result<String> {
+pub(crate) async fn pod(procs: &mut Procs, index: usize, port: u16) -> anyhow::Result<String> {
     let lines = procs
         .start(
             &format!("pod{index}"),

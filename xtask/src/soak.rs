@@ -83,24 +83,6 @@ async fn batch(url: &str) -> anyhow::Result<serde_json::Value> {
     serde_json::from_slice(&out.stdout).context("test-client JSON")
 }
 
-/// Starts pod `index`, on `port` (0: a free one); returns its URL.
-async fn start_pod(procs: &mut Procs, index: usize, port: u16) -> anyhow::Result<String> {
-    let name = format!("pod{index}");
-    let lines = procs
-        .start(
-            &name,
-            Command::new(release_bin("test-server"))
-                .args(["--listen", &format!("127.0.0.1:{port}")])
-                .args(["--name-prefix", &name]),
-            1,
-        )
-        .await?;
-    lines
-        .first()
-        .and_then(|l| field(l, "url"))
-        .context("pod url")
-}
-
 /// What the churn did, summed over batches.
 #[derive(Default)]
 struct Tally {
@@ -145,7 +127,7 @@ pub async fn run(duration: Duration) -> anyhow::Result<String> {
 async fn soak(procs: &mut Procs, duration: Duration) -> anyhow::Result<String> {
     let mut urls = Vec::with_capacity(PODS);
     for index in 0..PODS {
-        urls.push(start_pod(procs, index, 0).await?);
+        urls.push(crate::bench_balance::pod(procs, index, 0).await?);
     }
     let ports: Vec<u16> = urls
         .iter()
@@ -198,7 +180,7 @@ async fn soak(procs: &mut Procs, duration: Duration) -> anyhow::Result<String> {
                     procs.kill(&name).await?;
                     tally.kills += 1;
                     tokio::time::sleep(DOWN_FOR).await;
-                    start_pod(procs, victim, ports[victim]).await?;
+                    crate::bench_balance::pod(procs, victim, ports[victim]).await?;
                     victim = (victim + 1) % PODS;
                     next_kill = Instant::now() + KILL_EVERY;
                 }
