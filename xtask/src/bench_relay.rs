@@ -175,6 +175,27 @@ async fn start_balancer(
     Ok((format!("ws://{listen}/ws"), pid))
 }
 
+/// Column (and process) name of the bare relay [`crate::floor`].
+const TCP_RELAY: &str = "TCP relay";
+
+/// Starts the bare relay in front of `pod`, pinned to core 0; returns
+/// (ws url, pid).
+async fn start_tcp_relay(procs: &mut Procs, pod: &PodInfo) -> anyhow::Result<(String, u32)> {
+    let lines = procs
+        .start(
+            TCP_RELAY,
+            pinned(0, release_bin("xtask")).args(["tcp-relay", "--to", &pod.authority]),
+            1,
+        )
+        .await?;
+    let listen = lines
+        .first()
+        .and_then(|l| field(l, "listen"))
+        .context("tcp relay listen address")?;
+    let pid = procs.pid(TCP_RELAY).context("tcp relay pid")?;
+    Ok((format!("ws://{listen}/ws"), pid))
+}
+
 /// Process name of the fresh proxy started for the idle measure.
 const IDLE_PROXY: &str = "idle-proxy";
 
@@ -351,7 +372,15 @@ async fn measure(procs: &mut Procs, plan: &Plan) -> anyhow::Result<String> {
             pid: Some(pid),
         },
     ];
-    let mut notes = Vec::new();
+    let (url, pid) = start_tcp_relay(procs, &pod).await?;
+    targets.push(Target {
+        name: TCP_RELAY,
+        url,
+        pid: Some(pid),
+    });
+    let mut notes = vec![format!(
+        "{TCP_RELAY}: the least a proxy can do here, tokio's `copy_bidirectional` with 64 KiB buffers between the client and the pod (no parsing, no frames, no choice of pod): what the extra hop itself costs on this machine. No idle figure: it holds two buffers per connection by design."
+    )];
     for peer in [Peer::Haproxy, Peer::Nginx] {
         if !plan.peers {
             notes.push(format!("{} left out (--no-peers).", peer.name()));
@@ -421,7 +450,7 @@ async fn measure(procs: &mut Procs, plan: &Plan) -> anyhow::Result<String> {
         }
         for (level, &idle) in plan.idle.iter().enumerate() {
             for (target, fig) in targets.iter().zip(figures.iter_mut()) {
-                if target.pid.is_some() && idle > 0 {
+                if target.pid.is_some() && target.name != TCP_RELAY && idle > 0 {
                     fig.idle_kib[level]
                         .push(idle_memory(procs, target.name, &pod, &dir, idle).await?);
                 }
@@ -473,19 +502,20 @@ async fn python_baseline(pod: &PodInfo) -> String {
     }
 }
 
-/// "value (ratio to direct, ratio to HAProxy)" for a throughput cell.
-fn with_ratios(i: usize, value: f64, direct: f64, haproxy: Option<(usize, f64)>) -> String {
+/// "value (ratio to each reference)" for a throughput cell of column `i`:
+/// `figure` gives a column's value, and the references are direct (column
+/// 0), the TCP relay and HAProxy, each left out of its own column.
+fn with_ratios(i: usize, figure: &dyn Fn(usize) -> f64, references: &[(usize, &str)]) -> String {
+    let value = figure(i);
     if i == 0 {
         return format!("{value:.0}");
     }
-    let mut cell = format!("{value:.0} ({:.2}x direct", value / direct);
-    if let Some((h, hv)) = haproxy
-        && h != i
-    {
-        let _ = write!(cell, ", {:.2}x HAProxy", value / hv);
-    }
-    cell.push(')');
-    cell
+    let ratios: Vec<String> = references
+        .iter()
+        .filter(|(r, _)| *r != i)
+        .map(|&(r, name)| format!("{:.2}x {name}", value / figure(r)))
+        .collect();
+    format!("{value:.0} ({})", ratios.join(", "))
 }
 
 /// The markdown table: one column per target, ratios against direct and
@@ -498,7 +528,12 @@ fn report(
 ) -> String {
     let mut out = String::new();
     let names: Vec<&str> = targets.iter().map(|t| t.name).collect();
-    let haproxy = targets.iter().position(|t| t.name == Peer::Haproxy.name());
+    let references: Vec<(usize, &str)> = targets
+        .iter()
+        .enumerate()
+        .filter(|(i, t)| *i == 0 || t.name == TCP_RELAY || t.name == Peer::Haproxy.name())
+        .map(|(i, t)| (i, t.name))
+        .collect();
     let _ = writeln!(
         out,
         "| measure (median of {}) | {} |",
@@ -519,24 +554,12 @@ fn report(
     row(
         &mut out,
         &format!("new connections/s ({conns} open+close, concurrency 64)"),
-        &|i, f| {
-            with_ratios(
-                i,
-                rate(f),
-                rate(&figures[0]),
-                haproxy.map(|h| (h, rate(&figures[h]))),
-            )
-        },
+        &|i, _| with_ratios(i, &|c| rate(&figures[c]), &references),
     );
     for (e, (name, _)) in echoes.iter().enumerate() {
         let msgs = |f: &Figures| median(f.echo[e].0.clone());
-        row(&mut out, &format!("{name}: messages/s"), &|i, f| {
-            with_ratios(
-                i,
-                msgs(f),
-                msgs(&figures[0]),
-                haproxy.map(|h| (h, msgs(&figures[h]))),
-            )
+        row(&mut out, &format!("{name}: messages/s"), &|i, _| {
+            with_ratios(i, &|c| msgs(&figures[c]), &references)
         });
         row(&mut out, &format!("{name}: p99 round trip"), &|_, f| {
             format!("{:.2} ms", median(f.echo[e].1.clone()))
@@ -562,8 +585,8 @@ fn report(
         row(
             &mut out,
             &format!("idle memory: RSS growth per relayed connection at {idle}"),
-            &|i, f| {
-                if i == 0 {
+            &|_, f| {
+                if f.idle_kib[level].is_empty() {
                     "–".into()
                 } else {
                     format!("{:.2} KiB", median(f.idle_kib[level].clone()))

@@ -7,6 +7,7 @@
 
 mod bench_balance;
 mod bench_relay;
+mod floor;
 mod peers;
 mod procs;
 mod soak;
@@ -75,6 +76,17 @@ enum Task {
         /// How long each connection stays open.
         #[arg(long, default_value = "2s")]
         hold: String,
+    },
+    /// The benchmark's "TCP relay" column: copies bytes to one pod and
+    /// back, nothing else (started by `cargo xtask bench`).
+    #[command(hide = true)]
+    TcpRelay {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+        /// The pod, host:port.
+        #[arg(long)]
+        to: String,
     },
 }
 
@@ -171,6 +183,7 @@ async fn main() -> anyhow::Result<()> {
             println!("\n{report}");
             Ok(())
         }
+        Task::TcpRelay { listen, to } => floor::run(&listen, &to).await,
         Task::Demo {
             pods,
             connections,
@@ -254,6 +267,8 @@ async fn build_release() -> anyhow::Result<()> {
             "test-server",
             "-p",
             "test-client",
+            "-p",
+            "xtask",
         ])
         .status()
         .await

@@ -1,6 +1,6 @@
 //! The xtask tasks CI can afford, run as a user would: `cargo xtask bench
 //! --quick` on a machine without HAProxy and NGINX (it measures the direct
-//! connection and wsbalancer, says the peers were skipped, and prints the
+//! connection, wsbalancer and the bare TCP relay, says the peers were skipped, and prints the
 //! table), and a two-minute `cargo xtask soak`. Debug binaries stand in for
 //! release ones, so the suite does not build a second profile.
 
@@ -90,7 +90,10 @@ fn quick_bench_runs_and_says_when_peers_are_missing() {
         .lines()
         .find(|l| l.starts_with("| measure"))
         .expect("a table");
-    assert_eq!(header, "| measure (median of 1) | direct | wsbalancer |");
+    assert_eq!(
+        header,
+        "| measure (median of 1) | direct | wsbalancer | TCP relay |"
+    );
     for peer in ["HAProxy", "NGINX"] {
         assert!(
             stdout.contains(&format!("{peer} is not installed")),
@@ -102,6 +105,8 @@ fn quick_bench_runs_and_says_when_peers_are_missing() {
         .find(|l| l.starts_with("| new connections/s"))
         .expect("a connections row");
     assert!(row.contains("x direct"), "{row}");
+    // wsbalancer's cell is also set against the bare relay's.
+    assert!(row.contains("x TCP relay"), "{row}");
     let _ = std::fs::remove_dir_all(&no_peers);
 }
 
