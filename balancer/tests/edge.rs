@@ -88,7 +88,7 @@ async fn a_thousand_connections_leave_no_descriptor_or_task_behind() {
     // Warm up pools, pollers and lazy statics before counting.
     let (mut ws, _) = support::connect(&url).await;
     ws.close(None).await.unwrap();
-    while ws.next().await.is_some() {}
+    while support::within("close answered", ws.next()).await.is_some() {}
     drop(ws);
     wait_until("warm-up relay ended", || balancer.relayed() == 0).await;
     let before = open_fds();
@@ -101,9 +101,12 @@ async fn a_thousand_connections_leave_no_descriptor_or_task_behind() {
                 let (mut ws, _) = support::connect(&url).await;
                 let text = format!("{batch}-{i}");
                 ws.send(Message::text(text.clone())).await.unwrap();
-                assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(text));
+                assert_eq!(
+                    support::within("echo", ws.next()).await.unwrap().unwrap(),
+                    Message::text(text)
+                );
                 ws.close(None).await.unwrap();
-                while ws.next().await.is_some() {}
+                while support::within("close answered", ws.next()).await.is_some() {}
             }
         });
     }

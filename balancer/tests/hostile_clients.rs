@@ -1061,15 +1061,21 @@ async fn a_trickled_head_is_cut_off_after_handshake_timeout() {
     // Still serving wss:// afterwards.
     let stream = tls_client(addr, der).await;
     let url = format!("wss://127.0.0.1:{}/ws", addr.port());
-    let (mut ws, response) = tokio_tungstenite::client_async(url, stream)
-        .await
-        .expect("wss through the balancer");
+    let (mut ws, response) = support::within(
+        "wss handshake",
+        tokio_tungstenite::client_async(url, stream),
+    )
+    .await
+    .expect("wss through the balancer");
     assert_eq!(support::landed_on(&response), "recorder");
     ws.send(tokio_tungstenite::tungstenite::Message::text("tls"))
         .await
         .unwrap();
     assert_eq!(
-        ws.next().await.unwrap().unwrap(),
+        support::within("echo over wss", ws.next())
+            .await
+            .unwrap()
+            .unwrap(),
         tokio_tungstenite::tungstenite::Message::text("tls")
     );
     tls_balancer.shutdown(DEADLINE).await;
@@ -1112,14 +1118,20 @@ async fn tls_to_the_plain_port_and_plain_text_to_the_tls_port() {
     }
     let stream = tls_client(tls.listen_addr(), der).await;
     let url = format!("wss://127.0.0.1:{}/ws", tls.listen_addr().port());
-    let (mut ws, _) = tokio_tungstenite::client_async(url, stream)
-        .await
-        .expect("wss through the balancer");
+    let (mut ws, _) = support::within(
+        "wss handshake",
+        tokio_tungstenite::client_async(url, stream),
+    )
+    .await
+    .expect("wss through the balancer");
     ws.send(tokio_tungstenite::tungstenite::Message::text("after"))
         .await
         .unwrap();
     assert_eq!(
-        ws.next().await.unwrap().unwrap(),
+        support::within("echo over wss", ws.next())
+            .await
+            .unwrap()
+            .unwrap(),
         tokio_tungstenite::tungstenite::Message::text("after")
     );
     tls.shutdown(DEADLINE).await;

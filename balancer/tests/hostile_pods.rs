@@ -456,7 +456,10 @@ async fn a_pod_that_fails_its_upgrade_is_skipped_for_the_next() {
         );
         ws.send(Message::text("after failover")).await.unwrap();
         assert_eq!(
-            ws.next().await.unwrap().unwrap(),
+            support::within("echo after failover", ws.next())
+                .await
+                .unwrap()
+                .unwrap(),
             Message::text("after failover"),
             "{answer:?}"
         );

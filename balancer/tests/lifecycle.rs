@@ -90,7 +90,7 @@ async fn a_vanished_client_gives_the_pod_1001_and_messages_are_counted() {
     let (mut ws, _) = connect(&ws_url(&balancer, "/ws")).await;
     for i in 0..3 {
         ws.send(Message::text(format!("m{i}"))).await.unwrap();
-        ws.next().await.unwrap().unwrap();
+        support::within("echo", ws.next()).await.unwrap().unwrap();
     }
     drop(ws); // TCP closed without a Close frame
     wait_until("pod saw 1001", || pods[0].close_codes() == [1001]).await;

@@ -33,6 +33,14 @@ pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
+/// Awaits `fut`; panics naming `what` when it takes longer than
+/// [`DEADLINE`] (a test waits on nothing without one).
+pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(DEADLINE, fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing within {DEADLINE:?}"))
+}
+
 /// Starts `n` plain pods named `pod-0`...
 pub async fn pods(n: usize) -> Vec<Pod> {
     let mut pods = Vec::new();
