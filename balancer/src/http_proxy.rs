@@ -29,6 +29,7 @@ const POOL_IDLE_PER_POD: usize = 32;
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A pooled HTTP/1.1 client toward pods, plain or TLS.
+#[derive(Debug)]
 pub struct PodClient {
     client: Client<HttpsConnector<HttpConnector>, PodBody>,
 }

@@ -96,8 +96,6 @@ pub struct Balancer {
     tasks: TaskTracker,
     /// Relayed connections, which a drain waits for.
     relays: TaskTracker,
-    /// Longest a drain waits for relayed connections.
-    drain_timeout: Duration,
 }
 
 /// How a drain went.
@@ -146,8 +144,10 @@ impl Balancer {
 
         let pollers = poller::Pollers {
             registry: registry.clone(),
-            client: poller::http_client(tls.clone())?,
-            schedule: PollSchedule::from_ttl(config.cache_ttl, config.dial_timeout),
+            with: Arc::new(std::sync::RwLock::new(poller::PollWith {
+                client: poller::http_client(tls.clone())?,
+                schedule: PollSchedule::from_ttl(config.cache_ttl, config.dial_timeout),
+            })),
             tracker: tasks.clone(),
             stop: stop.clone(),
         };
@@ -213,7 +213,6 @@ impl Balancer {
             stop,
             tasks,
             relays,
-            drain_timeout: config.drain_timeout,
             config: Mutex::new(config),
         })
     }
@@ -281,6 +280,11 @@ impl Balancer {
         }
         self.registry
             .set_settings(registry::Settings::from_config(&new));
+        self.pollers.set_with(poller::PollWith {
+            client: poller::http_client(tls.clone())?,
+            // cacheTTL is the running one: it needs a restart.
+            schedule: PollSchedule::from_ttl(config.cache_ttl, new.dial_timeout),
+        });
         self.proxy
             .set_settings(ConnectionSettings::from_config(&new, tls));
         // With discovery, the pod set is discovery's (a change of it needs
@@ -320,12 +324,18 @@ impl Balancer {
     /// all are closed or `drainTimeout` has passed, then stops the rest.
     pub async fn drain(self) -> DrainReport {
         let started = tokio::time::Instant::now();
+        // As last reloaded.
+        let drain_timeout = self
+            .config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain_timeout;
         tracing::info!(connections = self.relays.len(), "draining");
         self.drain.cancel();
         self.relays.close();
         tokio::select! {
             () = self.relays.wait() => {}
-            () = tokio::time::sleep(self.drain_timeout) => {}
+            () = tokio::time::sleep(drain_timeout) => {}
             () = self.stop.cancelled() => {}
         }
         let left_open = self.relays.len();

@@ -10,7 +10,7 @@
 //! every poll the pod's condition (ready, drain, maint, stale, ejected...)
 //! is compared with the last one seen, so each change is logged once.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use common::report::MAX_REPORT_BYTES;
@@ -82,16 +82,26 @@ impl PollSchedule {
     }
 }
 
+/// What every poll goes with: the HTTP client (the pods' TLS settings) and
+/// the pacing. Each poller reads it at the start of each round, so a reload
+/// that changes `tlsVerify`, `caFile` or `dialTimeout` reaches the polls as
+/// it reaches the dials.
+#[derive(Debug, Clone)]
+pub struct PollWith {
+    /// Client shared by every poll.
+    pub client: reqwest::Client,
+    /// Pacing of every poller.
+    pub schedule: PollSchedule,
+}
+
 /// What it takes to start a pod's poller, kept so that pods joining later
 /// (reload, discovery) are polled like the first ones.
 #[derive(Debug, Clone)]
 pub struct Pollers {
     /// The registry the pods belong to.
     pub registry: Arc<PodRegistry>,
-    /// Client shared by every poll.
-    pub client: reqwest::Client,
-    /// Pacing of every poller.
-    pub schedule: PollSchedule,
+    /// Client and pacing, replaced as a whole by a reload.
+    pub with: Arc<RwLock<PollWith>>,
     /// Tracks the polling tasks, so shutdown waits for them.
     pub tracker: TaskTracker,
     /// Stops every poller.
@@ -105,10 +115,14 @@ impl Pollers {
         self.tracker.spawn(poll_loop(
             self.registry.clone(),
             pod,
-            self.client.clone(),
-            self.schedule,
+            self.with.clone(),
             self.stop.clone(),
         ));
+    }
+
+    /// Polls from their next round on go with `with` (a reload).
+    pub fn set_with(&self, with: PollWith) {
+        *self.with.write().unwrap_or_else(|p| p.into_inner()) = with;
     }
 
     /// Makes `addresses` the registry's pod set and polls the pods that
@@ -133,14 +147,14 @@ impl Pollers {
 async fn poll_loop(
     registry: Arc<PodRegistry>,
     pod: Arc<Pod>,
-    client: reqwest::Client,
-    schedule: PollSchedule,
+    with: Arc<RwLock<PollWith>>,
     stop: CancellationToken,
 ) {
     let mut last_error: Option<String> = None;
     loop {
-        // Read each round: a reload may change it.
+        // Read each round: a reload may change them.
         let eject_after = registry.settings().eject_after;
+        let PollWith { client, schedule } = with.read().unwrap_or_else(|p| p.into_inner()).clone();
         let started = tokio::time::Instant::now();
         let closes = pod.closes_before_poll();
         let outcome = tokio::select! {

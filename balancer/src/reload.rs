@@ -27,6 +27,9 @@ pub enum ReloadError {
     /// TLS toward pods could not be set up from it (`caFile`).
     #[error(transparent)]
     Tls(#[from] TlsSetupError),
+    /// The HTTP client for polls could not be built with its TLS settings.
+    #[error("building the poll client: {0}")]
+    PollClient(#[from] reqwest::Error),
 }
 
 impl ReloadError {
@@ -35,7 +38,7 @@ impl ReloadError {
         match self {
             ReloadError::Config(error) => error.key(),
             ReloadError::Tls(TlsSetupError::CaFile { .. }) => Some("caFile"),
-            ReloadError::Tls(_) => None,
+            ReloadError::Tls(_) | ReloadError::PollClient(_) => None,
         }
     }
 }
@@ -53,7 +56,9 @@ pub struct ReloadReport {
 
 /// Keys a reload cannot apply to a running balancer, with their values in
 /// `old` and `new` compared: the listeners are bound, and the rest shapes
-/// tasks started once (pollers' pace, the drain, the accept loop).
+/// what is set up once (pollers' pace and the pods' metric URLs, discovery,
+/// the file watcher, the drain signal, the listener's handshake limits).
+/// Every other key applies to the next connection, poll or drain.
 pub fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut keys = Vec::new();
     let mut check = |key, changed: bool| {
@@ -75,6 +80,9 @@ pub fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
         old.max_handshake_header_bytes != new.max_handshake_header_bytes,
     );
     check("drainWindow", old.drain_window != new.drain_window);
+    check("metricPath", old.metric_path != new.metric_path);
+    check("discovery", old.discovery != new.discovery);
+    check("watchConfig", old.watch_config != new.watch_config);
     check(
         "drainCloseCode",
         old.drain_close_code != new.drain_close_code,
@@ -138,10 +146,17 @@ mod tests {
         new.pods = vec!["http://10.0.0.1:8080".into()];
         new.dial_timeout = Duration::from_secs(1);
         new.max_connections = 5;
+        new.drain_timeout = Duration::from_secs(3);
+        new.tls_verify = !old.tls_verify;
         assert!(restart_needed(&old, &new).is_empty());
         new.listen = "127.0.0.1:1".parse().unwrap();
         new.cache_ttl = Duration::from_secs(1);
-        assert_eq!(restart_needed(&old, &new), ["listen", "cacheTTL"]);
+        new.metric_path = "/other".into();
+        new.watch_config = !old.watch_config;
+        assert_eq!(
+            restart_needed(&old, &new),
+            ["listen", "cacheTTL", "metricPath", "watchConfig"]
+        );
     }
 
     #[tokio::test]

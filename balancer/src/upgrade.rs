@@ -48,11 +48,16 @@ pub struct ConnectionSettings {
     pub rate_limit: u32,
     /// What plain HTTP requests get.
     pub http_mode: HttpMode,
+    /// Pooled client for plain HTTP requests, with the same TLS settings
+    /// and `dialTimeout` as the WebSocket dials (a reload builds a new one,
+    /// so both always agree).
+    pub http: PodClient,
 }
 
 impl ConnectionSettings {
     /// The settings of `config`, dialling pods with `tls`.
     pub fn from_config(config: &Config, tls: Arc<rustls::ClientConfig>) -> Self {
+        let tls_for_http = tls.clone();
         ConnectionSettings {
             tls,
             dial_timeout: config.dial_timeout,
@@ -69,6 +74,7 @@ impl ConnectionSettings {
             max_connections: config.max_connections,
             rate_limit: config.rate_limit,
             http_mode: config.http_mode,
+            http: PodClient::new(tls_for_http, config.dial_timeout),
         }
     }
 
@@ -111,8 +117,6 @@ pub struct Proxy {
     pub server_tls: Option<Arc<crate::tls_listener::ServerTls>>,
     /// Counters, histograms, and what `/metrics` shows.
     pub metrics: Arc<Metrics>,
-    /// Pooled client for plain HTTP requests.
-    http: PodClient,
     /// Connections being dialled or relayed now, against `max_connections`
     /// (exported as `wsbalancer_connections_active`).
     active: Gauge<u64, AtomicU64>,
@@ -146,7 +150,6 @@ impl Proxy {
             active: metrics.active().clone(),
             metrics,
             registry,
-            http: PodClient::new(tls.clone(), config.dial_timeout),
             settings: RwLock::new(Arc::new(ConnectionSettings::from_config(config, tls))),
             scheme: "http",
             stop,
@@ -447,7 +450,7 @@ impl Proxy {
                 &settings.forward,
                 pod_body,
             );
-            match self.http.send(request, settings.limits.idle).await {
+            match settings.http.send(request, settings.limits.idle).await {
                 Ok(mut response) => {
                     if pod.record_dial_success() {
                         self.log_condition(&pod);

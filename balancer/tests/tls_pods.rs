@@ -1,6 +1,6 @@
 //! `wss` pods with a self-signed certificate generated here: refused while
 //! verification is on and the CA is unknown, accepted with `caFile` or with
-//! `tlsVerify: false`.
+//! `tlsVerify: false`, and trusted everywhere once a reload adds `caFile`.
 
 mod support;
 
@@ -102,6 +102,39 @@ async fn tls_verify_false_accepts_any_certificate() {
     let mut cfg = config(vec![wss_url(&tls.pod)]);
     cfg.tls_verify = false;
     let balancer = Balancer::start(cfg).await.unwrap();
+    let (_ws, response) = connect(&ws_url(&balancer, "/ws")).await;
+    assert_eq!(landed_on(&response), "tls-pod");
+    balancer.shutdown(DEADLINE).await;
+}
+
+#[tokio::test]
+async fn a_reload_that_adds_the_ca_reaches_polls_dials_and_plain_http() {
+    init_logs();
+    let tls = tls_pod().await;
+    let mut cfg = config(vec![wss_url(&tls.pod)]);
+    let balancer = Balancer::start(cfg.clone()).await.unwrap();
+    // Unknown CA: polls fail.
+    wait_until("a failed poll", || {
+        balancer.registry().snapshots()[0].consecutive_failures > 0
+    })
+    .await;
+    assert_eq!(balancer.registry().snapshots()[0].reported, None);
+
+    let mut ca = tempfile::NamedTempFile::new().unwrap();
+    ca.write_all(tls.ca_pem.as_bytes()).unwrap();
+    cfg.ca_file = Some(ca.path().to_owned());
+    cfg.dial_timeout = std::time::Duration::from_secs(4);
+    let report = balancer.reload(cfg).unwrap();
+    assert!(report.restart_needed.is_empty(), "{report:?}");
+
+    // The pollers' next round goes with the new TLS settings.
+    wait_until("report over https after the reload", || {
+        balancer.registry().snapshots()[0].reported == Some(0)
+    })
+    .await;
+    let answer = support::plain_get(balancer.listen_addr(), "/metric").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("tls-pod"), "{answer}");
     let (_ws, response) = connect(&ws_url(&balancer, "/ws")).await;
     assert_eq!(landed_on(&response), "tls-pod");
     balancer.shutdown(DEADLINE).await;
