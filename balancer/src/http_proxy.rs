@@ -28,8 +28,9 @@ const POOL_IDLE_PER_POD: usize = 32;
 /// How long an idle pooled connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A pooled HTTP/1.1 client toward pods, plain or TLS.
-#[derive(Debug)]
+/// A pooled HTTP/1.1 client toward pods, plain or TLS; clones share the
+/// pool.
+#[derive(Debug, Clone)]
 pub struct PodClient {
     client: Client<HttpsConnector<HttpConnector>, PodBody>,
 }

@@ -232,12 +232,14 @@ impl Balancer {
         &self.registry
     }
 
-    /// Applies a new configuration to new connections: pods (those that
-    /// left get no new connections, their relayed ones run on), selection
-    /// settings, timeouts, limits, origins, forwarded headers and pod TLS.
-    /// An invalid one is rejected (the error names the key) and the running
-    /// config stays. Keys that need a restart are listed in the report (and
-    /// logged). No relayed connection is touched.
+    /// Applies a new configuration to new connections, polls and drains:
+    /// pods (those that left get no new connections, their relayed ones run
+    /// on), selection settings, timeouts, limits, origins, forwarded
+    /// headers, `drainTimeout` and pod TLS (dials, polls and plain HTTP
+    /// alike). An invalid one is rejected (the error names the key) and the
+    /// running config stays, untouched. Keys that need a restart keep their
+    /// running value and are listed in the report (and logged), at every
+    /// reload until a restart. No relayed connection is touched.
     pub fn reload(&self, new: Config) -> Result<ReloadReport, ReloadError> {
         let outcome = self.apply(new);
         match &outcome {
@@ -269,27 +271,54 @@ impl Balancer {
         }
     }
 
-    fn apply(&self, new: Config) -> Result<ReloadReport, ReloadError> {
+    fn apply(&self, mut new: Config) -> Result<ReloadReport, ReloadError> {
         new.validate()?;
-        let addresses = new.pod_addresses()?;
-        let tls = tls::client_config(&new)?;
+        // Held to the end: reloads (SIGHUP, file watcher) apply one at a
+        // time, each against what the one before left running.
         let mut config = self.config.lock().unwrap_or_else(|p| p.into_inner());
         let restart_needed = reload::restart_needed(&config, &new);
+        // What needs a restart keeps its running value, so that nothing
+        // below (poll pace, staleness, metric URLs) takes it half-way, and
+        // the next reload is compared against what really runs.
+        reload::keep_running(&config, &mut new);
+        new.validate()?;
+        let addresses = new.pod_addresses()?;
+        // Clients toward pods are rebuilt only when what shapes them may
+        // have changed: a rebuild drops their kept-alive connections.
+        let clients = if reload::pod_clients_change(&config, &new) {
+            let tls = tls::client_config(&new)?;
+            PodClients {
+                poll: poller::http_client(tls.clone())?,
+                http: http_proxy::PodClient::new(tls.clone(), new.dial_timeout),
+                tls,
+            }
+        } else {
+            let running = self.proxy.settings();
+            PodClients {
+                poll: self.pollers.client(),
+                http: running.http.clone(),
+                tls: running.tls.clone(),
+            }
+        };
+        // Nothing fails past this point: the reload applies whole or not
+        // at all.
         for key in &restart_needed {
             tracing::warn!(key, "config key changed: takes effect after a restart");
         }
         self.registry
             .set_settings(registry::Settings::from_config(&new));
         self.pollers.set_with(poller::PollWith {
-            client: poller::http_client(tls.clone())?,
-            // cacheTTL is the running one: it needs a restart.
-            schedule: PollSchedule::from_ttl(config.cache_ttl, new.dial_timeout),
+            client: clients.poll,
+            schedule: PollSchedule::from_ttl(new.cache_ttl, new.dial_timeout),
         });
-        self.proxy
-            .set_settings(ConnectionSettings::from_config(&new, tls));
+        self.proxy.set_settings(ConnectionSettings::from_config(
+            &new,
+            clients.tls,
+            clients.http,
+        ));
         // With discovery, the pod set is discovery's (a change of it needs
         // a restart).
-        let change = if config.discovery.is_none() && new.discovery.is_none() {
+        let change = if new.discovery.is_none() {
             self.pollers.set_pods(addresses)
         } else {
             Default::default()
@@ -377,4 +406,14 @@ fn local_addr(
     listener
         .local_addr()
         .map_err(|source| StartError::Bind { what, addr, source })
+}
+
+/// The clients toward pods a reload builds (or keeps) together.
+struct PodClients {
+    /// TLS settings of WebSocket dials.
+    tls: Arc<rustls::ClientConfig>,
+    /// `/metric` polls.
+    poll: reqwest::Client,
+    /// Plain HTTP proxying.
+    http: http_proxy::PodClient,
 }

@@ -120,6 +120,15 @@ impl Pollers {
         ));
     }
 
+    /// The client polls use now.
+    pub fn client(&self) -> reqwest::Client {
+        self.with
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .client
+            .clone()
+    }
+
     /// Polls from their next round on go with `with` (a reload).
     pub fn set_with(&self, with: PollWith) {
         *self.with.write().unwrap_or_else(|p| p.into_inner()) = with;
@@ -162,6 +171,8 @@ async fn poll_loop(
             () = stop.cancelled() => return,
             () = pod.removed() => return,
         };
+        // Not kept through the sleep: a reload may replace it meanwhile.
+        drop(client);
         match outcome.unwrap_or(Err(PollError::Timeout)) {
             Ok(report) => {
                 tracing::trace!(pod = %pod.address.url, connections = report.agents_connections, "report");

@@ -90,6 +90,33 @@ pub fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     keys
 }
 
+/// Copies into `new` the running value of every key [`restart_needed`]
+/// checks, so a reload applies none of them, not even in part.
+pub fn keep_running(running: &Config, new: &mut Config) {
+    new.listen = running.listen;
+    new.admin_listen = running.admin_listen;
+    new.cache_ttl = running.cache_ttl;
+    new.tls_cert.clone_from(&running.tls_cert);
+    new.tls_key.clone_from(&running.tls_key);
+    new.handshake_timeout = running.handshake_timeout;
+    new.max_handshake_header_bytes = running.max_handshake_header_bytes;
+    new.drain_window = running.drain_window;
+    new.drain_close_code = running.drain_close_code;
+    new.metric_path.clone_from(&running.metric_path);
+    new.discovery.clone_from(&running.discovery);
+    new.watch_config = running.watch_config;
+}
+
+/// Whether the clients toward pods (dials' TLS, polls, plain HTTP) must be
+/// built again for `new`: their TLS settings or `dialTimeout` changed, or
+/// they trust a `caFile`, whose content may have changed behind its name.
+pub fn pod_clients_change(running: &Config, new: &Config) -> bool {
+    running.tls_verify != new.tls_verify
+        || running.ca_file != new.ca_file
+        || new.ca_file.is_some()
+        || running.dial_timeout != new.dial_timeout
+}
+
 /// Watches `path` and sends a message each time its content changes,
 /// checking every `every` until `stop` is cancelled. The content is
 /// compared, not only the modification time, and the path is read through
@@ -153,9 +180,48 @@ mod tests {
         new.cache_ttl = Duration::from_secs(1);
         new.metric_path = "/other".into();
         new.watch_config = !old.watch_config;
+        new.discovery = Some(common::config::Discovery {
+            dns: "pods.example".into(),
+            port: 8080,
+            scheme: "http".into(),
+            interval: Duration::from_secs(5),
+            nameserver: None,
+        });
         assert_eq!(
             restart_needed(&old, &new),
-            ["listen", "cacheTTL", "metricPath", "watchConfig"]
+            [
+                "listen",
+                "cacheTTL",
+                "metricPath",
+                "discovery",
+                "watchConfig"
+            ]
+        );
+        // Kept at their running values, they are no change at all.
+        keep_running(&old, &mut new);
+        assert!(restart_needed(&old, &new).is_empty());
+        assert_eq!(new.max_connections, 5, "the rest is the new config's");
+        assert_eq!(new.drain_timeout, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn pod_clients_are_rebuilt_only_when_what_shapes_them_changes() {
+        let old = Config::default();
+        let mut new = old.clone();
+        new.max_connections = 5;
+        new.pods = vec!["http://10.0.0.1:8080".into()];
+        assert!(!pod_clients_change(&old, &new));
+        new.dial_timeout = old.dial_timeout * 2;
+        assert!(pod_clients_change(&old, &new));
+        let mut new = old.clone();
+        new.tls_verify = !old.tls_verify;
+        assert!(pod_clients_change(&old, &new));
+        let mut new = old.clone();
+        new.ca_file = Some("/etc/ca.pem".into());
+        let running = new.clone();
+        assert!(
+            pod_clients_change(&running, &new),
+            "the file may have changed"
         );
     }
 

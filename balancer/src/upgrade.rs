@@ -49,15 +49,15 @@ pub struct ConnectionSettings {
     /// What plain HTTP requests get.
     pub http_mode: HttpMode,
     /// Pooled client for plain HTTP requests, with the same TLS settings
-    /// and `dialTimeout` as the WebSocket dials (a reload builds a new one,
-    /// so both always agree).
+    /// and `dialTimeout` as the WebSocket dials (a reload that changes them
+    /// builds a new one, so both always agree).
     pub http: PodClient,
 }
 
 impl ConnectionSettings {
-    /// The settings of `config`, dialling pods with `tls`.
-    pub fn from_config(config: &Config, tls: Arc<rustls::ClientConfig>) -> Self {
-        let tls_for_http = tls.clone();
+    /// The settings of `config`, dialling pods with `tls` and proxying
+    /// plain HTTP with `http` (built from the same TLS settings).
+    pub fn from_config(config: &Config, tls: Arc<rustls::ClientConfig>, http: PodClient) -> Self {
         ConnectionSettings {
             tls,
             dial_timeout: config.dial_timeout,
@@ -74,7 +74,7 @@ impl ConnectionSettings {
             max_connections: config.max_connections,
             rate_limit: config.rate_limit,
             http_mode: config.http_mode,
-            http: PodClient::new(tls_for_http, config.dial_timeout),
+            http,
         }
     }
 
@@ -150,7 +150,11 @@ impl Proxy {
             active: metrics.active().clone(),
             metrics,
             registry,
-            settings: RwLock::new(Arc::new(ConnectionSettings::from_config(config, tls))),
+            settings: RwLock::new(Arc::new(ConnectionSettings::from_config(
+                config,
+                tls.clone(),
+                PodClient::new(tls, config.dial_timeout),
+            ))),
             scheme: "http",
             stop,
             drain: DrainSignal {
