@@ -629,12 +629,22 @@ impl Collector for ScrapeTime {
         )?;
 
         let pods = self.registry.snapshots();
+        // A pod that left the set is still counted until its last relayed
+        // connection ends (added to the pod of the same URL if it is back).
+        let mut active = pods.clone();
+        for gone in self.registry.leaving_snapshots() {
+            match active.iter_mut().find(|pod| pod.url == gone.url) {
+                Some(pod) => pod.relayed += gone.relayed,
+                None => active.push(gone),
+            }
+        }
         per_pod(
             &mut encoder,
             "pod_connections_active",
-            "Connections this balancer relays to the pod now, those being dialled included.",
+            "Connections this balancer relays to the pod now, those being dialled included; a pod \
+             that left the pod set is listed until its last connection ends.",
             None,
-            &pods,
+            &active,
             |pod| Some(pod.relayed),
         )?;
         per_pod(

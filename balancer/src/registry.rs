@@ -13,7 +13,7 @@
 //! poller is woken early so the next decisions rest on a fresh count.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use common::selection::{self, Health, PodLoad};
@@ -596,6 +596,10 @@ pub struct Candidates {
 pub struct PodRegistry {
     /// The pods new connections may go to, in configuration order.
     pods: RwLock<Vec<Arc<Pod>>>,
+    /// Pods that left the set, so that metrics still count the
+    /// connections relayed to them; weak, so a pod is still freed with its
+    /// last connection.
+    leaving: Mutex<Vec<Weak<Pod>>>,
     /// Selection settings; replaced whole by a reload, read once per
     /// decision.
     settings: RwLock<Settings>,
@@ -633,6 +637,7 @@ impl PodRegistry {
                     })
                     .collect(),
             ),
+            leaving: Mutex::new(Vec::new()),
             settings: RwLock::new(settings),
             metrics: metrics.clone(),
             started: Instant::now(),
@@ -675,6 +680,10 @@ impl PodRegistry {
         }
         *pods = next;
         drop(pods);
+        let mut leaving = self.leaving.lock().unwrap_or_else(|p| p.into_inner());
+        leaving.extend(change.removed.iter().map(Arc::downgrade));
+        leaving.retain(|pod| pod.upgrade().is_some_and(|pod| pod.relayed() > 0));
+        drop(leaving);
         for pod in &change.added {
             tracing::info!(pod = %pod.address.url, "pod added");
         }
@@ -705,6 +714,23 @@ impl PodRegistry {
     pub fn snapshots(&self) -> Vec<PodSnapshot> {
         let settings = self.settings();
         self.pods().iter().map(|p| p.snapshot(&settings)).collect()
+    }
+
+    /// Pods that left the set and still have connections relayed to them
+    /// (the others are forgotten here as they are found): not candidates
+    /// for anything, listed for metrics only.
+    pub fn leaving_snapshots(&self) -> Vec<PodSnapshot> {
+        let mut leaving = self.leaving.lock().unwrap_or_else(|p| p.into_inner());
+        let settings = self.settings();
+        let mut snapshots = Vec::new();
+        leaving.retain(|pod| match pod.upgrade() {
+            Some(pod) if pod.relayed() > 0 => {
+                snapshots.push(pod.snapshot(&settings));
+                true
+            }
+            _ => false,
+        });
+        snapshots
     }
 
     /// Whether at least one pod can take a new connection.

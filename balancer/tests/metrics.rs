@@ -248,6 +248,37 @@ async fn traffic_through_pod_2_moves_pod_2s_series_and_the_totals() {
 }
 
 #[tokio::test]
+async fn a_pod_removed_by_a_reload_is_counted_until_its_last_connection_ends() {
+    let pods = pods(2).await;
+    let (a, b) = (&pods[0], &pods[1]);
+    let balancer = Balancer::start(config(vec![a.url()])).await.unwrap();
+    let admin = balancer.admin_addr();
+    let url_a = a.url();
+    let on_a = [("pod", url_a.as_str()), ("pod_name", "pod-0")];
+    let (mut ws, response) = connect(&ws_url(&balancer, "/ws")).await;
+    assert_eq!(landed_on(&response), "pod-0");
+    wait_for(admin, "a's gauge at 1", |m| {
+        m.get(ACTIVE, &on_a) == Some(1.0)
+    })
+    .await;
+
+    let report = balancer.reload(config(vec![b.url()])).expect("valid");
+    assert_eq!(report.removed, [a.url()]);
+    // The connection still runs on a: the per-pod gauges still add up to
+    // the total.
+    let metrics = scrape(admin).await;
+    assert_eq!(metrics.get(ACTIVE, &on_a), Some(1.0), "{}", metrics.text);
+    assert_eq!(metrics.get("wsbalancer_connections_active", &[]), Some(1.0));
+
+    close_with(&mut ws, 1000).await;
+    wait_for(admin, "a's series gone with its last connection", |m| {
+        m.get(ACTIVE, &on_a).is_none() && m.get("wsbalancer_connections_active", &[]) == Some(0.0)
+    })
+    .await;
+    balancer.shutdown(DEADLINE).await;
+}
+
+#[tokio::test]
 async fn a_refused_dial_counts_as_failed_refused_and_a_failover() {
     init_logs();
     let pods = pods(1).await;
