@@ -17,6 +17,7 @@ the test suite or `cargo xtask bench`.
 """
 import fcntl
 import os
+import select
 import selectors
 import socket
 import sys
@@ -41,35 +42,42 @@ class Direction:
         self.pipe = (r, w)
 
     def pump(self, spin):
-        """Moves what can be moved now; raises EOFError at end of stream."""
-        try:
-            while True:
-                if self.pipe:
-                    if self.in_pipe:
-                        self.in_pipe -= os.splice(
-                            self.pipe[0], self.dst.fileno(), self.in_pipe,
-                            flags=os.SPLICE_F_NONBLOCK | os.SPLICE_F_MOVE)
-                        if self.in_pipe:
-                            if spin:
-                                return
-                            continue
-                    n = os.splice(self.src.fileno(), self.pipe[1], PIPE_SIZE,
-                                  flags=os.SPLICE_F_NONBLOCK | os.SPLICE_F_MOVE)
-                    if n == 0:
-                        raise EOFError
-                    self.in_pipe = n
-                else:
-                    if self.pending:
-                        self.pending = self.pending[self.dst.send(self.pending):]
-                        if self.pending:
-                            if spin:
-                                return
-                            continue
-                    self.pending = self.src.recv(CHUNK)
-                    if not self.pending:
-                        raise EOFError
-        except BlockingIOError:
-            return
+        """Moves what can be moved now; raises EOFError at end of stream.
+        A write that cannot finish returns (spin: writability is watched)
+        or waits here for it (sleep: only readability is watched)."""
+        while True:
+            try:
+                if self.owed():
+                    self.write()
+                    if self.owed():
+                        raise BlockingIOError
+                if not self.read():
+                    raise EOFError
+            except BlockingIOError:
+                if not self.owed() or spin:
+                    return
+                select.select([], [self.dst], [])
+
+    def owed(self):
+        return self.in_pipe if self.pipe else len(self.pending)
+
+    def write(self):
+        if self.pipe:
+            self.in_pipe -= os.splice(
+                self.pipe[0], self.dst.fileno(), self.in_pipe,
+                flags=os.SPLICE_F_NONBLOCK | os.SPLICE_F_MOVE)
+        else:
+            self.pending = self.pending[self.dst.send(self.pending):]
+
+    def read(self):
+        """Bytes read (0 at end of stream); BlockingIOError when none."""
+        if self.pipe:
+            self.in_pipe = os.splice(
+                self.src.fileno(), self.pipe[1], PIPE_SIZE,
+                flags=os.SPLICE_F_NONBLOCK | os.SPLICE_F_MOVE)
+            return self.in_pipe
+        self.pending = self.src.recv(CHUNK)
+        return len(self.pending)
 
 
 def main():

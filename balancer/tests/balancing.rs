@@ -140,14 +140,22 @@ async fn no_reachable_pod_gives_502_then_503_once_ejected() {
         Ok(_) => panic!("a dead pod cannot accept"),
     };
     // Not yet known dead: tried, unreachable, 502.
-    let first = tokio_tungstenite::connect_async(ws_url(&balancer, "/ws")).await;
+    let first = support::within(
+        "handshake",
+        tokio_tungstenite::connect_async(ws_url(&balancer, "/ws")),
+    )
+    .await;
     assert_eq!(status(first), (502, false));
     wait_until("pod ejected", || {
         balancer.registry().snapshots()[0].health == Health::Ejected
     })
     .await;
     // Known unhealthy: still tried as a last resort, then 503 + Retry-After.
-    let later = tokio_tungstenite::connect_async(ws_url(&balancer, "/ws")).await;
+    let later = support::within(
+        "handshake",
+        tokio_tungstenite::connect_async(ws_url(&balancer, "/ws")),
+    )
+    .await;
     assert_eq!(status(later), (503, true));
     balancer.shutdown(DEADLINE).await;
 }

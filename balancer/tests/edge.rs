@@ -20,7 +20,7 @@ async fn status_with_origin(url: &str, origin: Option<&str>) -> u16 {
             .headers_mut()
             .insert("origin", origin.parse().unwrap());
     }
-    match tokio_tungstenite::connect_async(request).await {
+    match support::within("handshake", tokio_tungstenite::connect_async(request)).await {
         Ok((_, response)) => response.status().as_u16(),
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
         Err(other) => panic!("{other}"),

@@ -16,7 +16,7 @@ use wsbalancer::Balancer;
 
 /// Status and `Retry-After` of a refused upgrade.
 async fn refused(url: &str) -> (u16, Option<String>) {
-    match tokio_tungstenite::connect_async(url).await {
+    match support::within("handshake", tokio_tungstenite::connect_async(url)).await {
         Err(WsError::Http(r)) => (
             r.status().as_u16(),
             r.headers()

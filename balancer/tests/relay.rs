@@ -89,7 +89,10 @@ async fn subprotocol_chosen_by_pod_reaches_client() {
         "sec-websocket-protocol",
         "v9, superchat, chat".parse().unwrap(),
     );
-    let (mut ws, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let (mut ws, response) =
+        support::within("handshake", tokio_tungstenite::connect_async(request))
+            .await
+            .unwrap();
     assert_eq!(response.headers()["sec-websocket-protocol"], "superchat");
     ws.send(Message::text("p")).await.unwrap();
     assert_eq!(next_data(&mut ws).await, Message::text("p"));
@@ -143,7 +146,7 @@ async fn pod_http_status_is_passed_to_client() {
     let balancer = balancer_for(&pods).await;
     // The echo pod only serves /ws: its 404 is the application's answer.
     let request = ws_url(&balancer, "/nope").into_client_request().unwrap();
-    match tokio_tungstenite::connect_async(request).await {
+    match support::within("handshake", tokio_tungstenite::connect_async(request)).await {
         Err(WsError::Http(response)) => assert_eq!(response.status(), 404),
         other => panic!("expected 404, got {:?}", other.map(|(_, r)| r.status())),
     }

@@ -78,7 +78,12 @@ async fn wss_through_the_balancer_and_certificate_reload() {
         .unwrap();
     assert_eq!(presented, first);
     let url = format!("wss://127.0.0.1:{}/ws", balancer.listen_addr().port());
-    let (mut ws, response) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+    let (mut ws, response) = support::within(
+        "wss handshake",
+        tokio_tungstenite::client_async(url, stream),
+    )
+    .await
+    .unwrap();
     assert_eq!(response.headers()["x-pod-name"], "pod-0");
     ws.send(Message::text("over tls")).await.unwrap();
     assert_eq!(

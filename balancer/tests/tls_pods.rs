@@ -55,7 +55,12 @@ async fn unknown_ca_is_refused_when_verifying() {
     let balancer = Balancer::start(config(vec![wss_url(&tls.pod)]))
         .await
         .unwrap();
-    match tokio_tungstenite::connect_async(ws_url(&balancer, "/ws")).await {
+    match support::within(
+        "handshake",
+        tokio_tungstenite::connect_async(ws_url(&balancer, "/ws")),
+    )
+    .await
+    {
         Err(WsError::Http(response)) => {
             assert!(
                 [502, 503].contains(&response.status().as_u16()),
