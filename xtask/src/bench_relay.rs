@@ -1,5 +1,6 @@
 //! `cargo xtask bench`: what the relay costs, as ratios against a direct
-//! connection to the pod and against HAProxy, measured in the same run:
+//! connection to the pod, a bare TCP relay ([`crate::floor`]) and HAProxy
+//! (NGINX too when installed), measured in the same run:
 //! new connections per second, echo throughput and latency (small and
 //! large messages), each proxy's CPU per operation, and idle memory per
 //! relayed connection. Each figure is the median of the runs, and targets
@@ -379,7 +380,7 @@ async fn measure(procs: &mut Procs, plan: &Plan) -> anyhow::Result<String> {
         pid: Some(pid),
     });
     let mut notes = vec![format!(
-        "{TCP_RELAY}: the least a proxy can do here, tokio's `copy_bidirectional` with 64 KiB buffers between the client and the pod (no parsing, no frames, no choice of pod): what the extra hop itself costs on this machine. No idle figure: it holds two buffers per connection by design."
+        "{TCP_RELAY}: about the least a proxy can do here, tokio's `copy_bidirectional` with 64 KiB buffers between the client and the pod (no parsing, no frames, no choice of pod): for the echoes, what the extra hop itself costs on this machine. No floor for new connections (two 64 KiB buffers each), and no idle figure: it holds those buffers by design."
     )];
     for peer in [Peer::Haproxy, Peer::Nginx] {
         if !plan.peers {
@@ -518,8 +519,8 @@ fn with_ratios(i: usize, figure: &dyn Fn(usize) -> f64, references: &[(usize, &s
     format!("{value:.0} ({})", ratios.join(", "))
 }
 
-/// The markdown table: one column per target, ratios against direct and
-/// HAProxy.
+/// The markdown table: one column per target, ratios against direct, the
+/// bare TCP relay and HAProxy.
 fn report(
     targets: &[Target],
     figures: &[Figures],

@@ -32,8 +32,9 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Task {
     /// Benchmarks. Without a subcommand: wsbalancer beside a direct
-    /// connection, HAProxy and NGINX (connections/s, echo, CPU, idle
-    /// memory); the full run also updates docs/benchmarks.md.
+    /// connection, a bare TCP relay, HAProxy and NGINX (connections/s,
+    /// echo, CPU, idle memory); the full run also updates
+    /// docs/benchmarks.md.
     Bench {
         #[command(subcommand)]
         bench: Option<Bench>,
@@ -42,8 +43,9 @@ enum Task {
         /// Also write the table to this file.
         #[arg(long, global = true)]
         out: Option<PathBuf>,
-        /// Use the binaries in this directory instead of building release
-        /// ones (for a quick check with debug binaries).
+        /// Use the binaries in this directory (wsbalancer, test-server,
+        /// test-client and xtask itself) instead of building release ones
+        /// (for a quick check with debug binaries).
         #[arg(long, global = true, value_name = "DIR")]
         bin_dir: Option<PathBuf>,
     },

@@ -1,8 +1,9 @@
 //! The xtask tasks CI can afford, run as a user would: `cargo xtask bench
 //! --quick` on a machine without HAProxy and NGINX (it measures the direct
-//! connection, wsbalancer and the bare TCP relay, says the peers were skipped, and prints the
-//! table), and a two-minute `cargo xtask soak`. Debug binaries stand in for
-//! release ones, so the suite does not build a second profile.
+//! connection, wsbalancer and the bare TCP relay, says the peers were
+//! skipped, and prints the table), and a two-minute `cargo xtask soak`.
+//! Debug binaries stand in for release ones, so the suite does not build a
+//! second profile.
 
 use std::path::PathBuf;
 use std::process::Command;
