@@ -4,6 +4,8 @@
 //! configuration model and its layered loading ([`config`], [`load`]), pod
 //! addresses ([`pod_address`]), the `/metric` report a pod serves
 //! ([`report`]) and the choice of a pod for a new connection ([`selection`]).
+//! With the `tls` feature, [`tls`] builds the TLS client config the balancer
+//! and test-client use toward servers (that part reads files).
 
 pub mod config;
 pub mod frame;
@@ -11,6 +13,8 @@ pub mod load;
 pub mod pod_address;
 pub mod report;
 pub mod selection;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use config::{Config, Discovery, HttpMode, Strategy};
 pub use load::{ConfigError, ConfigSources, Overrides};

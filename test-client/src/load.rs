@@ -6,6 +6,7 @@
 //! client down), then holding the connection and closing it.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,13 +15,14 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
 use crate::report::{Collector, Live, Report};
@@ -28,8 +30,8 @@ use crate::report::{Collector, Live, Report};
 /// What load to apply.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
-    /// `ws://` URLs (the balancer, or pods directly); connections go to
-    /// them in turn.
+    /// `ws://` or `wss://` URLs (the balancer, or pods directly);
+    /// connections go to them in turn.
     pub urls: Vec<String>,
     /// Connections to open in total.
     pub connections: usize,
@@ -66,6 +68,10 @@ pub struct LoadOptions {
     /// Number of the first connection (workers of one run count on from
     /// each other, so URLs and source addresses rotate as in one process).
     pub first_id: usize,
+    /// For `wss://`: certificates to trust besides the system roots (PEM).
+    pub ca_file: Option<PathBuf>,
+    /// For `wss://`: accept any certificate (self-signed test setups).
+    pub insecure: bool,
 }
 
 impl Default for LoadOptions {
@@ -88,6 +94,8 @@ impl Default for LoadOptions {
             ping_interval: None,
             timeout: Duration::from_secs(10),
             first_id: 0,
+            ca_file: None,
+            insecure: false,
         }
     }
 }
@@ -104,6 +112,9 @@ pub enum OptionsError {
     /// A rate is not a positive number.
     #[error("{0} must be a positive number of per-second events")]
     Rate(&'static str),
+    /// TLS for `wss://` could not be set up (the CA file).
+    #[error("--ca-file: {0}")]
+    Tls(#[from] common::tls::TlsSetupError),
 }
 
 /// The handshake request of connection `id`.
@@ -138,26 +149,39 @@ fn request(options: &LoadOptions, id: usize) -> Result<Request, OptionsError> {
 
 impl LoadOptions {
     /// Checks what can be checked before the run: every URL and header
-    /// builds a request, and rates are positive.
+    /// builds a request, rates are positive, and TLS can be set up when a
+    /// URL is `wss://`.
     pub fn validate(&self) -> Result<(), OptionsError> {
         if self.urls.is_empty() {
             return Err(OptionsError::Url(String::new(), "no URL given".into()));
         }
         for id in 0..self.urls.len() {
             let request = request(self, id)?;
-            if request.uri().scheme_str() != Some("ws") {
+            if !matches!(request.uri().scheme_str(), Some("ws" | "wss")) {
                 return Err(OptionsError::Url(
                     self.urls[id].clone(),
-                    "only ws:// URLs are supported".into(),
+                    "expected a ws:// or wss:// URL".into(),
                 ));
             }
         }
+        self.tls()?;
         for (flag, rate) in [("--rate", self.rate), ("--msg-rate", self.msg_rate)] {
             if rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
                 return Err(OptionsError::Rate(flag));
             }
         }
         Ok(())
+    }
+
+    /// The TLS client config for `wss://` URLs, when there is one.
+    fn tls(&self) -> Result<Option<Arc<rustls::ClientConfig>>, OptionsError> {
+        if !self.urls.iter().any(|url| url.starts_with("wss://")) {
+            return Ok(None);
+        }
+        Ok(Some(common::tls::client_config(
+            !self.insecure,
+            self.ca_file.as_deref(),
+        )?))
     }
 }
 
@@ -176,6 +200,9 @@ pub struct ConnOutcome {
 /// (for a progress display).
 pub async fn run(options: LoadOptions, live: Arc<Live>) -> Report {
     let options = Arc::new(options);
+    // Checked by `validate`; should the CA file have gone since, `wss://`
+    // connections fail and say so.
+    let tls = options.tls().ok().flatten();
     let permits = Arc::new(Semaphore::new(options.concurrency.max(1)));
     let started = Instant::now();
     let end = options.duration.map(|d| started + d);
@@ -204,9 +231,16 @@ pub async fn run(options: LoadOptions, live: Arc<Live>) -> Report {
             () = over.cancelled() => break,
         };
         let (task_options, task_live, task_over) = (options.clone(), live.clone(), over.clone());
+        let task_tls = tls.clone();
         tasks.spawn(async move {
             let _permit = permit;
-            one_connection(id, &task_options, &task_live, &task_over).await
+            let ends = Ends {
+                options: &task_options,
+                tls: task_tls.as_ref(),
+                live: &task_live,
+                over: &task_over,
+            };
+            one_connection(id, &ends).await
         });
         // Collect as we go, so a long run does not keep every outcome.
         while let Some(joined) = tasks.try_join_next() {
@@ -248,16 +282,29 @@ fn payload(id: usize, seq: usize, size: usize) -> String {
     text
 }
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// A connection's stream: plain TCP (`ws://`) or TLS over it (`wss://`).
+type Stream = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
 
-async fn one_connection(
-    id: usize,
-    options: &LoadOptions,
-    live: &Live,
-    over: &CancellationToken,
-) -> ConnOutcome {
+type Ws = WebSocketStream<Stream>;
+
+/// What every connection of a run shares.
+struct Ends<'a> {
+    options: &'a LoadOptions,
+    /// The TLS client config, when a URL is `wss://`.
+    tls: Option<&'a Arc<rustls::ClientConfig>>,
+    live: &'a Live,
+    over: &'a CancellationToken,
+}
+
+async fn one_connection(id: usize, ends: &Ends<'_>) -> ConnOutcome {
+    let Ends {
+        options,
+        live,
+        over,
+        ..
+    } = *ends;
     let mut outcome = ConnOutcome::default();
-    match open(id, options, live, &mut outcome).await {
+    match open(id, ends, &mut outcome).await {
         Ok(mut ws) => {
             live.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let result = converse(id, options, live, over, &mut ws, &mut outcome).await;
@@ -271,18 +318,19 @@ async fn one_connection(
     outcome
 }
 
-/// Connects (from the next `--bind` address, if any) and upgrades.
-async fn open(
-    id: usize,
-    options: &LoadOptions,
-    live: &Live,
-    outcome: &mut ConnOutcome,
-) -> Result<Ws, String> {
+/// Connects (from the next `--bind` address, if any), sets up TLS for
+/// `wss://`, and upgrades.
+async fn open(id: usize, ends: &Ends<'_>, outcome: &mut ConnOutcome) -> Result<Ws, String> {
+    let Ends { options, live, .. } = *ends;
     let request = request(options, id).map_err(|e| e.to_string())?;
     let started = Instant::now();
     let handshake = async {
         let tcp = connect(&request, options.bind.get(id % options.bind.len().max(1))).await?;
-        tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(tcp))
+        let stream = match request.uri().scheme_str() {
+            Some("wss") => Either::Right(tls_connect(&request, ends.tls, tcp).await?),
+            _ => Either::Left(tcp),
+        };
+        tokio_tungstenite::client_async(request, stream)
             .await
             .map_err(|e| match e {
                 tokio_tungstenite::tungstenite::Error::Http(r) => {
@@ -307,12 +355,38 @@ async fn open(
     Ok(ws)
 }
 
+/// TLS over `tcp`, for the request's host name.
+async fn tls_connect(
+    request: &Request,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    tcp: TcpStream,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    let tls = tls.ok_or("tls: no client config (the --ca-file could not be read)")?;
+    let host = request.uri().host().unwrap_or_default();
+    let name = rustls::pki_types::ServerName::try_from(
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
+    )
+    .map_err(|e| format!("tls: server name {host:?}: {e}"))?;
+    tokio_rustls::TlsConnector::from(tls.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("tls: {e}"))
+}
+
 /// A TCP connection to the request's host, from `bind` when given.
 async fn connect(request: &Request, bind: Option<&IpAddr>) -> Result<TcpStream, String> {
     let uri = request.uri();
     let host = uri.host().unwrap_or("127.0.0.1");
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let port = uri.port_u16().unwrap_or(80);
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("wss") {
+            443
+        } else {
+            80
+        });
     let target: SocketAddr = tokio::net::lookup_host((host, port))
         .await
         .map_err(|e| format!("resolve: {}", e.kind()))?
@@ -552,5 +626,15 @@ mod tests {
             bad_rate.validate(),
             Err(OptionsError::Rate("--rate"))
         ));
+        let wss = LoadOptions {
+            urls: vec!["wss://127.0.0.1:1/ws".into()],
+            ..LoadOptions::default()
+        };
+        assert!(wss.validate().is_ok());
+        let missing_ca = LoadOptions {
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            ..wss
+        };
+        assert!(matches!(missing_ca.validate(), Err(OptionsError::Tls(_))));
     }
 }

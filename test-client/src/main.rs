@@ -20,7 +20,8 @@ use test_client::{LoadOptions, run};
 #[derive(Debug, Parser)]
 #[command(version, args_override_self = true)]
 struct Args {
-    /// Target URL (the balancer or a pod); repeat for several, used in turn.
+    /// Target URL, ws:// or wss:// (the balancer or a pod); repeat for
+    /// several, used in turn.
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
     url: Vec<String>,
     /// Connections to open in total.
@@ -72,6 +73,13 @@ struct Args {
     /// Bound on each handshake, echo and close.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// For wss:// URLs: PEM certificates to trust besides the system roots
+    /// (a test CA, or the server's own self-signed certificate).
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+    /// For wss:// URLs: accept any server certificate, unverified.
+    #[arg(long)]
+    insecure: bool,
     /// Also write the report (with raw histograms) as JSON to FILE (`-` for
     /// stdout, which then gets only the JSON).
     #[arg(long, value_name = "FILE")]
@@ -126,6 +134,8 @@ async fn main() -> anyhow::Result<ExitCode> {
         ping_interval: args.ping_interval,
         timeout: args.timeout,
         first_id: args.first_id,
+        ca_file: args.ca_file,
+        insecure: args.insecure,
     };
     if args.connections == 0 {
         eprintln!("test-client: --connections must be at least 1");

@@ -249,3 +249,65 @@ async fn workers_split_the_run_and_their_reports_merge() {
     assert_eq!(report.round_trip_ms.count, 31 * 4);
     assert_consistent(&report);
 }
+
+/// A pod serving `wss://` with a certificate generated here; returns it and
+/// the certificate (PEM) to trust.
+async fn tls_pod() -> (Pod, String) {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let generated =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("certificate");
+    let cert = CertificateDer::from(generated.cert.der().to_vec());
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+        generated.signing_key.serialize_der(),
+    ));
+    let server = rustls::ServerConfig::builder_with_provider(common::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .unwrap();
+    let pod = Pod::start(PodOptions {
+        tls: Some(Arc::new(server)),
+        ..PodOptions::new("tls")
+    })
+    .await
+    .unwrap();
+    (pod, generated.cert.pem())
+}
+
+#[tokio::test]
+async fn wss_is_verified_against_the_ca_file_or_not_at_all_when_insecure() {
+    let (pod, pem) = tls_pod().await;
+    let url = format!("wss://{}/ws", pod.addr());
+    let mut ca = tempfile::NamedTempFile::new().unwrap();
+    std::io::Write::write_all(&mut ca, pem.as_bytes()).unwrap();
+
+    let trusted = LoadOptions {
+        ca_file: Some(ca.path().to_owned()),
+        ..options(url.clone())
+    };
+    trusted.validate().expect("valid options");
+    let report = run(trusted).await;
+    assert!(report.all_ok(), "{}", report.render());
+    assert_eq!((report.ok, report.messages_received), (40, 200));
+    assert_eq!(report.per_pod.get("tls"), Some(&40));
+
+    // Unknown issuer: every handshake fails, and says why.
+    let report = run(options(url.clone())).await;
+    assert_eq!(report.ok, 0, "{}", report.render());
+    assert!(
+        report
+            .failures
+            .keys()
+            .all(|reason| reason.starts_with("tls: ")),
+        "{:?}",
+        report.failures
+    );
+
+    let report = run(LoadOptions {
+        insecure: true,
+        ..options(url)
+    })
+    .await;
+    assert!(report.all_ok(), "{}", report.render());
+}
