@@ -175,7 +175,9 @@ impl LoadOptions {
 
     /// The TLS client config for `wss://` URLs, when there is one.
     fn tls(&self) -> Result<Option<Arc<rustls::ClientConfig>>, OptionsError> {
-        if !self.urls.iter().any(|url| url.starts_with("wss://")) {
+        let wss = (0..self.urls.len())
+            .any(|id| request(self, id).is_ok_and(|r| r.uri().scheme_str() == Some("wss")));
+        if !wss {
             return Ok(None);
         }
         Ok(Some(common::tls::client_config(
@@ -234,13 +236,13 @@ pub async fn run(options: LoadOptions, live: Arc<Live>) -> Report {
         let task_tls = tls.clone();
         tasks.spawn(async move {
             let _permit = permit;
-            let ends = Ends {
+            let shared = Shared {
                 options: &task_options,
                 tls: task_tls.as_ref(),
                 live: &task_live,
                 over: &task_over,
             };
-            one_connection(id, &ends).await
+            one_connection(id, &shared).await
         });
         // Collect as we go, so a long run does not keep every outcome.
         while let Some(joined) = tasks.try_join_next() {
@@ -288,7 +290,7 @@ type Stream = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
 type Ws = WebSocketStream<Stream>;
 
 /// What every connection of a run shares.
-struct Ends<'a> {
+struct Shared<'a> {
     options: &'a LoadOptions,
     /// The TLS client config, when a URL is `wss://`.
     tls: Option<&'a Arc<rustls::ClientConfig>>,
@@ -296,15 +298,15 @@ struct Ends<'a> {
     over: &'a CancellationToken,
 }
 
-async fn one_connection(id: usize, ends: &Ends<'_>) -> ConnOutcome {
-    let Ends {
+async fn one_connection(id: usize, shared: &Shared<'_>) -> ConnOutcome {
+    let Shared {
         options,
         live,
         over,
         ..
-    } = *ends;
+    } = *shared;
     let mut outcome = ConnOutcome::default();
-    match open(id, ends, &mut outcome).await {
+    match open(id, shared, &mut outcome).await {
         Ok(mut ws) => {
             live.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let result = converse(id, options, live, over, &mut ws, &mut outcome).await;
@@ -320,14 +322,14 @@ async fn one_connection(id: usize, ends: &Ends<'_>) -> ConnOutcome {
 
 /// Connects (from the next `--bind` address, if any), sets up TLS for
 /// `wss://`, and upgrades.
-async fn open(id: usize, ends: &Ends<'_>, outcome: &mut ConnOutcome) -> Result<Ws, String> {
-    let Ends { options, live, .. } = *ends;
+async fn open(id: usize, shared: &Shared<'_>, outcome: &mut ConnOutcome) -> Result<Ws, String> {
+    let Shared { options, live, .. } = *shared;
     let request = request(options, id).map_err(|e| e.to_string())?;
     let started = Instant::now();
     let handshake = async {
         let tcp = connect(&request, options.bind.get(id % options.bind.len().max(1))).await?;
         let stream = match request.uri().scheme_str() {
-            Some("wss") => Either::Right(tls_connect(&request, ends.tls, tcp).await?),
+            Some("wss") => Either::Right(tls_connect(&request, shared.tls, tcp).await?),
             _ => Either::Left(tcp),
         };
         tokio_tungstenite::client_async(request, stream)
