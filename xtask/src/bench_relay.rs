@@ -123,10 +123,13 @@ struct PodInfo {
     ws: String,
 }
 
+/// Process name of the pod.
+const POD: &str = "test-server";
+
 async fn start_pod(procs: &mut Procs) -> anyhow::Result<PodInfo> {
     let lines = procs
         .start(
-            "test-server",
+            POD,
             pinned(1, release_bin("test-server")).args(["--pods", "1", "--base-port", "0"]),
             1,
         )
@@ -220,26 +223,37 @@ async fn start_fresh(
 }
 
 /// Connections the pod holds now, from its own `/metric`.
-async fn pod_connections(pod: &PodInfo) -> u64 {
+async fn pod_connections(pod: &PodInfo) -> Result<u64, String> {
     let body = http_get(&pod.authority, "/metric")
         .await
-        .unwrap_or_default();
+        .map_err(|e| format!("GET /metric: {e}"))?;
     serde_json::from_str::<serde_json::Value>(&body)
         .ok()
         .and_then(|j| j["agentsConnections"].as_u64())
-        .unwrap_or(u64::MAX)
+        .ok_or_else(|| format!("no agentsConnections in {body:?}"))
 }
 
-/// Waits until the pod reports a count for which `done` holds.
-async fn wait_pod(pod: &PodInfo, what: &str, done: impl Fn(u64) -> bool) -> anyhow::Result<()> {
+/// Waits until the pod reports a count for which `done` holds. When it
+/// does not in time, the error says what the pod last answered and
+/// whether its process still runs.
+async fn wait_pod(
+    procs: &mut Procs,
+    pod: &PodInfo,
+    what: &str,
+    done: impl Fn(u64) -> bool,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
-        let n = pod_connections(pod).await;
-        if n != u64::MAX && done(n) {
+        let last = pod_connections(pod).await;
+        if last.as_ref().is_ok_and(|&n| done(n)) {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("pod at {n} connections: {what} not reached");
+            let process = match procs.exit_status(POD) {
+                Some(status) => format!("the pod process exited ({status})"),
+                None => "the pod process still runs".to_owned(),
+            };
+            bail!("{what} not reached: the pod last answered {last:?}; {process}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -271,7 +285,7 @@ async fn idle_memory(
         )?;
         opened += n;
         let target = opened as u64;
-        wait_pod(pod, "idle connections open", |c| c >= target).await?;
+        wait_pod(procs, pod, "idle connections open", |c| c >= target).await?;
     }
     // Let allocations settle after the last wave.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -281,7 +295,7 @@ async fn idle_memory(
         "    idle {name}: {idle} connections, RSS {before:.0} KiB -> {after:.0} KiB, {per:.2} KiB each"
     );
     procs.kill_all("idle-clients").await;
-    wait_pod(pod, "idle connections closed", |c| c == 0).await?;
+    wait_pod(procs, pod, "idle connections closed", |c| c == 0).await?;
     procs.stop(IDLE_PROXY).await;
     Ok(per)
 }

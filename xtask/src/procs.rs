@@ -75,6 +75,13 @@ impl Procs {
         self.children.iter().find(|(n, _)| n == name)?.1.id()
     }
 
+    /// How the child started as `name` exited, or `None` while it runs
+    /// (or when there is no such child).
+    pub fn exit_status(&mut self, name: &str) -> Option<std::process::ExitStatus> {
+        let (_, child) = self.children.iter_mut().find(|(n, _)| n == name)?;
+        child.try_wait().ok().flatten()
+    }
+
     /// SIGKILL to the child started as `name`, as a crash would.
     pub async fn kill(&mut self, name: &str) -> anyhow::Result<()> {
         let index = self
