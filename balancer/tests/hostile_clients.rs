@@ -967,12 +967,11 @@ fn certificate(
     std::path::PathBuf,
     rustls::pki_types::CertificateDer<'static>,
 ) {
-    let generated = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let generated = test_server::self_signed::SelfSigned::generate().unwrap();
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, generated.cert.pem()).unwrap();
-    std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
-    let der = rustls::pki_types::CertificateDer::from(generated.cert.der().to_vec());
-    (cert, key, der)
+    std::fs::write(&cert, &generated.cert_pem).unwrap();
+    std::fs::write(&key, &generated.key_pem).unwrap();
+    (cert, key, generated.cert_der)
 }
 
 async fn tls_client(

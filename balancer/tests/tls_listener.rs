@@ -17,13 +17,8 @@ use wsbalancer::Balancer;
 
 /// A fresh self-signed certificate for 127.0.0.1: (cert PEM, key PEM, DER).
 fn certificate() -> (String, String, CertificateDer<'static>) {
-    let generated = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
-    let der = CertificateDer::from(generated.cert.der().to_vec());
-    (
-        generated.cert.pem(),
-        generated.signing_key.serialize_pem(),
-        der,
-    )
+    let generated = test_server::self_signed::SelfSigned::generate().unwrap();
+    (generated.cert_pem, generated.key_pem, generated.cert_der)
 }
 
 /// A TLS client trusting `trusted`; returns the stream and the certificate

@@ -5,10 +5,9 @@
 mod support;
 
 use std::io::Write;
-use std::sync::Arc;
 
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use support::{DEADLINE, config, connect, init_logs, landed_on, wait_until, ws_url};
+use test_server::self_signed::SelfSigned;
 use test_server::{Pod, PodOptions};
 use tokio_tungstenite::tungstenite::Error as WsError;
 use wsbalancer::Balancer;
@@ -19,28 +18,16 @@ struct TlsPod {
 }
 
 async fn tls_pod() -> TlsPod {
-    let generated =
-        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-            .expect("certificate");
-    let cert = CertificateDer::from(generated.cert.der().to_vec());
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-        generated.signing_key.serialize_der(),
-    ));
-    let server = rustls::ServerConfig::builder_with_provider(wsbalancer::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert], key)
-        .unwrap();
+    let generated = SelfSigned::generate().expect("certificate");
     let pod = Pod::start(PodOptions {
-        tls: Some(Arc::new(server)),
+        tls: Some(generated.server_config().unwrap()),
         ..PodOptions::new("tls-pod")
     })
     .await
     .unwrap();
     TlsPod {
         pod,
-        ca_pem: generated.cert.pem(),
+        ca_pem: generated.cert_pem,
     }
 }
 

@@ -253,26 +253,14 @@ async fn workers_split_the_run_and_their_reports_merge() {
 /// A pod serving `wss://` with a certificate generated here; returns it and
 /// the certificate (PEM) to trust.
 async fn tls_pod() -> (Pod, String) {
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-    let generated =
-        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("certificate");
-    let cert = CertificateDer::from(generated.cert.der().to_vec());
-    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-        generated.signing_key.serialize_der(),
-    ));
-    let server = rustls::ServerConfig::builder_with_provider(common::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![cert], key)
-        .unwrap();
+    let generated = test_server::self_signed::SelfSigned::generate().expect("certificate");
     let pod = Pod::start(PodOptions {
-        tls: Some(Arc::new(server)),
+        tls: Some(generated.server_config().unwrap()),
         ..PodOptions::new("tls")
     })
     .await
     .unwrap();
-    (pod, generated.cert.pem())
+    (pod, generated.cert_pem)
 }
 
 #[tokio::test]

@@ -19,6 +19,7 @@
 //! so tests can check that a pod's close reaches the client.
 
 mod metrics;
+pub mod self_signed;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
