@@ -152,7 +152,11 @@ impl Procs {
 
 /// A minimal HTTP/1.1 GET returning the body (for the admin endpoints).
 pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+    // Bounded like the read: a listener whose queue is full would
+    // otherwise hold a caller's deadline loop for minutes of SYN retries.
+    let mut tcp =
+        tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+            .await??;
     tcp.write_all(
         format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
     )
