@@ -42,7 +42,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::metrics::Metrics;
-use crate::poller::PollSchedule;
 use crate::registry::PodRegistry;
 use crate::reload::{ReloadError, ReloadReport};
 use crate::upgrade::{ConnectionSettings, Proxy};
@@ -126,7 +125,7 @@ impl Balancer {
         let listen_addr = local_addr(&listener, "listen", config.listen)?;
         let admin_addr = local_addr(&admin_listener, "adminListen", config.admin_listen)?;
 
-        let tls = tls::client_config(&config)?;
+        let clients = PodClients::build::<StartError>(&config)?;
         let mut metrics = Metrics::new();
         let registry = Arc::new(PodRegistry::new(
             config.pod_addresses()?,
@@ -144,10 +143,10 @@ impl Balancer {
 
         let pollers = poller::Pollers {
             registry: registry.clone(),
-            with: Arc::new(std::sync::RwLock::new(poller::PollWith {
-                client: poller::http_client(tls.clone())?,
-                schedule: PollSchedule::from_ttl(config.cache_ttl, config.dial_timeout),
-            })),
+            with: Arc::new(std::sync::RwLock::new(poller::PollWith::new(
+                clients.poll,
+                &config,
+            ))),
             tracker: tasks.clone(),
             stop: stop.clone(),
         };
@@ -167,7 +166,7 @@ impl Balancer {
         let mut proxy = Proxy::new(
             &config,
             registry.clone(),
-            tls,
+            ConnectionSettings::from_config(&config, clients.tls, clients.http),
             drain.clone(),
             stop.clone(),
             relays.clone(),
@@ -276,22 +275,16 @@ impl Balancer {
         // Held to the end: reloads (SIGHUP, file watcher) apply one at a
         // time, each against what the one before left running.
         let mut config = self.config.lock().unwrap_or_else(|p| p.into_inner());
-        let restart_needed = reload::restart_needed(&config, &new);
         // What needs a restart keeps its running value, so that nothing
         // below (poll pace, staleness, metric URLs) takes it half-way, and
         // the next reload is compared against what really runs.
-        reload::keep_running(&config, &mut new);
+        let restart_needed = reload::keep_running(&config, &mut new);
         new.validate()?;
         let addresses = new.pod_addresses()?;
         // Clients toward pods are rebuilt only when what shapes them may
         // have changed: a rebuild drops their kept-alive connections.
         let clients = if reload::pod_clients_change(&config, &new) {
-            let tls = tls::client_config(&new)?;
-            PodClients {
-                poll: poller::http_client(tls.clone())?,
-                http: http_proxy::PodClient::new(tls.clone(), new.dial_timeout),
-                tls,
-            }
+            PodClients::build::<ReloadError>(&new)?
         } else {
             let running = self.proxy.settings();
             PodClients {
@@ -307,10 +300,8 @@ impl Balancer {
         }
         self.registry
             .set_settings(registry::Settings::from_config(&new));
-        self.pollers.set_with(poller::PollWith {
-            client: clients.poll,
-            schedule: PollSchedule::from_ttl(new.cache_ttl, new.dial_timeout),
-        });
+        self.pollers
+            .set_with(poller::PollWith::new(clients.poll, &new));
         self.proxy.set_settings(ConnectionSettings::from_config(
             &new,
             clients.tls,
@@ -408,7 +399,8 @@ fn local_addr(
         .map_err(|source| StartError::Bind { what, addr, source })
 }
 
-/// The clients toward pods a reload builds (or keeps) together.
+/// The clients toward pods, built together from the same TLS settings and
+/// `dialTimeout` (at start, and by a reload that changes them).
 struct PodClients {
     /// TLS settings of WebSocket dials.
     tls: Arc<rustls::ClientConfig>,
@@ -416,4 +408,20 @@ struct PodClients {
     poll: reqwest::Client,
     /// Plain HTTP proxying.
     http: http_proxy::PodClient,
+}
+
+impl PodClients {
+    /// Builds them for `config`; `E` is the caller's error ([`StartError`]
+    /// or [`ReloadError`]).
+    fn build<E>(config: &Config) -> Result<Self, E>
+    where
+        E: From<tls::TlsSetupError> + From<reqwest::Error>,
+    {
+        let tls = tls::client_config(config)?;
+        Ok(PodClients {
+            poll: poller::http_client(tls.clone())?,
+            http: http_proxy::PodClient::new(tls.clone(), config.dial_timeout),
+            tls,
+        })
+    }
 }

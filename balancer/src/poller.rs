@@ -94,6 +94,17 @@ pub struct PollWith {
     pub schedule: PollSchedule,
 }
 
+impl PollWith {
+    /// Polls with `client`, paced by `config`'s `cacheTTL` and
+    /// `dialTimeout`.
+    pub fn new(client: reqwest::Client, config: &common::Config) -> Self {
+        PollWith {
+            client,
+            schedule: PollSchedule::from_ttl(config.cache_ttl, config.dial_timeout),
+        }
+    }
+}
+
 /// What it takes to start a pod's poller, kept so that pods joining later
 /// (reload, discovery) are polled like the first ones.
 #[derive(Debug, Clone)]

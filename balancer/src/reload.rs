@@ -54,57 +54,55 @@ pub struct ReloadReport {
     pub restart_needed: Vec<&'static str>,
 }
 
-/// Keys a reload cannot apply to a running balancer, with their values in
-/// `old` and `new` compared: the listeners are bound, and the rest shapes
-/// what is set up once (pollers' pace and the pods' metric URLs, discovery,
-/// the file watcher, the drain signal, the listener's handshake limits).
-/// Every other key applies to the next connection, poll or drain.
-pub fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
-    let mut keys = Vec::new();
-    let mut check = |key, changed: bool| {
-        if changed {
-            keys.push(key);
-        }
+/// One key a reload cannot apply: its name, and what copies its running
+/// value into a new config (saying whether the two differed).
+type RestartOnly = (&'static str, fn(&Config, &mut Config) -> bool);
+
+/// The table of [`RestartOnly`] keys, from `"name" => field` pairs.
+macro_rules! restart_only {
+    ($($key:literal => $field:ident),* $(,)?) => {
+        &[$(($key, |running: &Config, new: &mut Config| {
+            let changed = running.$field != new.$field;
+            new.$field.clone_from(&running.$field);
+            changed
+        })),*]
     };
-    check("listen", old.listen != new.listen);
-    check("adminListen", old.admin_listen != new.admin_listen);
-    check("cacheTTL", old.cache_ttl != new.cache_ttl);
-    check("tlsCert", old.tls_cert != new.tls_cert);
-    check("tlsKey", old.tls_key != new.tls_key);
-    check(
-        "handshakeTimeout",
-        old.handshake_timeout != new.handshake_timeout,
-    );
-    check(
-        "maxHandshakeHeaderBytes",
-        old.max_handshake_header_bytes != new.max_handshake_header_bytes,
-    );
-    check("drainWindow", old.drain_window != new.drain_window);
-    check("metricPath", old.metric_path != new.metric_path);
-    check("discovery", old.discovery != new.discovery);
-    check("watchConfig", old.watch_config != new.watch_config);
-    check(
-        "drainCloseCode",
-        old.drain_close_code != new.drain_close_code,
-    );
-    keys
 }
 
-/// Copies into `new` the running value of every key [`restart_needed`]
-/// checks, so a reload applies none of them, not even in part.
-pub fn keep_running(running: &Config, new: &mut Config) {
-    new.listen = running.listen;
-    new.admin_listen = running.admin_listen;
-    new.cache_ttl = running.cache_ttl;
-    new.tls_cert.clone_from(&running.tls_cert);
-    new.tls_key.clone_from(&running.tls_key);
-    new.handshake_timeout = running.handshake_timeout;
-    new.max_handshake_header_bytes = running.max_handshake_header_bytes;
-    new.drain_window = running.drain_window;
-    new.drain_close_code = running.drain_close_code;
-    new.metric_path.clone_from(&running.metric_path);
-    new.discovery.clone_from(&running.discovery);
-    new.watch_config = running.watch_config;
+/// Keys a reload cannot apply to a running balancer: the listeners are
+/// bound, and the rest shapes what is set up once (pollers' pace and the
+/// pods' metric URLs, discovery, the file watcher, the drain signal, the
+/// listener's handshake limits). Every other key applies to the next
+/// connection, poll or drain.
+const RESTART_ONLY: &[RestartOnly] = restart_only! {
+    "listen" => listen,
+    "adminListen" => admin_listen,
+    "cacheTTL" => cache_ttl,
+    "tlsCert" => tls_cert,
+    "tlsKey" => tls_key,
+    "handshakeTimeout" => handshake_timeout,
+    "maxHandshakeHeaderBytes" => max_handshake_header_bytes,
+    "drainWindow" => drain_window,
+    "metricPath" => metric_path,
+    "discovery" => discovery,
+    "watchConfig" => watch_config,
+    "drainCloseCode" => drain_close_code,
+};
+
+/// The keys that need a restart whose values differ between `old` and
+/// `new`.
+pub fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
+    keep_running(old, &mut new.clone())
+}
+
+/// Copies into `new` the running value of every key that needs a restart,
+/// so a reload applies none of them, not even in part; returns those whose
+/// value `new` had changed.
+pub fn keep_running(running: &Config, new: &mut Config) -> Vec<&'static str> {
+    RESTART_ONLY
+        .iter()
+        .filter_map(|(key, keep)| keep(running, new).then_some(*key))
+        .collect()
 }
 
 /// Whether the clients toward pods (dials' TLS, polls, plain HTTP) must be

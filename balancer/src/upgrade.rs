@@ -136,11 +136,12 @@ impl Drop for Slot {
 }
 
 impl Proxy {
-    /// Bundles the parts a connection needs.
+    /// Bundles the parts a connection needs; `settings` are the first of
+    /// what a reload may replace.
     pub fn new(
         config: &Config,
         registry: Arc<PodRegistry>,
-        tls: Arc<rustls::ClientConfig>,
+        settings: ConnectionSettings,
         drain: CancellationToken,
         stop: CancellationToken,
         tasks: TaskTracker,
@@ -150,11 +151,7 @@ impl Proxy {
             active: metrics.active().clone(),
             metrics,
             registry,
-            settings: RwLock::new(Arc::new(ConnectionSettings::from_config(
-                config,
-                tls.clone(),
-                PodClient::new(tls, config.dial_timeout),
-            ))),
+            settings: RwLock::new(Arc::new(settings)),
             scheme: "http",
             stop,
             drain: DrainSignal {

@@ -364,24 +364,25 @@ async fn tls_connect(
     tcp: TcpStream,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
     let tls = tls.ok_or("tls: no client config (the --ca-file could not be read)")?;
-    let host = request.uri().host().unwrap_or_default();
-    let name = rustls::pki_types::ServerName::try_from(
-        host.trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned(),
-    )
-    .map_err(|e| format!("tls: server name {host:?}: {e}"))?;
+    let host = host(request);
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| format!("tls: server name {host:?}: {e}"))?;
     tokio_rustls::TlsConnector::from(tls.clone())
         .connect(name, tcp)
         .await
         .map_err(|e| format!("tls: {e}"))
 }
 
+/// The request's host, without the brackets of an IPv6 literal.
+fn host(request: &Request) -> &str {
+    let host = request.uri().host().unwrap_or("127.0.0.1");
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
 /// A TCP connection to the request's host, from `bind` when given.
 async fn connect(request: &Request, bind: Option<&IpAddr>) -> Result<TcpStream, String> {
     let uri = request.uri();
-    let host = uri.host().unwrap_or("127.0.0.1");
-    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let host = host(request);
     let port = uri
         .port_u16()
         .unwrap_or(if uri.scheme_str() == Some("wss") {
