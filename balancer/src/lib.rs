@@ -1,427 +1,66 @@
-//! wsbalancer: a WebSocket connection balancer.
+//! wsbalancer: a WebSocket connection balancer. Each new connection goes to
+//! the pod with the fewest active connections, as the pods report them, and
+//! is relayed for its whole life.
 //!
-//! A connection's path through the code, in order: [`listener`] accepts it,
-//! [`handshake`] checks the upgrade, [`upgrade`] ranks pods from the
-//! [`registry`] (kept fresh by the [`poller`]), [`dial`] reaches one
-//! (through [`tls`] when needed) with the request [`forward`] built, and
-//! [`relay`] moves bytes until it ends. [`admin`] shows the state, and the
-//! [`metrics`] counted along the way.
-//! [`Balancer::start`] wires them together; [`reload`] (SIGHUP, a watched
-//! file) and [`discovery`] (DNS) change the pods and settings while
-//! connections run.
+//! The crate is four folders, one per question a reader asks, and the file
+//! that wires them:
+//!
+//! - `connection/`: **the path of one connection**, in the order it takes.
+//!   `listener` accepts it (and `listener_tls` terminates TLS), then
+//!   `first_request` reads its head (`head`), `handshake` checks it,
+//!   `admission` applies the balancer's limits, `failover` dials the ranked
+//!   pods in turn (`dial`, with the head `forward` rewrote, over `pod_tls`),
+//!   and `session` relays it (`relay`, over its two `ends`) until it ends
+//!   and logs how. `upgrade` is the step that strings these together;
+//!   `http_proxy` serves the plain HTTP requests that arrive instead;
+//!   `shared` is what every connection reads from the running balancer.
+//! - `pods/`: **what the balancer knows about pods**: the `registry` of
+//!   `pod`s and their `condition`, kept fresh by the `poller` and changed by
+//!   `discovery`.
+//! - `observe/`: **what it shows**: the `admin` endpoints (with the
+//!   dashboard) and the `metrics` (`counters` the data path writes to, and
+//!   the `scrape` side that reads the registry).
+//! - `control/`: **how it is controlled**: the `cli`, `logging`, config
+//!   `reload` and `cert_reload` of the listener's certificate.
+//! - `server`: [`Balancer`], which starts all of the above and reloads,
+//!   drains and stops them.
+//!
+//! The modules are private: what the binary, the tests and the fuzz targets
+//! need is re-exported here, and [`wire`] gathers the parsers and writers
+//! that face the network, for fuzzing.
 
-pub mod admin;
-pub mod cli;
-pub mod dial;
-pub mod discovery;
-pub mod ends;
-pub mod first_request;
-pub mod forward;
-pub mod handshake;
-pub mod head;
-pub mod http_proxy;
-pub mod listener;
-pub mod logging;
-pub mod metrics;
-pub mod poller;
-pub mod rate_limit;
-pub mod registry;
-pub mod relay;
-pub mod reload;
-pub mod tls;
-pub mod tls_listener;
-pub mod upgrade;
+#![warn(missing_docs)]
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+mod connection;
+mod control;
+mod observe;
+mod pods;
+mod server;
 
-use common::{Config, ConfigError};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+pub use connection::failover::MAX_ATTEMPTS;
+pub use connection::relay::CLOSE_LINGER;
+pub use control::cli::{CheckConfigError, Cli, REDACTED, check_config, effective_config_yaml};
+pub use control::logging::{LogFormat, init as init_logging};
+pub use control::reload::{ReloadError, ReloadReport, file_changes};
+pub use pods::condition::Condition;
+pub use pods::pod::{Pod, PodSnapshot};
+pub use pods::registry::PodRegistry;
+pub use server::{Balancer, DrainReport, StartError};
 
-use crate::metrics::Metrics;
-use crate::registry::PodRegistry;
-use crate::reload::{ReloadError, ReloadReport};
-use crate::upgrade::{ConnectionSettings, Proxy};
-
-/// Why the balancer could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// The configuration is invalid.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// A listener could not bind.
-    #[error("cannot listen on {addr} ({what}): {source}")]
-    Bind {
-        /// `listen` or `adminListen`.
-        what: &'static str,
-        /// The address.
-        addr: SocketAddr,
-        /// The OS error.
-        source: std::io::Error,
-    },
-    /// TLS toward pods could not be set up.
-    #[error(transparent)]
-    Tls(#[from] tls::TlsSetupError),
-    /// The listener's certificate or key could not be loaded.
-    #[error(transparent)]
-    ServerTls(#[from] tls_listener::ServerTlsError),
-    /// The DNS resolver for `discovery` could not be set up.
-    #[error(transparent)]
-    Discovery(#[from] discovery::DiscoveryError),
-    /// The polling HTTP client could not be built.
-    #[error("http client: {0}")]
-    HttpClient(#[from] reqwest::Error),
-}
-
-/// A running balancer.
-pub struct Balancer {
-    listen_addr: SocketAddr,
-    admin_addr: SocketAddr,
-    registry: Arc<PodRegistry>,
-    /// What every connection reads its settings from.
-    proxy: Arc<Proxy>,
-    /// Starts pollers for pods that join.
-    pollers: poller::Pollers,
-    /// The config in force, which a reload is compared with.
-    config: Mutex<Config>,
-    /// Cancelled when draining starts: no new connections, relays close.
-    drain: CancellationToken,
-    /// Cancelled to stop at once.
-    stop: CancellationToken,
-    /// Listener, per-connection, admin and poller tasks.
-    tasks: TaskTracker,
-    /// Relayed connections, which a drain waits for.
-    relays: TaskTracker,
-}
-
-/// How a drain went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DrainReport {
-    /// Connections still open when the drain gave up (0 when all closed).
-    pub left_open: usize,
-    /// How long it took.
-    pub took: Duration,
-}
-
-impl Balancer {
-    /// Binds both listeners, starts polling and starts accepting.
-    pub async fn start(config: Config) -> Result<Balancer, StartError> {
-        config.validate()?;
-        let listener = listener::bind(config.listen).map_err(|source| StartError::Bind {
-            what: "listen",
-            addr: config.listen,
-            source,
-        })?;
-        let admin_listener = TcpListener::bind(config.admin_listen)
-            .await
-            .map_err(|source| StartError::Bind {
-                what: "adminListen",
-                addr: config.admin_listen,
-                source,
-            })?;
-        let listen_addr = local_addr(&listener, "listen", config.listen)?;
-        let admin_addr = local_addr(&admin_listener, "adminListen", config.admin_listen)?;
-
-        let clients = PodClients::build::<StartError>(&config)?;
-        let mut metrics = Metrics::new();
-        let registry = Arc::new(PodRegistry::new(
-            config.pod_addresses()?,
-            registry::Settings::from_config(&config),
-            metrics.pod_families(),
-        ));
-        let stop = CancellationToken::new();
-        // Stopping implies draining: whatever waits for a drain also ends
-        // on a stop.
-        let drain = stop.child_token();
-        metrics.watch(registry.clone(), drain.clone());
-        let metrics = Arc::new(metrics);
-        let tasks = TaskTracker::new();
-        let relays = TaskTracker::new();
-
-        let pollers = poller::Pollers {
-            registry: registry.clone(),
-            with: Arc::new(std::sync::RwLock::new(poller::PollWith::new(
-                clients.poll,
-                &config,
-            ))),
-            tracker: tasks.clone(),
-            stop: stop.clone(),
-        };
-        pollers.spawn_all();
-        if let Some(found) = &config.discovery {
-            let resolver = discovery::resolver(found)?;
-            tasks.spawn(discovery::run(
-                found.clone(),
-                config.metric_path.clone(),
-                resolver,
-                pollers.clone(),
-                metrics.clone(),
-                stop.clone(),
-            ));
-        }
-
-        let mut proxy = Proxy::new(
-            &config,
-            registry.clone(),
-            ConnectionSettings::from_config(&config, clients.tls, clients.http),
-            drain.clone(),
-            stop.clone(),
-            relays.clone(),
-            metrics.clone(),
-        );
-        if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
-            let server_tls = Arc::new(tls_listener::ServerTls::load(cert, key)?);
-            tasks.spawn(server_tls.clone().watch(stop.clone()));
-            proxy.server_tls = Some(server_tls);
-            proxy.scheme = "https";
-        }
-        let proxy = Arc::new(proxy);
-        tasks.spawn(listener::accept_loop(
-            listener,
-            proxy.clone(),
-            tasks.clone(),
-            drain.clone(),
-            stop.clone(),
-        ));
-
-        let admin = admin::router(admin::AdminState {
-            registry: registry.clone(),
-            draining: drain.clone(),
-            metrics,
-        });
-        let admin_stop = stop.clone();
-        tasks.spawn(async move {
-            let serve = axum::serve(admin_listener, admin)
-                .with_graceful_shutdown(admin_stop.cancelled_owned());
-            if let Err(error) = serve.await {
-                tracing::error!(%error, "admin listener failed");
-            }
-        });
-
-        tracing::info!(listen = %listen_addr, admin = %admin_addr, pods = config.pods.len(), "wsbalancer started");
-        Ok(Balancer {
-            listen_addr,
-            admin_addr,
-            registry,
-            proxy,
-            pollers,
-            drain,
-            stop,
-            tasks,
-            relays,
-            config: Mutex::new(config),
-        })
-    }
-
-    /// Address the WebSocket listener is bound to.
-    pub fn listen_addr(&self) -> SocketAddr {
-        self.listen_addr
-    }
-
-    /// Address the admin listener is bound to.
-    pub fn admin_addr(&self) -> SocketAddr {
-        self.admin_addr
-    }
-
-    /// The pods and what is known of them.
-    pub fn registry(&self) -> &Arc<PodRegistry> {
-        &self.registry
-    }
-
-    /// Applies a new configuration to new connections, polls and drains:
-    /// pods (those that left get no new connections, their relayed ones run
-    /// on), selection settings, timeouts, limits, origins, forwarded
-    /// headers, `drainTimeout` and pod TLS (dials, polls and plain HTTP
-    /// alike). An invalid one is rejected (the error names the key) and the
-    /// running config stays, untouched. Keys that need a restart keep their
-    /// running value and are listed in the report (and logged), at every
-    /// reload until a restart. No relayed connection is touched.
-    pub fn reload(&self, new: Config) -> Result<ReloadReport, ReloadError> {
-        let outcome = self.apply(new);
-        match &outcome {
-            Ok(report) => tracing::info!(
-                added = report.added.len(),
-                removed = report.removed.len(),
-                "config reloaded"
-            ),
-            Err(error) => {
-                tracing::error!(key = error.key(), %error, "config reload rejected, running config kept")
-            }
-        }
-        outcome
-    }
-
-    /// Loads the configuration again from `sources` (as at start) and
-    /// reloads it, see [`Balancer::reload`].
-    pub fn reload_from(
-        &self,
-        sources: &common::ConfigSources,
-    ) -> Result<ReloadReport, ReloadError> {
-        match sources.load() {
-            Ok(config) => self.reload(config),
-            Err(error) => {
-                let error = ReloadError::from(error);
-                tracing::error!(key = error.key(), %error, "config reload rejected, running config kept");
-                Err(error)
-            }
-        }
-    }
-
-    fn apply(&self, mut new: Config) -> Result<ReloadReport, ReloadError> {
-        new.validate()?;
-        // Held to the end: reloads (SIGHUP, file watcher) apply one at a
-        // time, each against what the one before left running.
-        let mut config = self.config.lock().unwrap_or_else(|p| p.into_inner());
-        // What needs a restart keeps its running value, so that nothing
-        // below (poll pace, staleness, metric URLs) takes it half-way, and
-        // the next reload is compared against what really runs.
-        let restart_needed = reload::keep_running(&config, &mut new);
-        new.validate()?;
-        let addresses = new.pod_addresses()?;
-        // Clients toward pods are rebuilt only when what shapes them may
-        // have changed: a rebuild drops their kept-alive connections.
-        let clients = if reload::pod_clients_change(&config, &new) {
-            PodClients::build::<ReloadError>(&new)?
-        } else {
-            let running = self.proxy.settings();
-            PodClients {
-                poll: self.pollers.client(),
-                http: running.http.clone(),
-                tls: running.tls.clone(),
-            }
-        };
-        // Nothing fails past this point: the reload applies whole or not
-        // at all.
-        for key in &restart_needed {
-            tracing::warn!(key, "config key changed: takes effect after a restart");
-        }
-        self.registry
-            .set_settings(registry::Settings::from_config(&new));
-        self.pollers
-            .set_with(poller::PollWith::new(clients.poll, &new));
-        self.proxy.set_settings(ConnectionSettings::from_config(
-            &new,
-            clients.tls,
-            clients.http,
-        ));
-        // With discovery, the pod set is discovery's (a change of it needs
-        // a restart).
-        let change = if new.discovery.is_none() {
-            self.pollers.set_pods(addresses)
-        } else {
-            Default::default()
-        };
-        *config = new;
-        Ok(ReloadReport {
-            added: change.added.iter().map(|p| p.address.url.clone()).collect(),
-            removed: change
-                .removed
-                .iter()
-                .map(|p| p.address.url.clone())
-                .collect(),
-            restart_needed,
-        })
-    }
-
-    /// A handle that stops the balancer at once when cancelled (a second
-    /// signal during a drain).
-    pub fn stop_handle(&self) -> CancellationToken {
-        self.stop.clone()
-    }
-
-    /// Connections relayed right now, counting those whose pod is being
-    /// dialled.
-    pub fn relayed(&self) -> usize {
-        self.relays.len()
-    }
-
-    /// Drains: readiness turns 503 and the listener stops accepting at once;
-    /// every relayed connection gets a Close frame (the configured code)
-    /// toward both sides at a random moment of `drainWindow`; returns once
-    /// all are closed or `drainTimeout` has passed, then stops the rest.
-    pub async fn drain(self) -> DrainReport {
-        let started = tokio::time::Instant::now();
-        // As last reloaded.
-        let drain_timeout = self
-            .config
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain_timeout;
-        tracing::info!(connections = self.relays.len(), "draining");
-        self.drain.cancel();
-        self.relays.close();
-        tokio::select! {
-            () = self.relays.wait() => {}
-            () = tokio::time::sleep(drain_timeout) => {}
-            () = self.stop.cancelled() => {}
-        }
-        let left_open = self.relays.len();
-        let took = started.elapsed();
-        tracing::info!(
-            left_open,
-            took_ms = took.as_millis() as u64,
-            "drain finished"
-        );
-        self.shutdown(Duration::from_secs(2)).await;
-        DrainReport { left_open, took }
-    }
-
-    /// Stops at once: every relayed connection is dropped. Waits (at most
-    /// `grace`) for all tasks to finish.
-    pub async fn shutdown(self, grace: Duration) {
-        self.drain.cancel();
-        self.stop.cancel();
-        self.tasks.close();
-        self.relays.close();
-        let all = async {
-            self.tasks.wait().await;
-            self.relays.wait().await;
-        };
-        if tokio::time::timeout(grace, all).await.is_err() {
-            tracing::warn!(
-                remaining = self.tasks.len() + self.relays.len(),
-                "tasks still running at shutdown"
-            );
-        }
-    }
-}
-
-fn local_addr(
-    listener: &TcpListener,
-    what: &'static str,
-    addr: SocketAddr,
-) -> Result<SocketAddr, StartError> {
-    listener
-        .local_addr()
-        .map_err(|source| StartError::Bind { what, addr, source })
-}
-
-/// The clients toward pods, built together from the same TLS settings and
-/// `dialTimeout` (at start, and by a reload that changes them).
-struct PodClients {
-    /// TLS settings of WebSocket dials.
-    tls: Arc<rustls::ClientConfig>,
-    /// `/metric` polls.
-    poll: reqwest::Client,
-    /// Plain HTTP proxying.
-    http: http_proxy::PodClient,
-}
-
-impl PodClients {
-    /// Builds them for `config`; `E` is the caller's error ([`StartError`]
-    /// or [`ReloadError`]).
-    fn build<E>(config: &Config) -> Result<Self, E>
-    where
-        E: From<tls::TlsSetupError> + From<reqwest::Error>,
-    {
-        let tls = tls::client_config(config)?;
-        Ok(PodClients {
-            poll: poller::http_client(tls.clone())?,
-            http: http_proxy::PodClient::new(tls.clone(), config.dial_timeout),
-            tls,
-        })
-    }
+/// What the balancer parses and writes on the wire (request and response
+/// heads, the handshake check, the pod dial's exchange, forwarded heads):
+/// everything a client or a pod can feed it before the relay starts. Public
+/// so that `fuzz/` and the parser tests drive the very code the data path
+/// runs.
+pub mod wire {
+    pub use crate::connection::dial::{
+        DialError, MAX_STATUS_BODY, PodAnswer, accept_key, decode_chunked, handshake,
+    };
+    pub use crate::connection::first_request::{FirstRequest, read as read_first_request};
+    pub use crate::connection::forward::{
+        ForwardPolicy, Origin, pod_status, pod_upgrade_head, switching_protocols,
+        switching_protocols_head,
+    };
+    pub use crate::connection::handshake::{Rejection, check as check_handshake};
+    pub use crate::connection::head::{MAX_FIELDS, ParsedRequest, RequestHead, ResponseHead};
 }

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 /// cost of tens of thousands of idle connections low.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use wsbalancer::cli::Cli;
+use wsbalancer::Cli;
 use wsbalancer::{Balancer, StartError};
 
 fn main() -> ExitCode {
@@ -32,7 +32,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(error) = wsbalancer::logging::init(cli.log_format, &cli.log_level) {
+    if let Err(error) = wsbalancer::init_logging(cli.log_format, &cli.log_level) {
         eprintln!("wsbalancer: invalid --log-level or RUST_LOG: {error}");
         return ExitCode::from(2);
     }
@@ -54,7 +54,7 @@ fn main() -> ExitCode {
 /// `--check-config`: the effective config on stdout and exit 0, or one
 /// line on stderr and exit 2.
 fn check_config(cli: &Cli) -> ExitCode {
-    match wsbalancer::cli::check_config(&cli.sources()) {
+    match wsbalancer::check_config(&cli.sources()) {
         Ok(yaml) => match std::io::stdout().lock().write_all(yaml.as_bytes()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
@@ -77,7 +77,7 @@ async fn run(config: common::Config, sources: common::ConfigSources) -> anyhow::
     let balancer = Balancer::start(config).await?;
     let watching = CancellationToken::new();
     let mut file_changes = match (&sources.file, watch) {
-        (Some(path), true) => Some(wsbalancer::reload::file_changes(
+        (Some(path), true) => Some(wsbalancer::file_changes(
             path.clone(),
             WATCH_EVERY,
             watching.clone(),

@@ -190,7 +190,7 @@ async fn chromium_says_when_the_balancer_is_gone_and_keeps_retrying() {
                 let head = read_head(&mut tcp).await;
                 let body = if head.starts_with("GET / ") {
                     // The page the admin listener serves, byte for byte.
-                    include_str!("../src/dashboard.html").to_owned()
+                    include_str!("../src/observe/dashboard.html").to_owned()
                 } else if head.starts_with("GET /balancer-metrics ") {
                     if counter.fetch_add(1, Ordering::SeqCst) > 0 {
                         return;

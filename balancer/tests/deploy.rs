@@ -870,8 +870,8 @@ fn traefik_routes_to_the_balancer_websocket_port() {
     let effective = effective_config(&kube);
     let ws_port = balancer_ws_service_port(&kube);
     // Traefik must wait for the 101 as long as the balancer may try pods.
-    let longest_dial = effective.duration("dialTimeout")
-        * u32::try_from(wsbalancer::upgrade::MAX_ATTEMPTS).unwrap();
+    let longest_dial =
+        effective.duration("dialTimeout") * u32::try_from(wsbalancer::MAX_ATTEMPTS).unwrap();
     let covers =
         |text: &str| humantime::parse_duration(text).is_ok_and(|t| t.is_zero() || t > longest_dial);
 
@@ -922,7 +922,7 @@ fn traefik_routes_to_the_balancer_websocket_port() {
             "{}: http.serversTransports.{transport}.forwardingTimeouts.responseHeaderTimeout \
              {timeout:?} must exceed {longest_dial:?} (dialTimeout x {} attempts)",
             dynamic.file,
-            wsbalancer::upgrade::MAX_ATTEMPTS
+            wsbalancer::MAX_ATTEMPTS
         );
     }
 

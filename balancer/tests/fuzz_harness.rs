@@ -211,14 +211,14 @@ fn regressions() {
     bodies::frame_tracker(b"\x00\x82\x7f\x80\x00\x00\x00\x00\x00\x00\x00");
     // A head of as many fields as the parser takes, all forwarded.
     let mut head = b"GET / HTTP/1.1\r\n".to_vec();
-    for i in 0..wsbalancer::head::MAX_FIELDS {
+    for i in 0..wsbalancer::wire::MAX_FIELDS {
         head.extend_from_slice(format!("x-{i}: {i}\r\n").as_bytes());
     }
     head.extend_from_slice(b"\r\n");
     bodies::request_head(&head);
     assert!(matches!(
-        wsbalancer::head::RequestHead::parse(&head),
-        wsbalancer::head::ParsedRequest::Complete(..)
+        wsbalancer::wire::RequestHead::parse(&head),
+        wsbalancer::wire::ParsedRequest::Complete(..)
     ));
 }
 

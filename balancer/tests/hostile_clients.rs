@@ -109,7 +109,7 @@ async fn serve_recorded(mut tcp: TcpStream, heads: Arc<Mutex<Vec<Vec<u8>>>>) {
     let key = field(&text, "sec-websocket-key").filter(|_| field(&text, "upgrade").is_some());
     let answer = match key {
         Some(key) if text.starts_with("GET /ws") => {
-            let accept = wsbalancer::dial::accept_key(key.as_bytes());
+            let accept = wsbalancer::wire::accept_key(key.as_bytes());
             let mut head = support::switching_protocols_head(&accept);
             head.truncate(head.len() - 2);
             head.extend_from_slice(b"x-pod-name: recorder\r\n\r\n");
@@ -200,7 +200,7 @@ impl Req {
 
 /// A TLS ClientHello, as a browser would send to a `wss://` URL.
 fn client_hello() -> Vec<u8> {
-    let config = rustls::ClientConfig::builder_with_provider(wsbalancer::tls::provider())
+    let config = rustls::ClientConfig::builder_with_provider(common::tls::provider())
         .with_safe_default_protocol_versions()
         .expect("versions")
         .with_root_certificates(rustls::RootCertStore::empty())
@@ -980,7 +980,7 @@ async fn tls_client(
 ) -> tokio_rustls::client::TlsStream<TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(trusted).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(wsbalancer::tls::provider())
+    let config = rustls::ClientConfig::builder_with_provider(common::tls::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)

@@ -167,7 +167,7 @@ async fn serve_hostile(mut tcp: TcpStream, state: Arc<PodState>) {
     }
     state.dials.fetch_add(1, Ordering::SeqCst);
     let key = field(&head, "sec-websocket-key").unwrap_or_default();
-    let accept = wsbalancer::dial::accept_key(key.as_bytes());
+    let accept = wsbalancer::wire::accept_key(key.as_bytes());
     let answer = state.upgrade.load(Ordering::SeqCst);
     let answer = UpgradeAnswer::ALL[usize::from(answer)];
     let switch = |extra: &str| {
@@ -634,7 +634,7 @@ async fn a_pod_that_stops_reading_is_cut_off_and_others_keep_flowing() {
         "the client is told the pod failed (1014), then closed: {frames:?}"
     );
     assert!(
-        closed_after < write_timeout + wsbalancer::relay::CLOSE_LINGER,
+        closed_after < write_timeout + wsbalancer::CLOSE_LINGER,
         "closed after {closed_after:?}"
     );
     assert!(echoes >= 5, "only {echoes} echoes during the stall");

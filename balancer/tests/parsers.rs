@@ -3,8 +3,8 @@
 //! at any byte parses the same as whole.
 
 use proptest::prelude::*;
-use wsbalancer::dial::decode_chunked;
-use wsbalancer::first_request::{self, FirstRequest};
+use wsbalancer::wire::decode_chunked;
+use wsbalancer::wire::{FirstRequest, read_first_request};
 
 const UPGRADE: &[u8] = b"GET /ws?room=1 HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\
     Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
@@ -41,7 +41,7 @@ fn read_all(data: Vec<u8>, sizes: Vec<usize>, max: usize) -> FirstRequest {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    rt.block_on(first_request::read(&mut Pieces { data, sizes }, max))
+    rt.block_on(read_first_request(&mut Pieces { data, sizes }, max))
         .unwrap()
 }
 

@@ -34,7 +34,7 @@ async fn tls_connect(
     for cert in trusted {
         roots.add(cert.clone()).unwrap();
     }
-    let config = rustls::ClientConfig::builder_with_provider(wsbalancer::tls::provider())
+    let config = rustls::ClientConfig::builder_with_provider(common::tls::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)

@@ -18,14 +18,12 @@ use std::task::{Context, Poll};
 use common::frame::{FrameError, FrameHeader, FrameTracker, OP_CLOSE};
 use common::{ConfigSources, PodAddress, Report};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use wsbalancer::dial::{self, MAX_STATUS_BODY, PodAnswer};
-use wsbalancer::forward::{self, ForwardPolicy, Origin};
-use wsbalancer::handshake;
-use wsbalancer::head::{ParsedRequest, RequestHead, ResponseHead};
+use wsbalancer::wire::{self, ForwardPolicy, MAX_STATUS_BODY, Origin, PodAnswer};
+use wsbalancer::wire::{ParsedRequest, RequestHead, ResponseHead};
 
 /// Room for the fields of a forwarded head: a client's (at most
-/// [`wsbalancer::head::MAX_FIELDS`]) plus the few the balancer adds.
-const FORWARDED_FIELDS: usize = wsbalancer::head::MAX_FIELDS + 16;
+/// [`wsbalancer::wire::MAX_FIELDS`]) plus the few the balancer adds.
+const FORWARDED_FIELDS: usize = wsbalancer::wire::MAX_FIELDS + 16;
 
 /// Chunk sizes for splitting a stream, drawn from `seed`: 1 to 32 bytes,
 /// with an occasional large one.
@@ -320,7 +318,7 @@ pub fn request_head(data: &[u8]) {
         }
         _ => panic!("a whole head alone does not parse"),
     }
-    let _ = handshake::check(&head);
+    let _ = wire::check_handshake(&head);
     let pod = PodAddress::parse("http://10.0.0.1:8080/app", "/metric").expect("pod address");
     let origin = Origin {
         addr: "192.0.2.1:1234".parse().expect("address"),
@@ -331,7 +329,7 @@ pub fn request_head(data: &[u8]) {
             extra: Vec::new(),
             trust_incoming,
         };
-        let bytes = forward::pod_upgrade_head(&head, &pod, origin, &policy);
+        let bytes = wire::pod_upgrade_head(&head, &pod, origin, &policy);
         let Some(forwarded) = Forwarded::parse(&bytes) else {
             panic!(
                 "the forwarded head is not one whole head: {:?}",
@@ -357,7 +355,7 @@ pub fn request_head(data: &[u8]) {
     }
 }
 
-/// A pod's side of a connection, for [`dial::handshake`]: what the pod
+/// A pod's side of a connection, for [`wire::handshake`]: what the pod
 /// says, handed out in pieces; writes go nowhere.
 struct PodBytes<'a, I> {
     data: &'a [u8],
@@ -410,7 +408,7 @@ pub fn response_head(data: &[u8]) {
     let (seed, answer) = data.split_at(data.len().min(1));
     if let Ok(Some((head, len))) = ResponseHead::parse(answer) {
         assert!(len <= answer.len());
-        let written = forward::switching_protocols_head(&head);
+        let written = wire::switching_protocols_head(&head);
         let mut headers = [httparse::EMPTY_HEADER; FORWARDED_FIELDS];
         let mut response = httparse::Response::new(&mut headers);
         assert_eq!(
@@ -420,10 +418,10 @@ pub fn response_head(data: &[u8]) {
             String::from_utf8_lossy(&written)
         );
         assert_eq!(response.code, Some(101));
-        let _ = forward::switching_protocols(&head);
-        let _ = forward::pod_status(&head, bytes::Bytes::new());
+        let _ = wire::switching_protocols(&head);
+        let _ = wire::pod_status(&head, bytes::Bytes::new());
     }
-    if let Some(body) = dial::decode_chunked(answer) {
+    if let Some(body) = wire::decode_chunked(answer) {
         assert!(body.len() <= MAX_STATUS_BODY);
     }
 
@@ -431,8 +429,8 @@ pub fn response_head(data: &[u8]) {
         data: answer,
         sizes: splits(seed),
     };
-    let accept = dial::accept_key(b"dGhlIHNhbXBsZSBub25jZQ==");
-    let dial = dial::handshake(pod, UPGRADE, &accept);
+    let accept = wire::accept_key(b"dGhlIHNhbXBsZSBub25jZQ==");
+    let dial = wire::handshake(pod, UPGRADE, &accept);
     let mut dial = std::pin::pin!(dial);
     let mut cx = Context::from_waker(std::task::Waker::noop());
     // The pod's bytes are always ready: the dial never waits.

@@ -18,6 +18,8 @@
 //! example `close:4002`) makes the pod close the connection with that code,
 //! so tests can check that a pod's close reaches the client.
 
+#![warn(missing_docs)]
+
 mod metrics;
 pub mod self_signed;
 

@@ -194,7 +194,7 @@ where
                     .and_then(|l| l.split_once(':'))
                     .map(|(_, v)| v.trim().to_owned())
                     .unwrap_or_default();
-                let accept = wsbalancer::dial::accept_key(key.as_bytes());
+                let accept = wsbalancer::wire::accept_key(key.as_bytes());
                 on_upgrade(tcp, accept, buf[end..].to_vec()).await;
             });
         }

@@ -19,32 +19,25 @@
 //! else (no pending read or write future, no buffer unless bytes are in
 //! flight), which is what keeps an idle connection near 2 KiB.
 
-use std::fmt;
+pub mod outcome;
+mod pump;
+
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use common::frame::{FrameTracker, close_frame};
 use rand::Rng;
 use tokio::time::{Instant, Sleep, sleep_until};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
-use crate::ends::{Arrived, Chunk, End};
-use crate::metrics::{Direction, Traffic};
+use self::outcome::{CLOSE_BAD_GATEWAY, CLOSE_GOING_AWAY, Closer, Ending, RelayOutcome, Side};
+use self::pump::{FirstClose, Pump, PumpEnd, Shared};
+use crate::connection::ends::{Arrived, End};
+use crate::observe::metrics::counters::Traffic;
 
 /// Once one side has closed (or the relay sent its own Close), how long the
 /// rest may still take before the connection is dropped. Bounded by the
 /// write timeout too.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
-
-/// Close code sent to the client when the pod went away without a Close.
-pub const CLOSE_BAD_GATEWAY: u16 = 1014;
-
-/// Close code for "going away": idle timeout, client gone, drain.
-pub const CLOSE_GOING_AWAY: u16 = 1001;
-
-/// Close code reported for a Close frame that carries no code (RFC 6455
-/// §7.1.5: "no status received").
-pub const CLOSE_NO_STATUS: u16 = 1005;
 
 /// Timeouts of one relayed connection.
 #[derive(Debug, Clone, Copy)]
@@ -67,456 +60,10 @@ pub struct DrainSignal {
     pub code: u16,
 }
 
-/// Which end of a relayed connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    /// The WebSocket client.
-    Client,
-    /// The pod.
-    Pod,
-}
-
-impl fmt::Display for Side {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Side::Client => "client",
-            Side::Pod => "pod",
-        })
-    }
-}
-
-/// Why a relay ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ending {
-    /// This side closed its connection first.
-    Closed(Side),
-    /// Reading from this side failed (reset, TLS error).
-    ReadError(Side),
-    /// Writing to this side failed or blocked past the write timeout.
-    WriteFailed(Side),
-    /// Nothing moved for the idle timeout.
-    Idle,
-    /// Closed by the balancer's drain.
-    Drained,
-    /// The balancer stopped at once.
-    Shutdown,
-}
-
-impl fmt::Display for Ending {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Ending::Closed(side) => write!(f, "{side} closed"),
-            Ending::ReadError(side) => write!(f, "{side} read error"),
-            Ending::WriteFailed(side) => write!(f, "{side} write failed"),
-            Ending::Idle => f.write_str("idle timeout"),
-            Ending::Drained => f.write_str("drained"),
-            Ending::Shutdown => f.write_str("shutdown"),
-        }
-    }
-}
-
-/// Who closed a connection, as the client saw it: the sender of the first
-/// Close frame exchanged with the client, or, when there was none, the side
-/// whose [`Ending`] ended it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Closer {
-    /// The client sent the first Close, or went away without one.
-    Client,
-    /// The pod sent the first Close, or failed without one where the relay
-    /// could not say so with a Close of its own.
-    Pod,
-    /// The relay closed the client's connection with a Close of its own
-    /// (drain, idle timeout, 1014 for a pod that vanished), or stopped.
-    Balancer,
-}
-
-impl Closer {
-    /// The `side` label and log value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Closer::Client => "client",
-            Closer::Pod => "pod",
-            Closer::Balancer => "balancer",
-        }
-    }
-}
-
-impl fmt::Display for Closer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl From<Side> for Closer {
-    fn from(side: Side) -> Self {
-        match side {
-            Side::Client => Closer::Client,
-            Side::Pod => Closer::Pod,
-        }
-    }
-}
-
-/// What one relayed connection did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RelayOutcome {
-    /// Bytes from client to pod.
-    pub client_to_pod: u64,
-    /// Bytes from pod to client.
-    pub pod_to_client: u64,
-    /// Complete messages from client to pod.
-    pub messages_in: u64,
-    /// Complete messages from pod to client.
-    pub messages_out: u64,
-    /// The first reason the relay began to end.
-    pub ending: Ending,
-    /// Code of the Close frame the client sent ([`CLOSE_NO_STATUS`] when it
-    /// carried none), whether it opened the closing handshake or answered
-    /// one; `None` when it sent no Close.
-    pub client_close: Option<u16>,
-    /// Code of the Close frame the pod sent, likewise.
-    pub pod_close: Option<u16>,
-    /// Who closed the connection.
-    pub closer: Closer,
-    /// Code of the Close frame that closed it, `closer`'s own (the relay's
-    /// when `closer` is the balancer); `None` when no Close frame did.
-    pub close_code: Option<u16>,
-}
-
 /// `at + by`, or a time a century away when that would overflow.
 pub fn far_future_add(at: Instant, by: Duration) -> Instant {
     at.checked_add(by)
         .unwrap_or_else(|| at + Duration::from_secs(100 * 365 * 24 * 3600))
-}
-
-/// How one direction ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PumpEnd {
-    /// The reading side closed (EOF).
-    Eof,
-    /// Reading failed.
-    ReadError,
-    /// Writing failed or blocked past the write timeout.
-    WriteFailed,
-    /// After the relay's own Close, the reading side answered (or ended).
-    Answered,
-}
-
-impl PumpEnd {
-    /// The connection's ending when this direction (read from `reader`,
-    /// written to `writer`) ends first.
-    fn ending(self, reader: Side, writer: Side) -> Ending {
-        match self {
-            PumpEnd::Eof | PumpEnd::Answered => Ending::Closed(reader),
-            PumpEnd::ReadError => Ending::ReadError(reader),
-            PumpEnd::WriteFailed => Ending::WriteFailed(writer),
-        }
-    }
-}
-
-/// Bytes on their way out: a chunk as read, a range of which is written.
-enum Outgoing {
-    /// Relayed bytes: `chunk[from..to]` still to write.
-    Relayed { from: usize, to: usize },
-    /// A Close frame of the relay's own.
-    Own(Vec<u8>, usize),
-}
-
-/// One direction's state: everything it holds between two polls. There is
-/// no future in here, so an idle connection costs only these fields.
-struct Pump {
-    /// The side written to.
-    toward: Side,
-    tracker: FrameTracker,
-    /// The tracker followed the stream so far (a stream that is not
-    /// WebSocket still passes, but nothing is inserted any more).
-    framed: bool,
-    /// The relay's own Close went out this way; data is no longer passed.
-    closed_by_us: bool,
-    /// Bytes read and not yet all passed (at most one pooled buffer).
-    chunk: Option<Chunk>,
-    /// Start of the part of `chunk` not yet fed to the tracker.
-    fed: usize,
-    /// What is being written now.
-    out: Option<Outgoing>,
-    /// When the current write started to wait (for `writeTimeout`).
-    blocked_since: Option<Instant>,
-    /// Once `out` is written: shut the writing side and end with this.
-    finishing: Option<PumpEnd>,
-    /// How it ended.
-    ended: Option<PumpEnd>,
-    /// Bytes passed.
-    bytes: u64,
-}
-
-/// The first Close frame of a connection, as the client saw it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum FirstClose {
-    /// This side's Close passed first.
-    From(Side),
-    /// The relay sent the client a Close of its own (this code) first.
-    Relay(u16),
-}
-
-/// What both directions share while they are polled.
-struct Shared<'a> {
-    /// The Close the relay asked both directions to insert, if any.
-    requested: Option<u16>,
-    /// Where relayed bytes and messages are counted.
-    traffic: &'a Traffic,
-    /// The connection's first Close: a pump records its own there.
-    first_close: &'a mut Option<FirstClose>,
-    /// Some bytes were read during this poll (activity, even before any
-    /// of them is passed on).
-    read: bool,
-}
-
-impl Pump {
-    fn new(toward: Side, early: Option<bytes::Bytes>) -> Self {
-        Pump {
-            toward,
-            tracker: FrameTracker::new(),
-            framed: true,
-            closed_by_us: false,
-            chunk: early.map(Chunk::Owned),
-            fed: 0,
-            out: None,
-            blocked_since: None,
-            finishing: None,
-            ended: None,
-            bytes: 0,
-        }
-    }
-
-    /// Which way this pump's bytes go, for the traffic counters.
-    fn direction(&self) -> Direction {
-        match self.toward {
-            Side::Pod => Direction::ClientToPod,
-            Side::Client => Direction::PodToClient,
-        }
-    }
-
-    /// Queues a Close of the relay's own toward this pump's side, and
-    /// records whether it is what closed the connection for the client.
-    fn send_own_close(&mut self, code: u16, other: &Pump, first: &mut Option<FirstClose>) {
-        self.note_own_close(code, other, first);
-        self.out = Some(Outgoing::Own(self.close_frame(code), 0));
-    }
-
-    /// Records `code` as the connection's first Close when it goes to the
-    /// client before any Close of either side passed.
-    fn note_own_close(&self, code: u16, other: &Pump, first: &mut Option<FirstClose>) {
-        if self.toward == Side::Client
-            && first.is_none()
-            && !self.tracker.close_seen()
-            && !other.tracker.close_seen()
-        {
-            *first = Some(FirstClose::Relay(code));
-        }
-    }
-
-    /// The code of the Close frame this pump's reading side sent
-    /// ([`CLOSE_NO_STATUS`] when it had none), if it sent one.
-    fn close_received(&self) -> Option<u16> {
-        self.tracker
-            .close_seen()
-            .then(|| self.tracker.close_code().unwrap_or(CLOSE_NO_STATUS))
-    }
-
-    /// A Close frame toward this pump's side, masked toward the pod.
-    fn close_frame(&self, code: u16) -> Vec<u8> {
-        let reason = match code {
-            CLOSE_BAD_GATEWAY => "pod went away",
-            1012 => "service restart",
-            _ => "going away",
-        };
-        let mask = (self.toward == Side::Pod).then(|| rand::rng().random::<[u8; 4]>());
-        close_frame(code, reason, mask)
-    }
-
-    /// Moves bytes from `from` to `to` until it must wait (Pending) or this
-    /// direction is over (Ready). `other` is the opposite direction.
-    fn poll(
-        &mut self,
-        cx: &mut Context<'_>,
-        from: &mut End,
-        to: &mut End,
-        other: &Pump,
-        shared: &mut Shared<'_>,
-    ) -> Poll<PumpEnd> {
-        let requested = shared.requested;
-        if let Some(end) = self.ended {
-            return Poll::Ready(end);
-        }
-        loop {
-            // 1. Finish the write in progress.
-            if let Some(out) = &mut self.out {
-                let bytes: &[u8] = match out {
-                    Outgoing::Relayed { from, to } => match &self.chunk {
-                        Some(chunk) => &chunk.bytes()[*from..*to],
-                        None => &[],
-                    },
-                    Outgoing::Own(frame, written) => &frame[*written..],
-                };
-                if !bytes.is_empty() {
-                    match to.poll_write(cx, bytes) {
-                        Poll::Pending => {
-                            if self.blocked_since.is_none() {
-                                self.blocked_since = Some(Instant::now());
-                                self.keep_only_unwritten();
-                            }
-                            return Poll::Pending;
-                        }
-                        Poll::Ready(Ok(n)) if n > 0 => {
-                            self.blocked_since = None;
-                            match out {
-                                Outgoing::Relayed { from, .. } => {
-                                    *from += n;
-                                    self.bytes += n as u64;
-                                    shared.traffic.add_bytes(self.direction(), n as u64);
-                                }
-                                Outgoing::Own(_, written) => *written += n,
-                            }
-                            continue;
-                        }
-                        Poll::Ready(_) => return self.end(PumpEnd::WriteFailed),
-                    }
-                }
-                self.out = None;
-            }
-            // 2. An ending waiting for its last write.
-            if let Some(end) = self.finishing {
-                if other.ended.is_none() {
-                    if self.toward == Side::Client
-                        && self.tracker.close_seen()
-                        && other.tracker.close_seen()
-                    {
-                        // The WebSocket is over: the client's side closes,
-                        // as a server closes first.
-                        to.close();
-                    } else {
-                        to.shutdown_now();
-                    }
-                }
-                return self.end(end);
-            }
-            // 3. The relay's own Close, at a frame boundary.
-            if let Some(code) = requested
-                && !self.closed_by_us
-                && self.framed
-                && self.tracker.at_boundary()
-            {
-                self.closed_by_us = true;
-                // None if this side's peer already sent one: no second.
-                if !self.tracker.close_seen() {
-                    self.send_own_close(code, other, shared.first_close);
-                    continue;
-                }
-            }
-            // 4. Feed the next piece of the chunk to the tracker.
-            if let Some(chunk) = &self.chunk
-                && self.fed < chunk.bytes().len()
-            {
-                self.feed(shared);
-                continue;
-            }
-            self.chunk = None;
-            self.fed = 0;
-            // 5. Read more.
-            match from.poll_read_chunk(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(Some(chunk))) => {
-                    shared.read = true;
-                    self.chunk = Some(chunk);
-                }
-                Poll::Ready(result) => {
-                    let end = match (self.closed_by_us, result.is_ok()) {
-                        (true, _) => PumpEnd::Answered,
-                        (false, true) => PumpEnd::Eof,
-                        (false, false) => PumpEnd::ReadError,
-                    };
-                    // The reading side vanished without a Close: tell the
-                    // other side properly (1014 to a client, 1001 to a pod).
-                    if !self.closed_by_us
-                        && self.framed
-                        && self.tracker.at_boundary()
-                        && !self.tracker.close_seen()
-                    {
-                        let code = match self.toward {
-                            Side::Client => CLOSE_BAD_GATEWAY,
-                            Side::Pod => CLOSE_GOING_AWAY,
-                        };
-                        self.send_own_close(code, other, shared.first_close);
-                    }
-                    self.finishing = Some(end);
-                }
-            }
-        }
-    }
-
-    /// Feeds the chunk's next bytes to the tracker and queues them to be
-    /// written: up to the next frame boundary when a Close of the relay's
-    /// own waits for one.
-    fn feed(&mut self, shared: &mut Shared<'_>) {
-        let stopping = shared.requested.is_some() && !self.closed_by_us;
-        let Some(chunk) = &self.chunk else { return };
-        let rest = chunk.bytes().get(self.fed..).unwrap_or_default();
-        let used = if self.framed {
-            let messages = self.tracker.messages();
-            let used = match self.tracker.feed(rest, stopping, |_| {}) {
-                Ok(used) => used,
-                Err(_) => {
-                    self.framed = false;
-                    rest.len()
-                }
-            };
-            let completed = self.tracker.messages() - messages;
-            if completed > 0 {
-                shared.traffic.add_messages(self.direction(), completed);
-            }
-            used
-        } else {
-            rest.len()
-        };
-        let start = self.fed;
-        self.fed += used;
-        if !self.closed_by_us {
-            self.out = Some(Outgoing::Relayed {
-                from: start,
-                to: self.fed,
-            });
-        } else if self.tracker.close_seen() {
-            // The answer to our Close: this direction is done.
-            self.finishing = Some(PumpEnd::Answered);
-        }
-    }
-
-    /// A write has to wait: when what it still owes is little, that is
-    /// copied out and the pooled buffer goes back (see [`Chunk::copy_rest`]);
-    /// the offsets follow.
-    fn keep_only_unwritten(&mut self) {
-        let Some(Outgoing::Relayed { from, to }) = &mut self.out else {
-            return;
-        };
-        let Some(rest) = self.chunk.as_ref().and_then(|c| c.copy_rest(*from)) else {
-            return;
-        };
-        self.chunk = Some(rest);
-        self.fed -= *from;
-        *to -= *from;
-        *from = 0;
-    }
-
-    fn end(&mut self, end: PumpEnd) -> Poll<PumpEnd> {
-        self.ended = Some(end);
-        self.chunk = None;
-        self.out = None;
-        Poll::Ready(end)
-    }
-
-    /// When this direction's blocked write times out, if one is blocked.
-    fn write_deadline(&self, limit: Duration) -> Option<Instant> {
-        self.blocked_since.map(|at| far_future_add(at, limit))
-    }
 }
 
 /// A relayed connection's whole state: its two ends and both directions.
@@ -709,9 +256,96 @@ pin_project_lite::pin_project! {
         #[pin]
         timer: Sleep,
         waiting_for_stop: bool,
-        ending: Option<Ending>,
-        linger: Option<Instant>,
-        drain_at: Option<Instant>,
+        course: Course,
+    }
+}
+
+/// What the relay has decided so far about how the connection ends.
+#[derive(Debug, Default)]
+struct Course {
+    /// The first reason it began to end.
+    ending: Option<Ending>,
+    /// Once it is ending: when the rest is given up on.
+    linger: Option<Instant>,
+    /// Once a drain started: this connection's moment within the window.
+    drain_at: Option<Instant>,
+}
+
+impl Course {
+    /// A direction ended. Returns true when the relay is over at once (a
+    /// write failed: the other side gets a last Close, best effort).
+    fn direction_ended(
+        &mut self,
+        conn: &mut Connection,
+        side: Side,
+        end: PumpEnd,
+        linger_for: Duration,
+    ) -> bool {
+        let other = match side {
+            Side::Client => Side::Pod,
+            Side::Pod => Side::Client,
+        };
+        self.ending.get_or_insert(end.ending(side, other));
+        if end == PumpEnd::WriteFailed {
+            conn.farewell(other);
+            return true;
+        }
+        self.linger
+            .get_or_insert_with(|| far_future_add(Instant::now(), linger_for));
+        false
+    }
+
+    /// The timer fired: a blocked write timed out (over at once), the
+    /// drain moment came, the linger ran out (over), or the connection
+    /// idled (the relay's own Close goes both ways). Returns true when the
+    /// relay is over.
+    fn timer_fired(
+        &mut self,
+        conn: &mut Connection,
+        limits: RelayLimits,
+        drain_code: u16,
+        linger_for: Duration,
+    ) -> bool {
+        let now = Instant::now();
+        let blocked = [
+            (Side::Pod, conn.up.write_deadline(limits.write)),
+            (Side::Client, conn.down.write_deadline(limits.write)),
+        ];
+        if let Some((side, _)) = blocked
+            .iter()
+            .find(|(_, at)| at.is_some_and(|at| now >= at))
+        {
+            self.ending.get_or_insert(Ending::WriteFailed(*side));
+            conn.farewell(*side);
+            return true;
+        }
+        if self.drain_at.is_some_and(|at| now >= at) {
+            self.drain_at = None;
+            self.ending.get_or_insert(Ending::Drained);
+            conn.requested.get_or_insert(drain_code);
+            self.linger
+                .get_or_insert_with(|| far_future_add(now, linger_for));
+        } else if let Some(at) = self.linger {
+            return now >= at;
+        } else if blocked.iter().all(|(_, at)| at.is_none())
+            && now >= far_future_add(conn.last_activity, limits.idle)
+        {
+            self.ending.get_or_insert(Ending::Idle);
+            conn.requested.get_or_insert(CLOSE_GOING_AWAY);
+            self.linger = Some(far_future_add(now, linger_for));
+        }
+        false
+    }
+
+    /// The drain started: this connection closes at a random moment of
+    /// `window`, so clients do not all reconnect at once.
+    fn drain_started(&mut self, window: Duration) {
+        let jitter = if window.is_zero() {
+            Duration::ZERO
+        } else {
+            window.mul_f64(rand::rng().random_range(0.0..1.0))
+        };
+        self.drain_at = Some(far_future_add(Instant::now(), jitter));
     }
 }
 
@@ -734,9 +368,7 @@ pub fn run<'a>(
         cancel: drain.started.cancelled(),
         timer: sleep_until(far_future_add(Instant::now(), limits.idle)),
         waiting_for_stop: false,
-        ending: None,
-        linger: None,
-        drain_at: None,
+        course: Course::default(),
     }
 }
 
@@ -757,7 +389,9 @@ impl Future for Relay<'_> {
                 // Only ever brought forward, or re-armed once it has fired:
                 // activity does not move the timer (no timer-wheel work per
                 // message); a timer that fires early just finds no idleness.
-                let deadline = this.conn.deadline(limits, *this.linger, *this.drain_at);
+                let deadline = this
+                    .conn
+                    .deadline(limits, this.course.linger, this.course.drain_at);
                 if deadline < this.timer.deadline() || this.timer.is_elapsed() {
                     this.timer.as_mut().reset(deadline);
                 }
@@ -769,70 +403,34 @@ impl Future for Relay<'_> {
                 }
                 return Poll::Pending;
             };
-            match event {
-                Event::Ended(side, end) => {
-                    let other = match side {
-                        Side::Client => Side::Pod,
-                        Side::Pod => Side::Client,
-                    };
-                    this.ending.get_or_insert(end.ending(side, other));
-                    if end == PumpEnd::WriteFailed {
-                        this.conn.farewell(other);
-                        break;
-                    }
-                    this.linger
-                        .get_or_insert_with(|| far_future_add(Instant::now(), linger_for));
-                }
+            let over = match event {
+                Event::Ended(side, end) => this
+                    .course
+                    .direction_ended(this.conn, side, end, linger_for),
                 Event::Timer => {
-                    let now = Instant::now();
-                    let blocked = [
-                        (Side::Pod, this.conn.up.write_deadline(limits.write)),
-                        (Side::Client, this.conn.down.write_deadline(limits.write)),
-                    ];
-                    if let Some((side, _)) = blocked
-                        .iter()
-                        .find(|(_, at)| at.is_some_and(|at| now >= at))
-                    {
-                        this.ending.get_or_insert(Ending::WriteFailed(*side));
-                        this.conn.farewell(*side);
-                        break;
-                    }
-                    if this.drain_at.is_some_and(|at| now >= at) {
-                        *this.drain_at = None;
-                        this.ending.get_or_insert(Ending::Drained);
-                        this.conn.requested.get_or_insert(this.drain.code);
-                        this.linger
-                            .get_or_insert_with(|| far_future_add(now, linger_for));
-                    } else if let Some(at) = *this.linger {
-                        if now >= at {
-                            break;
-                        }
-                    } else if blocked.iter().all(|(_, at)| at.is_none())
-                        && now >= far_future_add(this.conn.last_activity, limits.idle)
-                    {
-                        this.ending.get_or_insert(Ending::Idle);
-                        this.conn.requested.get_or_insert(CLOSE_GOING_AWAY);
-                        *this.linger = Some(far_future_add(now, linger_for));
-                    }
+                    this.course
+                        .timer_fired(this.conn, limits, this.drain.code, linger_for)
+                }
+                Event::Cancelled if *this.waiting_for_stop || this.stop.is_cancelled() => {
+                    this.course.ending.get_or_insert(Ending::Shutdown);
+                    true
                 }
                 Event::Cancelled => {
-                    if *this.waiting_for_stop || this.stop.is_cancelled() {
-                        this.ending.get_or_insert(Ending::Shutdown);
-                        break;
-                    }
+                    // The drain started; from now on only a stop cancels.
                     *this.waiting_for_stop = true;
                     this.cancel.set(this.stop.cancelled());
-                    let window = this.drain.window;
-                    let jitter = if window.is_zero() {
-                        Duration::ZERO
-                    } else {
-                        window.mul_f64(rand::rng().random_range(0.0..1.0))
-                    };
-                    *this.drain_at = Some(far_future_add(Instant::now(), jitter));
+                    this.course.drain_started(this.drain.window);
+                    false
                 }
+            };
+            if over {
+                break;
             }
         }
-        Poll::Ready(this.conn.outcome(this.ending.unwrap_or(Ending::Idle)))
+        Poll::Ready(
+            this.conn
+                .outcome(this.course.ending.unwrap_or(Ending::Idle)),
+        )
     }
 }
 
@@ -868,7 +466,7 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ends::tcp_end;
+    use crate::connection::ends::tcp_end;
     use common::frame::{OP_BINARY, OP_CLOSE, OP_TEXT, encode_frame};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};

@@ -15,8 +15,8 @@ use http::{Response, header};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use crate::handshake::Body;
-use crate::head::{ParsedRequest, RequestHead};
+use crate::connection::handshake::Body;
+use crate::connection::head::{ParsedRequest, RequestHead};
 
 /// What the first bytes of a connection turned out to be.
 pub enum FirstRequest {

@@ -188,7 +188,7 @@ impl RequestHead {
     }
 
     /// Path and query, as sent: starting with `/`, except a `*` (asterisk
-    /// form) that hyper parsed, which [`crate::handshake::check`] refuses.
+    /// form) that hyper parsed, which [`crate::connection::handshake::check`] refuses.
     pub fn target(&self) -> &str {
         // Both sources put only ASCII here: httparse checks the target's
         // characters, and `http` keeps a valid URI.

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 
-use crate::head::RequestHead;
+use crate::connection::head::RequestHead;
 
 /// The body of every response on the listener: one the balancer built
 /// itself (`Left`), or a pod's body streamed through (`Right`).

@@ -1,14 +1,12 @@
-//! Plain HTTP requests on the WebSocket listener (`httpMode: proxy`):
-//! long-polling fallbacks and health checks that must live behind the same
-//! address. Each request goes to the least-loaded pod over a pooled client,
-//! bodies streamed both ways, hop-by-hop headers removed. Such requests do
-//! not count as connections: pods report WebSocket connections only.
+//! The pooled HTTP/1.1 client plain requests reach pods with (plain or
+//! TLS, with the same TLS settings and `dialTimeout` as WebSocket dials),
+//! and how a request to a pod fails.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
@@ -16,7 +14,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::handshake::Body;
+use crate::connection::forward;
+use crate::connection::handshake::Body;
 
 /// What is sent to a pod: the client's body, or nothing (then the request
 /// can be sent again to the next pod if the first cannot be reached).
@@ -95,7 +94,7 @@ impl PodClient {
         head_timeout: Duration,
     ) -> Result<Response<Body>, HttpProxyError> {
         match tokio::time::timeout(head_timeout, self.client.request(request)).await {
-            Ok(Ok(response)) => Ok(crate::forward::pod_http_response(response)),
+            Ok(Ok(response)) => Ok(forward::pod_http_response(response)),
             Ok(Err(error)) if error.is_connect() => {
                 Err(HttpProxyError::Connect(error_chain(&error)))
             }
@@ -116,9 +115,4 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
-}
-
-/// The answer when no pod answered a plain HTTP request.
-pub fn bad_gateway() -> Response<Body> {
-    crate::handshake::plain_response(StatusCode::BAD_GATEWAY, "no pod could be reached")
 }

@@ -1,21 +1,16 @@
 //! TLS termination on the client-facing listener (`tlsCert`, `tlsKey`).
 //!
-//! The certificate and key are read at start and read again whenever either
-//! file changes (checked every [`RELOAD_CHECK`]), so a renewed certificate is
-//! served without a restart. A file that fails to load is reported once and
-//! the previous certificate stays in use.
+//! The certificate and key are read at start, and again by
+//! `control::cert_reload` whenever either file changes, so a renewed
+//! certificate is served without a restart.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_util::sync::CancellationToken;
-
-/// How often the certificate files are checked for changes.
-pub const RELOAD_CHECK: Duration = Duration::from_secs(1);
 
 /// Why the certificate could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +61,7 @@ fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, ServerTlsError> {
     }
     let private =
         PrivateKeyDer::from_pem_file(key).map_err(|e| file_error("tlsKey", key, e.to_string()))?;
-    let mut config = ServerConfig::builder_with_provider(crate::tls::provider())
+    let mut config = ServerConfig::builder_with_provider(crate::connection::pod_tls::provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(certs, private)?;
@@ -93,36 +88,22 @@ impl ServerTls {
             .clone()
     }
 
-    /// Reloads whenever a file changes, until `stop` is cancelled.
-    pub async fn watch(self: Arc<Self>, stop: CancellationToken) {
-        let mut seen = (modified(&self.cert), modified(&self.key));
-        let mut last_error: Option<String> = None;
-        loop {
-            tokio::select! {
-                () = tokio::time::sleep(RELOAD_CHECK) => {}
-                () = stop.cancelled() => return,
-            }
-            let now = (modified(&self.cert), modified(&self.key));
-            if now == seen {
-                continue;
-            }
-            match load(&self.cert, &self.key) {
-                Ok(config) => {
-                    *self.current.write().unwrap_or_else(|p| p.into_inner()) = config;
-                    seen = now;
-                    last_error = None;
-                    tracing::info!(cert = %self.cert.display(), "TLS certificate reloaded");
-                }
-                Err(error) => {
-                    // Often a renewal caught half-written: try again later,
-                    // keep serving the previous certificate meanwhile.
-                    let error = error.to_string();
-                    if last_error.as_deref() != Some(&error) {
-                        tracing::warn!(%error, "TLS certificate reload failed, keeping the previous one");
-                    }
-                    last_error = Some(error);
-                }
-            }
-        }
+    /// The modification times of the certificate and key files, to tell
+    /// when they change.
+    pub fn files_modified(&self) -> (Option<SystemTime>, Option<SystemTime>) {
+        (modified(&self.cert), modified(&self.key))
+    }
+
+    /// Loads both files again; new handshakes use them once they load. On
+    /// an error the previous configuration stays in use.
+    pub fn reload(&self) -> Result<(), ServerTlsError> {
+        let config = load(&self.cert, &self.key)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = config;
+        Ok(())
+    }
+
+    /// The certificate file, for logs.
+    pub fn cert_path(&self) -> &Path {
+        &self.cert
     }
 }

@@ -2,7 +2,7 @@
 //! headless Service gives one per ready pod), resolved every `interval`.
 //! Pods that appear are polled and join the rotation; pods that disappear
 //! get no new connections while their relayed ones run on (see
-//! [`PodRegistry::set_pods`](crate::registry::PodRegistry::set_pods)).
+//! [`PodRegistry::set_pods`](crate::pods::registry::PodRegistry::set_pods)).
 //! A failed resolution keeps the last known set, and is logged once per
 //! streak of failures, not once per interval.
 
@@ -15,8 +15,8 @@ use hickory_resolver::config::{NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
-use crate::poller::Pollers;
+use crate::observe::metrics::Metrics;
+use crate::pods::poller::Pollers;
 
 /// Why discovery could not start.
 #[derive(Debug, thiserror::Error)]

@@ -26,7 +26,7 @@ use tokio_util::either::Either;
 
 use common::PodAddress;
 
-use crate::head::{Fields, ParsedRequest, RequestHead, ResponseError, ResponseHead};
+use crate::connection::head::{Fields, ParsedRequest, RequestHead, ResponseError, ResponseHead};
 
 /// Largest body of a pod's non-101 answer passed to the client.
 pub const MAX_STATUS_BODY: usize = 64 * 1024;
@@ -55,13 +55,17 @@ pub enum DialError {
 }
 
 impl DialError {
-    /// Short reason label for logs and metrics.
-    pub fn reason(&self) -> &'static str {
+    /// Why, as logs and metrics say it.
+    pub fn reason(&self) -> DialFailure {
         match self {
-            DialError::Connect(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => "refused",
-            DialError::Connect(_) => "connect",
-            DialError::Tls(_) | DialError::ServerName(_) => "tls",
-            DialError::Io(_) | DialError::Handshake(_) | DialError::BadUpgrade(_) => "handshake",
+            DialError::Connect(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                DialFailure::refused
+            }
+            DialError::Connect(_) => DialFailure::connect,
+            DialError::Tls(_) | DialError::ServerName(_) => DialFailure::tls,
+            DialError::Io(_) | DialError::Handshake(_) | DialError::BadUpgrade(_) => {
+                DialFailure::handshake
+            }
         }
     }
 
@@ -72,6 +76,70 @@ impl DialError {
             self,
             DialError::Io(_) | DialError::Handshake(_) | DialError::BadUpgrade(_)
         )
+    }
+}
+
+/// Why a dial of a pod ended without a relayed connection: the `reason`
+/// label of `wsbalancer_pod_connections_failed_total` and the `reason` of
+/// the log line. The label encoding is derived, so a new reason is a new
+/// variant and can never fall into another's series; the variants are
+/// spelled as the exported label values (a documented contract), hence
+/// lowercase (and `Debug` writes them as they are exported, for logs).
+#[allow(non_camel_case_types)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, prometheus_client::encoding::EncodeLabelValue,
+)]
+pub enum DialFailure {
+    /// The pod refused the TCP connection.
+    refused,
+    /// TCP connect failed otherwise (unreachable, no route).
+    connect,
+    /// Connect, TLS and handshake took longer than `dialTimeout`.
+    timeout,
+    /// The TLS handshake failed.
+    tls,
+    /// The HTTP exchange broke, or the 101 was not a proper switch.
+    handshake,
+    /// The pod answered an informational status instead of 101.
+    status_1xx,
+    /// The pod answered 2xx instead of 101.
+    status_2xx,
+    /// The pod answered 3xx instead of 101.
+    status_3xx,
+    /// The pod answered 4xx (the application refusing this client).
+    status_4xx,
+    /// The pod answered 5xx.
+    status_5xx,
+    /// The pod answered a status outside 100-599.
+    other,
+}
+
+impl DialFailure {
+    /// Every reason, in label order.
+    pub const ALL: [DialFailure; 11] = [
+        DialFailure::refused,
+        DialFailure::connect,
+        DialFailure::timeout,
+        DialFailure::tls,
+        DialFailure::handshake,
+        DialFailure::status_1xx,
+        DialFailure::status_2xx,
+        DialFailure::status_3xx,
+        DialFailure::status_4xx,
+        DialFailure::status_5xx,
+        DialFailure::other,
+    ];
+
+    /// The reason for a pod that answered `status` instead of 101.
+    pub fn of_status(status: u16) -> DialFailure {
+        match status {
+            100..=199 => DialFailure::status_1xx,
+            200..=299 => DialFailure::status_2xx,
+            300..=399 => DialFailure::status_3xx,
+            400..=499 => DialFailure::status_4xx,
+            500..=599 => DialFailure::status_5xx,
+            _ => DialFailure::other,
+        }
     }
 }
 

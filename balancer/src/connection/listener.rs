@@ -1,5 +1,5 @@
 //! The client-facing listener: accepts TCP connections and serves each as
-//! HTTP/1.1 with upgrades, handing every request to the [`Proxy`]. On plain
+//! HTTP/1.1 with upgrades, handing every request to [`upgrade`]. On plain
 //! TCP, a first request that is an upgrade skips hyper (see
 //! [`first_request`]); everything else, and every TLS connection, is served
 //! by hyper.
@@ -15,12 +15,14 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 
-use crate::ends::End;
-use crate::first_request::{self, FirstRequest};
-use crate::forward;
-use crate::handshake::plain_response;
-use crate::metrics::Refusal;
-use crate::upgrade::{Answer, Proxy, RelayJob};
+use crate::connection::ends::End;
+use crate::connection::first_request::{self, FirstRequest};
+use crate::connection::forward;
+use crate::connection::handshake::plain_response;
+use crate::connection::session::Session;
+use crate::connection::shared::Shared;
+use crate::connection::upgrade::{self, Answer};
+use crate::observe::metrics::counters::Refusal;
 
 /// Pending connections the kernel queues on the listener.
 const LISTEN_BACKLOG: u32 = 128;
@@ -52,7 +54,7 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 /// by `tasks` and dropped when `stop` is cancelled.
 pub async fn accept_loop(
     listener: TcpListener,
-    proxy: Arc<Proxy>,
+    shared: Arc<Shared>,
     tasks: TaskTracker,
     drain: CancellationToken,
     stop: CancellationToken,
@@ -71,15 +73,15 @@ pub async fn accept_loop(
             () = drain.cancelled() => return,
             () = stop.cancelled() => return,
         };
-        proxy.metrics.accepted();
+        shared.metrics.accepted();
         // Inherited from the listener on Linux (see `bind`).
         #[cfg(not(target_os = "linux"))]
         let _ = tcp.set_nodelay(true);
-        let proxy = proxy.clone();
+        let shared = shared.clone();
         let stopped = stop.clone().cancelled_owned();
-        match proxy.server_tls.clone() {
-            None => tasks.spawn(serve_plain(tcp, proxy, client, stopped)),
-            Some(tls) => tasks.spawn(serve_tls(tcp, tls, proxy, client, stopped)),
+        match shared.server_tls.clone() {
+            None => tasks.spawn(serve_plain(tcp, shared, client, stopped)),
+            Some(tls) => tasks.spawn(serve_tls(tcp, tls, shared, client, stopped)),
         };
     }
 }
@@ -87,14 +89,14 @@ pub async fn accept_loop(
 /// Serves one TLS connection: the handshake, then HTTP/1.1 with upgrades.
 async fn serve_tls(
     tcp: TcpStream,
-    tls: Arc<crate::tls_listener::ServerTls>,
-    proxy: Arc<Proxy>,
+    tls: Arc<crate::connection::listener_tls::ServerTls>,
+    shared: Arc<Shared>,
     client: std::net::SocketAddr,
     stopped: WaitForCancellationFutureOwned,
 ) {
     let accept = TlsAcceptor::from(tls.current()).accept(tcp);
-    match tokio::time::timeout(proxy.handshake_timeout, accept).await {
-        Ok(Ok(stream)) => serve(stream, proxy, client, stopped).await,
+    match tokio::time::timeout(shared.handshake_timeout, accept).await {
+        Ok(Ok(stream)) => serve(stream, shared, client, stopped).await,
         Ok(Err(error)) => tracing::debug!(%client, %error, "TLS handshake failed"),
         Err(_) => tracing::debug!(%client, "TLS handshake timed out"),
     }
@@ -105,16 +107,16 @@ async fn serve_tls(
 /// own; anything else goes to hyper, from the first byte.
 async fn serve_plain(
     tcp: TcpStream,
-    proxy: Arc<Proxy>,
+    shared: Arc<Shared>,
     client: std::net::SocketAddr,
     stopped: WaitForCancellationFutureOwned,
 ) {
     // The relay gets a task of its own, sized for the relay alone: a task
     // is as large as its largest state, and an idle relay should carry
     // neither an HTTP server nor a dial.
-    let answered = answer_first_request(tcp, &proxy, client, stopped).await;
-    if let Some((tcp, early, job)) = answered {
-        proxy.start_relay((End::Tcp(tcp), early), job);
+    let answered = answer_first_request(tcp, &shared, client, stopped).await;
+    if let Some((tcp, early, session)) = answered {
+        session.start(&shared, (End::Tcp(tcp), early));
     }
 }
 
@@ -122,14 +124,14 @@ async fn serve_plain(
 /// an upgrade the pod accepted.
 async fn answer_first_request(
     mut tcp: TcpStream,
-    proxy: &Arc<Proxy>,
+    shared: &Arc<Shared>,
     client: std::net::SocketAddr,
     stopped: WaitForCancellationFutureOwned,
-) -> Option<(TcpStream, Option<bytes::Bytes>, RelayJob)> {
+) -> Option<(TcpStream, Option<bytes::Bytes>, Session)> {
     tokio::pin!(stopped);
     let read = tokio::time::timeout(
-        proxy.handshake_timeout,
-        first_request::read(&mut tcp, proxy.max_header_bytes),
+        shared.handshake_timeout,
+        first_request::read(&mut tcp, shared.max_header_bytes),
     );
     let first = tokio::select! {
         first = read => first,
@@ -139,12 +141,12 @@ async fn answer_first_request(
         Ok(Ok(FirstRequest::Upgrade { head, early })) => (head, early),
         Ok(Ok(FirstRequest::Other(read))) => {
             let io = first_request::Prefixed::new(read, tcp);
-            serve(io, proxy.clone(), client, stopped).await;
+            serve(io, shared.clone(), client, stopped).await;
             return None;
         }
         Ok(Ok(FirstRequest::TooLarge)) => {
             tracing::debug!(%client, reason = Refusal::TooLarge.as_str(), status = 431, "connection failed");
-            proxy.metrics.refused(431, Refusal::TooLarge);
+            shared.metrics.refused(431, Refusal::TooLarge);
             let response = plain_response(
                 http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "request head too large",
@@ -158,9 +160,9 @@ async fn answer_first_request(
             return None;
         }
     };
-    let conn_id = proxy.next_conn_id();
+    let conn_id = shared.next_conn_id();
     let answer = tokio::select! {
-        answer = proxy.answer_upgrade(conn_id, client, &head) => answer,
+        answer = upgrade::answer(shared, conn_id, client, &head) => answer,
         () = &mut stopped => return None,
     };
     match answer {
@@ -168,15 +170,15 @@ async fn answer_first_request(
             let _ = first_request::write_response(&mut tcp, response).await;
             None
         }
-        Answer::Switch { pod_head, relay } => {
+        Answer::Switch { pod_head, session } => {
             let response = forward::switching_protocols_head(&pod_head);
             let written =
-                tokio::time::timeout(proxy.write_timeout(), tcp.write_all(&response)).await;
+                tokio::time::timeout(shared.write_timeout(), tcp.write_all(&response)).await;
             let early = (!early.is_empty()).then_some(early);
             if matches!(written, Ok(Ok(()))) {
-                Some((tcp, early, relay))
+                Some((tcp, early, session))
             } else {
-                relay.client_gone("client_gone", None);
+                session.client_gone("client_gone", None);
                 None
             }
         }
@@ -186,14 +188,15 @@ async fn answer_first_request(
 /// Serves one client connection (plain or TLS) as HTTP/1.1 with upgrades.
 async fn serve<IO>(
     io: IO,
-    proxy: Arc<Proxy>,
+    shared: Arc<Shared>,
     client: std::net::SocketAddr,
     stopped: impl std::future::Future<Output = ()>,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (header_timeout, max_header_bytes) = (proxy.handshake_timeout, proxy.max_header_bytes);
-    let service = service_fn(move |request| proxy.clone().handle(client, request));
+    let (header_timeout, max_header_bytes) = (shared.handshake_timeout, shared.max_header_bytes);
+    let service =
+        service_fn(move |request| upgrade::serve_request(shared.clone(), client, request));
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         // Slowloris guard, and 431 for a head larger than allowed.

@@ -16,8 +16,8 @@ use http_body_util::Full;
 
 use common::PodAddress;
 
-use crate::handshake::Body;
-use crate::head::{Fields, RequestHead, ResponseHead, put_field};
+use crate::connection::handshake::Body;
+use crate::connection::head::{Fields, RequestHead, ResponseHead, put_field};
 
 /// Headers that only concern one hop and are never forwarded.
 const HOP_BY_HOP: &[&str] = &[
@@ -298,7 +298,7 @@ fn append_end_to_end(headers: &mut HeaderMap, fields: &Fields) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::head::ParsedRequest;
+    use crate::connection::head::ParsedRequest;
 
     fn client_head() -> RequestHead {
         let (parts, ()) = Request::get("/ws?room=7")

@@ -19,7 +19,8 @@ use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::registry::{Pod, PodRegistry, PodSetChange};
+use crate::pods::pod::Pod;
+use crate::pods::registry::{PodRegistry, PodSetChange};
 
 /// Why one poll failed.
 #[derive(Debug, thiserror::Error)]

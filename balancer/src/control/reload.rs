@@ -16,7 +16,7 @@ use common::{Config, ConfigError};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::tls::TlsSetupError;
+use crate::connection::pod_tls::TlsSetupError;
 
 /// Why a reload was rejected; the running config stays in force.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +91,7 @@ const RESTART_ONLY: &[RestartOnly] = restart_only! {
 
 /// The keys that need a restart whose values differ between `old` and
 /// `new`.
+#[cfg(test)]
 pub fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     keep_running(old, &mut new.clone())
 }

@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 use common::PodState;
 use common::selection::Health;
 
-use crate::metrics::{self, Metrics};
-use crate::registry::PodRegistry;
+use crate::observe::metrics::{self, Metrics};
+use crate::pods::registry::PodRegistry;
 
 /// What the admin handlers read.
 #[derive(Clone)]

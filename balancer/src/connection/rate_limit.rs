@@ -93,6 +93,7 @@ impl RateLimiter {
     }
 
     /// Addresses tracked now.
+    #[cfg(test)]
     pub fn tracked(&self) -> usize {
         self.buckets.len()
     }

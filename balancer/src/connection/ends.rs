@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::either::Either;
 
-use crate::dial::PodStream;
+use crate::connection::dial::PodStream;
 
 /// Size of a relay buffer: a whole 64 KiB message and its header in one
 /// read and one write (when it has all arrived), so the far side is woken
@@ -144,6 +144,7 @@ pub fn pod_end(io: PodStream, early_bytes: Bytes) -> Arrived {
 }
 
 /// A plain TCP stream as an end (tests, and relays between sockets).
+#[cfg(test)]
 pub fn tcp_end(tcp: TcpStream) -> Arrived {
     let _ = tcp.set_nodelay(true);
     (End::Tcp(tcp), None)

@@ -12,7 +12,7 @@ use clap::Parser;
 use common::load::ROOT_KEY;
 use common::{Config, ConfigError, ConfigSources, Overrides};
 
-use crate::logging::LogFormat;
+use crate::control::logging::LogFormat;
 
 /// WebSocket connection balancer: each new connection goes to the pod with
 /// the fewest active connections, as the pods report them.

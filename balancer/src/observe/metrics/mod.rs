@@ -1,0 +1,286 @@
+//! Prometheus metrics of the balancer, served at `/metrics` on the admin
+//! listener in the text format.
+//!
+//! Two kinds of series. What changes on the data path is counted as it
+//! happens, at the cost of an atomic add, into the [`counters`] (a leaf the
+//! data path and the pod registry write to). What the registry already
+//! knows (each pod's count, report age and health) and the draining flag
+//! are read at [`scrape`] time instead, from the same snapshots
+//! `/balancer-metrics` shows. [`Metrics`] owns the Prometheus registry that
+//! holds both and encodes them.
+//!
+//! Cardinality is bounded: labels carry pod URLs (from the configuration),
+//! pod names (one per pod), and values from fixed sets (close-code classes,
+//! failure reasons, sides, states), never anything a client chooses.
+
+pub mod counters;
+mod scrape;
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::{Registry, Unit};
+use tokio_util::sync::CancellationToken;
+
+use self::counters::{PodFamilies, Refusal, RefusedLabels, Traffic};
+use self::scrape::ScrapeTime;
+use crate::pods::registry::PodRegistry;
+
+/// Prefix of every series the balancer exports.
+pub const PREFIX: &str = "wsbalancer";
+
+/// `Content-Type` of a `/metrics` answer: the Prometheus text format 0.0.4.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// Upper bounds of the handshake-duration buckets, in seconds: from half a
+/// millisecond (a local pod) to the longest dial timeout worth waiting for.
+const HANDSHAKE_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Upper bounds of the connection-duration buckets, in seconds: WebSocket
+/// connections live from a second to days.
+const CONNECTION_BUCKETS: [f64; 14] = [
+    0.1, 1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0,
+    86400.0,
+];
+
+/// Every metric of one balancer, and the registry that exports them.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Owns the exported series; encoded on every scrape.
+    registry: Registry,
+    /// Families of the per-pod counters, for pods joining the registry.
+    pods: PodFamilies,
+    /// Upgrade request received to 101 written, in seconds.
+    handshake: Histogram,
+    /// Relayed connection lifetimes, in seconds.
+    connection: Histogram,
+    /// Connections being dialled or relayed: what `maxConnections` counts.
+    active: Gauge<u64, AtomicU64>,
+    /// TCP (or TLS) connections accepted on the listener.
+    accepted: Counter,
+    /// Upgrades the balancer refused itself.
+    refused: Family<RefusedLabels, Counter>,
+    /// Bytes and messages relayed.
+    traffic: Arc<Traffic>,
+    /// Failed lookups of `discovery.dns`.
+    discovery_errors: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// Registers the balancer's metrics. The scrape-time ones (pods,
+    /// draining) follow with [`Metrics::watch`].
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix(PREFIX);
+        registry.register(
+            "build",
+            "Version of this balancer, as the `version` label",
+            Info::new([("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        let handshake = Histogram::new(HANDSHAKE_BUCKETS);
+        registry.register_with_unit(
+            "handshake_duration",
+            "From a client's upgrade request to its 101 written, pod dials (and failovers) included",
+            Unit::Seconds,
+            handshake.clone(),
+        );
+        let connection = Histogram::new(CONNECTION_BUCKETS);
+        registry.register_with_unit(
+            "connection_duration",
+            "Lifetime of relayed connections, from the relay's start to its end",
+            Unit::Seconds,
+            connection.clone(),
+        );
+        let active = Gauge::default();
+        registry.register(
+            "connections_active",
+            "WebSocket connections being dialled or relayed now (what maxConnections counts)",
+            active.clone(),
+        );
+        let accepted = Counter::default();
+        registry.register(
+            "client_connections_accepted",
+            "TCP connections accepted on the WebSocket listener",
+            accepted.clone(),
+        );
+        let refused = Family::default();
+        registry.register(
+            "handshakes_refused",
+            "Upgrades the balancer answered itself with an error status, by status and reason \
+             (invalid, too_large, draining, origin, max_connections, pods_full, no_pod, unreachable)",
+            refused.clone(),
+        );
+        let pods = PodFamilies::default();
+        registry.register(
+            "pod_connections_opened",
+            "Connections relayed to the pod (its 101 reached the client)",
+            pods.opened.clone(),
+        );
+        registry.register(
+            "pod_connections_failed",
+            "Dials of the pod that failed before a 101, by reason (refused, connect, timeout, tls, \
+             handshake, or status_Nxx when the pod answered another status)",
+            pods.failed.clone(),
+        );
+        registry.register(
+            "pod_connections_closed",
+            "Relayed connections that ended, by the code of the Close frame that ended them \
+             (1000-1015, 3xxx, 4xxx, none, other) and the side that sent it (client, pod, or \
+             balancer for its own drain, idle and 1014 Closes)",
+            pods.closed.clone(),
+        );
+        registry.register(
+            "pod_failovers",
+            "Dials that moved on to the next pod after this pod failed",
+            pods.failovers.clone(),
+        );
+        registry.register(
+            "pod_poll_errors",
+            "Failed polls of the pod's load report",
+            pods.poll_errors.clone(),
+        );
+        let discovery_errors = Counter::default();
+        registry.register(
+            "discovery_errors",
+            "Times DNS lookups of discovery.dns started failing (once per streak; the last pod set is kept)",
+            discovery_errors.clone(),
+        );
+        Metrics {
+            registry,
+            pods,
+            handshake,
+            connection,
+            active,
+            accepted,
+            refused,
+            traffic: Arc::new(Traffic::default()),
+            discovery_errors,
+        }
+    }
+
+    /// DNS lookups of `discovery.dns` started failing.
+    pub fn discovery_failed(&self) {
+        self.discovery_errors.inc();
+    }
+
+    /// The families new pods' counters are made from.
+    pub fn pod_families(&self) -> &PodFamilies {
+        &self.pods
+    }
+
+    /// Adds the series read at scrape time: every pod of `registry`, the
+    /// draining flag (`draining` is cancelled when the balancer drains),
+    /// and the relayed bytes and messages.
+    pub fn watch(&mut self, registry: Arc<PodRegistry>, draining: CancellationToken) {
+        self.registry.register_collector(Box::new(ScrapeTime {
+            registry,
+            draining,
+            traffic: self.traffic.clone(),
+        }));
+    }
+
+    /// The live count of connections being dialled or relayed.
+    pub fn active(&self) -> &Gauge<u64, AtomicU64> {
+        &self.active
+    }
+
+    /// What the relay adds its bytes and messages to.
+    pub fn traffic(&self) -> &Traffic {
+        &self.traffic
+    }
+
+    /// A client connection was accepted.
+    pub fn accepted(&self) {
+        self.accepted.inc();
+    }
+
+    /// The balancer refused an upgrade with `status`.
+    pub fn refused(&self, status: u16, why: Refusal) {
+        self.refused
+            .get_or_create(&RefusedLabels {
+                status,
+                reason: why.as_str(),
+            })
+            .inc();
+    }
+
+    /// A client got its 101 `took` after its request arrived.
+    pub fn handshake_done(&self, took: Duration) {
+        self.handshake.observe(took.as_secs_f64());
+    }
+
+    /// A relayed connection ended after `lived`.
+    pub fn connection_ended(&self, lived: Duration) {
+        self.connection.observe(lived.as_secs_f64());
+    }
+
+    /// Everything, in the Prometheus text format ([`CONTENT_TYPE`]).
+    pub fn encode(&self) -> Result<String, fmt::Error> {
+        let mut text = String::with_capacity(16 * 1024);
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connection::dial::DialFailure;
+    use crate::connection::relay::outcome::Closer;
+
+    #[test]
+    fn pod_counters_export_what_happened_only() {
+        let mut metrics = Metrics::new();
+        let counters = metrics.pod_families().for_pod("http://a:1");
+        counters.opened();
+        counters.dial_failed(DialFailure::refused);
+        counters.dial_failed(DialFailure::refused);
+        counters.dial_failed(DialFailure::of_status(403));
+        counters.closed(Some(4001), Closer::Client);
+        counters.closed(None, Closer::Pod);
+        metrics.watch(
+            Arc::new(PodRegistry::new(
+                Vec::new(),
+                crate::pods::pod::Settings::from_config(&common::Config::default()),
+                metrics.pod_families(),
+            )),
+            CancellationToken::new(),
+        );
+        let text = metrics.encode().unwrap();
+        for line in [
+            r#"wsbalancer_pod_connections_opened_total{pod="http://a:1"} 1"#,
+            r#"wsbalancer_pod_connections_failed_total{pod="http://a:1",reason="refused"} 2"#,
+            r#"wsbalancer_pod_connections_failed_total{pod="http://a:1",reason="status_4xx"} 1"#,
+            r#"wsbalancer_pod_connections_closed_total{pod="http://a:1",code="4xxx",side="client"} 1"#,
+            r#"wsbalancer_pod_connections_closed_total{pod="http://a:1",code="none",side="pod"} 1"#,
+            r#"wsbalancer_pod_failovers_total{pod="http://a:1"} 0"#,
+            r#"wsbalancer_draining 0"#,
+            concat!(
+                r#"wsbalancer_build_info{version=""#,
+                env!("CARGO_PKG_VERSION"),
+                r#""} 1"#
+            ),
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+        let closed_series = text
+            .lines()
+            .filter(|l| l.starts_with("wsbalancer_pod_connections_closed_total{"))
+            .count();
+        assert_eq!(closed_series, 2, "no zero series for what never happened");
+    }
+}

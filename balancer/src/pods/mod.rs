@@ -1,0 +1,19 @@
+//! What the balancer knows about pods, and how it keeps that fresh.
+//!
+//! - [`pod`]: one pod: its last report, this balancer's own opens and
+//!   closes since, its health, and the [`pod::Lease`] a connection holds.
+//! - [`condition`]: a pod's state in one word, and each change of it.
+//! - [`registry`]: the set of pods, ranked for a new connection.
+//! - [`poller`]: the background polls of every pod's `/metric` report.
+//! - [`discovery`]: the pod set from DNS (a headless Service).
+//!
+//! Everything here is read by the connection path and written in the
+//! background; nothing here dials a client's connection or relays bytes.
+//! Shedding live connections to even out the load would live here too, as
+//! a module beside the registry: it decides from the same reports.
+
+pub mod condition;
+pub mod discovery;
+pub mod pod;
+pub mod poller;
+pub mod registry;
