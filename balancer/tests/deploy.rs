@@ -440,12 +440,57 @@ fn configmap_passes_check_config_with_the_container_args() {
         "{}: spec.replicas is {replicas}: at least 2",
         deployment.what()
     );
+}
+
+#[test]
+fn configmap_discovers_the_headless_service_and_needs_no_replica_count() {
+    let docs = load_dir(&kubernetes_dir());
+    let effective = effective_config(&docs);
+    let discovery = effective.get("discovery");
+    let dns = discovery["dns"]
+        .as_str()
+        .expect("ConfigMap: discovery.dns is a name");
+    // The Service named by the first label of the name, in this folder.
+    let service_name = dns.split('.').next().unwrap_or_default();
+    let service = find(&docs, "Service", service_name);
+    assert_eq!(
+        service.str_at("spec.clusterIP"),
+        "None",
+        "{}: discovery must resolve a headless Service (one record per pod)",
+        service.what()
+    );
+    let ports = service.at("spec.ports").as_sequence().expect("ports");
+    assert!(
+        ports
+            .iter()
+            .any(|p| p["port"].as_u64() == discovery["port"].as_u64()),
+        "{}: no port {:?} for discovery.port",
+        service.what(),
+        discovery["port"]
+    );
+    assert_eq!(
+        effective.get("pods").as_sequence().map(Vec::len),
+        Some(0),
+        "ConfigMap {BALANCER}: with discovery, no static pod list"
+    );
+    // Replicas learn how many they are: a fixed count is wrong whenever
+    // an autoscaler or a rollout changes it.
     assert_eq!(
         effective.get("replicas").as_u64(),
-        Some(replicas),
-        "ConfigMap {BALANCER}: `replicas` differs from {} spec.replicas",
-        deployment.what()
+        Some(1),
+        "ConfigMap {BALANCER}: leave `replicas` out (the default)"
     );
+    let configmap = find(&docs, "ConfigMap", BALANCER);
+    let text = configmap.at("data")[effective.file_name.as_str()]
+        .as_str()
+        .unwrap_or_default();
+    for stale in ["does not balance", "once the config accepts", "replicas:"] {
+        assert!(
+            !text.contains(stale),
+            "ConfigMap {BALANCER}: stale text {stale:?} in data.{}",
+            effective.file_name
+        );
+    }
 }
 
 #[tokio::test]

@@ -4,6 +4,8 @@
 //!   closes since, its health, and the [`pod::Lease`] a connection holds.
 //! - [`condition`]: a pod's state in one word, and each change of it.
 //! - [`registry`]: the set of pods, ranked for a new connection.
+//! - [`replicas`]: how many balancer replicas share the pods, learned from
+//!   the reports.
 //! - [`poller`]: the background polls of every pod's `/metric` report.
 //! - [`discovery`]: the pod set from DNS (a headless Service).
 //!
@@ -17,3 +19,4 @@ pub mod discovery;
 pub mod pod;
 pub mod poller;
 pub mod registry;
+pub mod replicas;

@@ -42,7 +42,10 @@ pub struct Settings {
     pub max_per_pod: u64,
     /// Slow-start ramp (zero = off).
     pub slow_start: Duration,
-    /// Balancer replicas sharing the pods.
+    /// Balancer replicas sharing the pods, this one included: as configured
+    /// (`replicas`, a starting hint) in the settings the registry keeps,
+    /// as learned from the reports (see `pods::replicas`) in those it hands
+    /// out.
     pub replicas: u32,
     /// Selection strategy.
     pub strategy: Strategy,
@@ -50,16 +53,15 @@ pub struct Settings {
 
 impl Settings {
     /// Whether a pod is polled early once this balancer opened many
-    /// connections on it. Only with other replicas: alone, this balancer's
-    /// own counts are exact between reports, and an early poll answered
-    /// while handshakes are in flight can only add noise. The comparison
-    /// strategies never do it: they replay rules that lack it.
+    /// connections on it since its last report: how a balancer learns, in
+    /// the middle of a burst, that other replicas place connections on the
+    /// same pods (and how many there are). The comparison strategies never
+    /// do it: they replay rules that lack it.
     pub fn early_refresh(&self) -> bool {
-        self.replicas > 1
-            && matches!(
-                self.strategy,
-                Strategy::LeastConnections | Strategy::PowerOfTwo
-            )
+        matches!(
+            self.strategy,
+            Strategy::LeastConnections | Strategy::PowerOfTwo
+        )
     }
 
     /// The settings of `config`.
@@ -124,6 +126,15 @@ struct Status {
     /// The condition last seen by [`Pod::condition_change`], so that each
     /// change is logged once.
     condition: Condition,
+}
+
+/// How a pod's count moved between two of its reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Moved {
+    /// The change of its reported count.
+    pub reported: i128,
+    /// This balancer's own net opens there over the same span.
+    pub own: i128,
 }
 
 /// This balancer's own counters at the moment a poll was sent.
@@ -294,16 +305,24 @@ impl Pod {
 
     /// Stores a good report. `joined_late` says whether a first report
     /// should start slow start (pods added after the balancer started).
-    pub fn record_report(&self, base: PollBase, report: Report, joined_late: bool) {
+    /// Returns how the pod's count moved since its previous report, beside
+    /// this balancer's own part of that, for the replica estimate.
+    pub fn record_report(&self, base: PollBase, report: Report, joined_late: bool) -> Option<Moved> {
         let mut status = self.status();
         let now = Instant::now();
         let first = status.report.is_none();
+        let moved = status.report.as_ref().map(|(previous, _)| Moved {
+            reported: i128::from(report.agents_connections)
+                - i128::from(previous.agents_connections),
+            own: (i128::from(base.settled) - i128::from(status.base.settled))
+                - (i128::from(base.closed) - i128::from(status.base.closed)),
+        });
         status.report = Some((report, now));
         status.base = base;
         if status.dials_failing_until.is_some_and(|until| now < until) {
             // Alive, but its upgrades failed: it stays out until the
             // hold ends, then this poll's success lets it back to try.
-            return;
+            return moved;
         }
         status.dials_failing_until = None;
         let was_ejected = std::mem::replace(&mut status.ejected, false);
@@ -311,6 +330,7 @@ impl Pod {
             status.warm_since = Some(now);
         }
         status.consecutive_failures = 0;
+        moved
     }
 
     /// The pod's condition if it changed since the last call (each change

@@ -189,7 +189,9 @@ async fn poll_loop(
             Ok(report) => {
                 tracing::trace!(pod = %pod.address.url, connections = report.agents_connections, "report");
                 let base = pod.poll_base(closes);
-                pod.record_report(base, report, registry.joined_late(&pod));
+                if let Some(moved) = pod.record_report(base, report, registry.joined_late(&pod)) {
+                    registry.report_moved(moved);
+                }
                 last_error = None;
             }
             Err(error) => {

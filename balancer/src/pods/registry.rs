@@ -13,7 +13,8 @@ use std::time::Instant;
 use common::PodAddress;
 use common::selection::{self, Health, PodLoad};
 
-use super::pod::{Pod, PodSnapshot, Settings};
+use super::pod::{Moved, Pod, PodSnapshot, Settings};
+use super::replicas::ReplicaEstimate;
 use crate::observe::metrics::counters::PodFamilies;
 
 /// How a dial or request to a pod failed, for ejection.
@@ -55,6 +56,8 @@ pub struct PodRegistry {
     settings: RwLock<Settings>,
     /// Where pods that join later get their counters.
     metrics: PodFamilies,
+    /// How many replicas share the pods, as their reports tell.
+    replicas: ReplicaEstimate,
     started: Instant,
 }
 
@@ -88,6 +91,7 @@ impl PodRegistry {
                     .collect(),
             ),
             leaving: Mutex::new(Vec::new()),
+            replicas: ReplicaEstimate::new(settings.replicas),
             settings: RwLock::new(settings),
             metrics: metrics.clone(),
             started: Instant::now(),
@@ -143,15 +147,28 @@ impl PodRegistry {
         change
     }
 
-    /// The selection settings.
+    /// The selection settings, with the replica count as learned so far.
     pub fn settings(&self) -> Settings {
-        *self.settings.read().unwrap_or_else(|p| p.into_inner())
+        Settings {
+            replicas: self.replicas.replicas(),
+            ..*self.settings.read().unwrap_or_else(|p| p.into_inner())
+        }
     }
 
     /// Replaces the selection settings (a reload): they apply to the next
-    /// decision.
+    /// decision. A changed `replicas` hint restarts the estimate from it.
     pub fn set_settings(&self, settings: Settings) {
-        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = settings;
+        let mut current = self.settings.write().unwrap_or_else(|p| p.into_inner());
+        if current.replicas != settings.replicas {
+            self.replicas.reset(settings.replicas);
+        }
+        *current = settings;
+    }
+
+    /// A pod's count moved between two reports (see [`Pod::record_report`]):
+    /// what the replica estimate learns from.
+    pub fn report_moved(&self, moved: Moved) {
+        self.replicas.observe(moved.reported, moved.own);
     }
 
     /// Whether `pod` joined after the balancer's first `cacheTTL`: its first
