@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::load::ConfigError;
+use crate::error::ConfigError;
 use crate::pod_address::PodAddress;
 
 /// The balancer's whole configuration, after all layers are merged.
