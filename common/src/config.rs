@@ -4,8 +4,10 @@
 //! Key names are the original plugin's camelCase names (`cacheTTL`,
 //! `dialTimeout`, ...) so that existing YAML files load unchanged. Loading and
 //! layering (file, environment, flags) lives in [`crate::load`]; this module
-//! only knows what a valid configuration looks like. The checks a value
-//! must pass are in `checks.rs`, one small function per key.
+//! only knows what a valid configuration looks like. Every key is one row
+//! of [`keys::TABLE`] (how it is given, its default, whether a reload
+//! applies it), and the checks a value must pass are in `checks.rs`, one
+//! small function per key.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -18,6 +20,7 @@ use crate::error::ConfigError;
 use crate::pod_address::PodAddress;
 
 mod checks;
+pub mod keys;
 
 /// The balancer's whole configuration, after all layers are merged.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -250,41 +253,6 @@ pub const MIN_TIMEOUT: Duration = Duration::from_millis(1);
 /// Longest duration any key accepts (one year): far beyond any sane value,
 /// and far from the overflow of time arithmetic.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
-
-/// Every key of [`Config`], as written in files. Used to map environment
-/// variables (`WSB_CACHE_TTL`) and to name keys in errors.
-pub const KEYS: &[&str] = &[
-    "metricPath",
-    "pods",
-    "tlsVerify",
-    "caFile",
-    "cacheTTL",
-    "dialTimeout",
-    "writeTimeout",
-    "readTimeout",
-    "listen",
-    "adminListen",
-    "selection",
-    "ejectAfter",
-    "maxConnectionsPerPod",
-    "maxConnections",
-    "rateLimit",
-    "slowStart",
-    "replicas",
-    "drainWindow",
-    "drainTimeout",
-    "drainCloseCode",
-    "allowedOrigins",
-    "forwardHeaders",
-    "trustForwardedHeaders",
-    "maxHandshakeHeaderBytes",
-    "handshakeTimeout",
-    "tlsCert",
-    "tlsKey",
-    "httpMode",
-    "watchConfig",
-    "discovery",
-];
 
 /// Smallest `maxHandshakeHeaderBytes` (the HTTP parser's own minimum).
 pub const MIN_HEADER_BYTES: usize = 8192;

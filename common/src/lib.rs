@@ -1,8 +1,8 @@
 //! Shared, I/O-free parts of wsbalancer.
 //!
 //! Everything here can be unit-tested and fuzzed without a socket: the
-//! configuration model and its layered loading ([`config`], [`load`],
-//! failing with [`error`]), pod
+//! configuration model, its table of keys and its layered loading
+//! ([`config`], [`config::keys`], [`load`], failing with [`error`]), pod
 //! addresses ([`pod_address`]), the `/metric` report a pod serves
 //! ([`report`]) and the choice of a pod for a new connection ([`selection`]).
 //! With the `tls` feature, [`tls`] builds the TLS client config the balancer

@@ -13,7 +13,8 @@ use figment::providers::{Env, Format, Json, Serialized, Toml, Yaml};
 use figment::value::{Dict, Value};
 use figment::{Figment, Provider};
 
-use crate::config::{Config, KEYS};
+use crate::config::Config;
+use crate::config::keys::{self, KEYS};
 use crate::error::{ConfigError, one_line};
 
 /// Root key of the original plugin's YAML; accepted in any file format.
@@ -29,20 +30,6 @@ pub const ENV_PREFIX: &str = "WSB_";
 pub struct Overrides {
     values: BTreeMap<&'static str, String>,
 }
-
-/// Keys whose flag values are numbers or booleans rather than strings.
-const TYPED_KEYS: &[&str] = &[
-    "tlsVerify",
-    "watchConfig",
-    "ejectAfter",
-    "maxConnectionsPerPod",
-    "maxConnections",
-    "rateLimit",
-    "replicas",
-    "drainCloseCode",
-    "trustForwardedHeaders",
-    "maxHandshakeHeaderBytes",
-];
 
 impl Overrides {
     /// Sets `key` (a name from [`KEYS`]) to `value` as typed by the user.
@@ -63,7 +50,8 @@ impl Overrides {
             .values
             .iter()
             .map(|(key, raw)| {
-                let value = if TYPED_KEYS.contains(key) {
+                let typed = keys::key(key).is_some_and(|row| row.kind.is_typed());
+                let value = if typed {
                     raw.parse::<Value>()
                         .unwrap_or_else(|_| Value::from(raw.clone()))
                 } else {
