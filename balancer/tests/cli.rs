@@ -267,3 +267,54 @@ async fn check_config_of_an_invalid_config_exits_2_naming_the_key() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("`selection`"), "{stderr}");
 }
+
+#[tokio::test]
+async fn help_lists_every_key_flag_from_the_table() {
+    use common::config::keys::{Kind, TABLE};
+    let (code, help, stderr) = output(&[std::ffi::OsStr::new("--help")], &[]).await;
+    assert_eq!(code, 0, "{stderr}");
+    for key in TABLE {
+        let Some(flag) = key.flag else { continue };
+        let usage = match key.kind {
+            Kind::Bool => format!("--{} [<{}>]", flag.long, flag.value_name),
+            _ => format!("--{} <{}>", flag.long, flag.value_name),
+        };
+        assert!(help.contains(&usage), "{usage} in:\n{help}");
+        let line = key.help().unwrap_or_default();
+        assert!(help.contains(&line), "{line:?} in:\n{help}");
+    }
+    for fixed in [
+        "-c, --config <FILE>",
+        "--check-config <FILE>",
+        "--log-level <LEVEL>",
+        "--log-format <LOG_FORMAT>",
+    ] {
+        assert!(help.contains(fixed), "{fixed} in:\n{help}");
+    }
+    // File (or environment) only, as before.
+    for none in ["--forward-headers", "--discovery", "--watch-config"] {
+        assert!(!help.contains(none), "{none} in:\n{help}");
+    }
+}
+
+#[tokio::test]
+async fn a_bare_boolean_flag_means_true() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("wsb.yaml");
+    std::fs::write(&file, "wsbalancer:\n  pods: [\"http://a:1\"]\n").unwrap();
+    let args = ["--tls-verify", "false", "--trust-forwarded-headers"];
+    let (code, printed, stderr) = check_config(&file, &args, &[]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let effective: serde_yaml::Value = serde_yaml::from_str(&printed).unwrap();
+    let config = &effective["wsbalancer"];
+    assert_eq!(config["tlsVerify"].as_bool(), Some(false), "{printed}");
+    assert_eq!(
+        config["trustForwardedHeaders"].as_bool(),
+        Some(true),
+        "{printed}"
+    );
+    // And a number given as a flag is a number.
+    let (code, printed, stderr) = check_config(&file, &["--eject-after", "7"], &[]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(printed.contains("ejectAfter: 7"), "{printed}");
+}

@@ -4,7 +4,10 @@
 //! Key names are the original plugin's camelCase names (`cacheTTL`,
 //! `dialTimeout`, ...) so that existing YAML files load unchanged. Loading and
 //! layering (file, environment, flags) lives in [`crate::load`]; this module
-//! only knows what a valid configuration looks like.
+//! only knows what a valid configuration looks like. Every key is one row
+//! of [`keys::TABLE`] (how it is given, its default, whether a reload
+//! applies it), and the checks a value must pass are in `checks.rs`, one
+//! small function per key.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -13,8 +16,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::load::ConfigError;
+use crate::error::ConfigError;
 use crate::pod_address::PodAddress;
+
+mod checks;
+pub mod keys;
 
 /// The balancer's whole configuration, after all layers are merged.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -97,9 +103,11 @@ pub struct Config {
     #[serde(rename = "slowStart", with = "humantime_serde")]
     pub slow_start: Duration,
 
-    /// How many balancer replicas share these pods. Between two reports
-    /// each replica assumes the others are opening connections at its own
-    /// pace, so its own opens and closes count this many times.
+    /// Where the estimate of how many balancer replicas share these pods
+    /// starts. Between two reports each replica assumes the others are
+    /// opening connections at its own pace, so its own opens and closes
+    /// count as many times as there are replicas; that number is learned
+    /// from the pods' reports, so this is only a starting hint.
     #[serde(rename = "replicas")]
     pub replicas: u32,
 
@@ -203,28 +211,6 @@ impl Discovery {
     pub fn pod_url(&self, ip: std::net::IpAddr) -> String {
         format!("{}://{}", self.scheme, SocketAddr::new(ip, self.port))
     }
-
-    fn validate(&self) -> Result<(), ConfigError> {
-        if self.dns.trim().is_empty() {
-            return Err(ConfigError::invalid("discovery.dns", "must name a host"));
-        }
-        if self.port == 0 {
-            return Err(ConfigError::invalid("discovery.port", "must not be 0"));
-        }
-        if !matches!(self.scheme.as_str(), "http" | "https" | "ws" | "wss") {
-            return Err(ConfigError::invalid(
-                "discovery.scheme",
-                format!("{:?} must be http, https, ws or wss", self.scheme),
-            ));
-        }
-        if self.interval < MIN_CACHE_TTL || self.interval > MAX_DURATION {
-            return Err(ConfigError::invalid(
-                "discovery.interval",
-                "must be between 100ms and a year",
-            ));
-        }
-        Ok(())
-    }
 }
 
 /// What the listener does with a request that is not a WebSocket upgrade.
@@ -269,41 +255,6 @@ pub const MIN_TIMEOUT: Duration = Duration::from_millis(1);
 /// Longest duration any key accepts (one year): far beyond any sane value,
 /// and far from the overflow of time arithmetic.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
-
-/// Every key of [`Config`], as written in files. Used to map environment
-/// variables (`WSB_CACHE_TTL`) and to name keys in errors.
-pub const KEYS: &[&str] = &[
-    "metricPath",
-    "pods",
-    "tlsVerify",
-    "caFile",
-    "cacheTTL",
-    "dialTimeout",
-    "writeTimeout",
-    "readTimeout",
-    "listen",
-    "adminListen",
-    "selection",
-    "ejectAfter",
-    "maxConnectionsPerPod",
-    "maxConnections",
-    "rateLimit",
-    "slowStart",
-    "replicas",
-    "drainWindow",
-    "drainTimeout",
-    "drainCloseCode",
-    "allowedOrigins",
-    "forwardHeaders",
-    "trustForwardedHeaders",
-    "maxHandshakeHeaderBytes",
-    "handshakeTimeout",
-    "tlsCert",
-    "tlsKey",
-    "httpMode",
-    "watchConfig",
-    "discovery",
-];
 
 /// Smallest `maxHandshakeHeaderBytes` (the HTTP parser's own minimum).
 pub const MIN_HEADER_BYTES: usize = 8192;
@@ -351,165 +302,7 @@ impl Config {
     /// durations, a metric path that is a path. The first problem found is
     /// returned, naming its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if let Some(discovery) = &self.discovery {
-            if !self.pods.is_empty() {
-                return Err(ConfigError::invalid(
-                    "discovery",
-                    "use either `pods` or `discovery`, not both",
-                ));
-            }
-            discovery.validate()?;
-        } else if self.pods.is_empty() {
-            return Err(ConfigError::invalid(
-                "pods",
-                "at least one pod URL is required",
-            ));
-        }
-        let valid_path = self.metric_path.starts_with('/')
-            && self
-                .metric_path
-                .bytes()
-                .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#');
-        if !valid_path {
-            return Err(ConfigError::invalid(
-                "metricPath",
-                format!(
-                    "{:?} must be a plain path starting with '/' (no spaces, query or fragment)",
-                    self.metric_path
-                ),
-            ));
-        }
-        let addresses = self.pod_addresses()?;
-        for (i, address) in addresses.iter().enumerate() {
-            if let Some(first) = addresses[..i]
-                .iter()
-                .find(|a| a.metric_url == address.metric_url)
-            {
-                return Err(ConfigError::invalid(
-                    "pods",
-                    format!("{:?} and {:?} are the same pod", first.url, address.url),
-                ));
-            }
-        }
-        for (key, value, min) in [
-            ("cacheTTL", self.cache_ttl, MIN_CACHE_TTL),
-            ("dialTimeout", self.dial_timeout, MIN_TIMEOUT),
-            ("writeTimeout", self.write_timeout, MIN_TIMEOUT),
-            ("readTimeout", self.read_timeout, MIN_TIMEOUT),
-        ] {
-            if value < min || value > MAX_DURATION {
-                return Err(ConfigError::invalid(
-                    key,
-                    format!(
-                        "must be between {} and {}",
-                        humantime::format_duration(min),
-                        humantime::format_duration(MAX_DURATION)
-                    ),
-                ));
-            }
-        }
-        match (&self.tls_cert, &self.tls_key) {
-            (Some(_), None) => {
-                return Err(ConfigError::invalid("tlsKey", "required with tlsCert"));
-            }
-            (None, Some(_)) => {
-                return Err(ConfigError::invalid("tlsCert", "required with tlsKey"));
-            }
-            (Some(cert), Some(key)) => {
-                for (name, path) in [("tlsCert", cert), ("tlsKey", key)] {
-                    if !path.is_file() {
-                        return Err(ConfigError::invalid(
-                            name,
-                            format!("{} is not a readable file", path.display()),
-                        ));
-                    }
-                }
-            }
-            (None, None) => {}
-        }
-        if self.max_handshake_header_bytes < MIN_HEADER_BYTES {
-            return Err(ConfigError::invalid(
-                "maxHandshakeHeaderBytes",
-                format!("must be at least {MIN_HEADER_BYTES}"),
-            ));
-        }
-        if self.handshake_timeout < MIN_TIMEOUT || self.handshake_timeout > MAX_DURATION {
-            return Err(ConfigError::invalid(
-                "handshakeTimeout",
-                "must be between 1ms and 1 year",
-            ));
-        }
-        for (name, value) in &self.forward_headers {
-            let token = !name.is_empty()
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-            if !token {
-                return Err(ConfigError::invalid(
-                    "forwardHeaders",
-                    format!("{name:?} is not a valid header name"),
-                ));
-            }
-            if value.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
-                return Err(ConfigError::invalid(
-                    "forwardHeaders",
-                    format!("the value of {name:?} holds control characters"),
-                ));
-            }
-        }
-        for origin in &self.allowed_origins {
-            if !(origin.starts_with("http://") || origin.starts_with("https://"))
-                || origin.ends_with('/')
-            {
-                return Err(ConfigError::invalid(
-                    "allowedOrigins",
-                    format!("{origin:?} must look like https://host[:port] (no path)"),
-                ));
-            }
-        }
-        if !matches!(self.drain_close_code, 1001 | 1012) {
-            return Err(ConfigError::invalid(
-                "drainCloseCode",
-                "must be 1001 (going away) or 1012 (service restart)",
-            ));
-        }
-        if self.drain_window + DRAIN_CLOSE_GRACE > self.drain_timeout {
-            return Err(ConfigError::invalid(
-                "drainTimeout",
-                "must exceed drainWindow by at least 2s, for the last close handshakes",
-            ));
-        }
-        for (key, value) in [
-            ("drainTimeout", self.drain_timeout),
-            ("slowStart", self.slow_start),
-        ] {
-            if value > MAX_DURATION {
-                return Err(ConfigError::invalid(
-                    key,
-                    format!(
-                        "must be at most {}",
-                        humantime::format_duration(MAX_DURATION)
-                    ),
-                ));
-            }
-        }
-        if self.eject_after == 0 {
-            return Err(ConfigError::invalid("ejectAfter", "must be at least 1"));
-        }
-        if self.replicas == 0 {
-            return Err(ConfigError::invalid("replicas", "must be at least 1"));
-        }
-        if let Some(path) = &self.ca_file {
-            let pem = std::fs::read_to_string(path)
-                .map_err(|e| ConfigError::invalid("caFile", format!("{}: {e}", path.display())))?;
-            if !pem.contains("-----BEGIN CERTIFICATE-----") {
-                return Err(ConfigError::invalid(
-                    "caFile",
-                    format!("{} holds no PEM certificate", path.display()),
-                ));
-            }
-        }
-        Ok(())
+        checks::CHECKS.iter().try_for_each(|check| check(self))
     }
 
     /// The pod list as parsed addresses. Call after [`Config::validate`];

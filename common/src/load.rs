@@ -5,90 +5,23 @@
 //! keys in the original plugin's `wsbalancer:` root key. Every failure names
 //! the key it is about, so a start-up error is one actionable line.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use figment::error::Kind;
 use figment::providers::{Env, Format, Json, Serialized, Toml, Yaml};
-use figment::{Figment, Provider};
-use std::collections::BTreeMap;
-
 use figment::value::{Dict, Value};
+use figment::{Figment, Provider};
 
-use crate::config::{Config, KEYS};
+use crate::config::Config;
+use crate::config::keys::{self, KEYS};
+use crate::error::{ConfigError, one_line};
 
 /// Root key of the original plugin's YAML; accepted in any file format.
 pub const ROOT_KEY: &str = "wsbalancer";
 
 /// Prefix of environment variables read as configuration.
 pub const ENV_PREFIX: &str = "WSB_";
-
-/// `text` fit for a one-line message: parsers' multi-line messages (a
-/// TOML error draws the line with a caret under it) are joined with spaces,
-/// and any other control character is escaped.
-pub fn one_line(text: &str) -> String {
-    let joined = text
-        .lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ");
-    escape_controls(&joined)
-}
-
-/// `text` with control characters (line breaks included) escaped: a key
-/// as the user wrote it, kept on one line.
-fn escape_controls(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// Why a configuration could not be loaded. Its `Display` is the one line
-/// printed before the process exits with code 2.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ConfigError {
-    /// The config file itself is missing, unreadable or of an unknown kind.
-    #[error("config file {path}: {problem}")]
-    File {
-        /// The file as given by the user.
-        path: PathBuf,
-        /// What is wrong with it.
-        problem: String,
-    },
-    /// A key has a value the balancer cannot use (or is not a known key).
-    #[error("invalid config: key `{key}`: {problem}")]
-    Invalid {
-        /// The key, as written in config files (`cacheTTL`).
-        key: String,
-        /// What is wrong with its value.
-        problem: String,
-    },
-}
-
-impl ConfigError {
-    /// Shorthand for [`ConfigError::Invalid`].
-    /// Both parts are kept to one line (see [`one_line`]).
-    pub fn invalid(key: impl Into<String>, problem: impl Into<String>) -> Self {
-        ConfigError::Invalid {
-            key: escape_controls(&key.into()),
-            problem: one_line(&problem.into()),
-        }
-    }
-
-    /// The key this error is about, if it is about one.
-    pub fn key(&self) -> Option<&str> {
-        match self {
-            ConfigError::Invalid { key, .. } => Some(key),
-            ConfigError::File { .. } => None,
-        }
-    }
-}
 
 /// Values given on the command line, by config key. A present one wins over
 /// every other layer. Values stay strings until loading, so that a bad one
@@ -97,20 +30,6 @@ impl ConfigError {
 pub struct Overrides {
     values: BTreeMap<&'static str, String>,
 }
-
-/// Keys whose flag values are numbers or booleans rather than strings.
-const TYPED_KEYS: &[&str] = &[
-    "tlsVerify",
-    "watchConfig",
-    "ejectAfter",
-    "maxConnectionsPerPod",
-    "maxConnections",
-    "rateLimit",
-    "replicas",
-    "drainCloseCode",
-    "trustForwardedHeaders",
-    "maxHandshakeHeaderBytes",
-];
 
 impl Overrides {
     /// Sets `key` (a name from [`KEYS`]) to `value` as typed by the user.
@@ -131,7 +50,8 @@ impl Overrides {
             .values
             .iter()
             .map(|(key, raw)| {
-                let value = if TYPED_KEYS.contains(key) {
+                let typed = keys::key(key).is_some_and(|row| row.kind.is_typed());
+                let value = if typed {
                     raw.parse::<Value>()
                         .unwrap_or_else(|_| Value::from(raw.clone()))
                 } else {

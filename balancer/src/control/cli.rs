@@ -1,5 +1,6 @@
-//! Command-line flags: one per config key (kebab-case), plus `--config`,
-//! `--check-config` and logging. Flags are the top configuration layer.
+//! Command-line flags: one per config key that has one, built from the key
+//! table in `common::config::keys`, plus `--config`, `--check-config` and
+//! logging. Flags are the top configuration layer.
 //!
 //! `--check-config FILE` is for CI pipelines and manifest tests: it runs the
 //! same layered loading as a start, and instead of starting prints the
@@ -8,7 +9,9 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::error::ErrorKind;
+use clap::{Arg, ArgAction, ArgMatches, Args, Command, FromArgMatches, Parser};
+use common::config::keys::{self, Key, Kind};
 use common::load::ROOT_KEY;
 use common::{Config, ConfigError, ConfigSources, Overrides};
 
@@ -27,89 +30,9 @@ pub struct Cli {
     /// 0 when valid, 2 when not.
     #[arg(long, value_name = "FILE", conflicts_with = "config")]
     pub check_config: Option<PathBuf>,
-    /// WebSocket listen address [default: 0.0.0.0:8080].
-    #[arg(long, value_name = "ADDR")]
-    pub listen: Option<String>,
-    /// Admin listen address [default: 127.0.0.1:9090].
-    #[arg(long, value_name = "ADDR")]
-    pub admin_listen: Option<String>,
-    /// Pod URLs, comma-separated (http, https, ws or wss).
-    #[arg(long, value_name = "URLS")]
-    pub pods: Option<String>,
-    /// Path of each pod's load report [default: /metric].
-    #[arg(long, value_name = "PATH")]
-    pub metric_path: Option<String>,
-    /// Verify TLS certificates of https/wss pods [default: true].
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
-    pub tls_verify: Option<String>,
-    /// Extra CA certificates (PEM) trusted for pods.
-    #[arg(long, value_name = "FILE")]
-    pub ca_file: Option<String>,
-    /// Maximum age of a pod's report [default: 30s].
-    #[arg(long, value_name = "DURATION")]
-    pub cache_ttl: Option<String>,
-    /// Bound on connect + handshake to a pod [default: 10s].
-    #[arg(long, value_name = "DURATION")]
-    pub dial_timeout: Option<String>,
-    /// Bound on one blocked write [default: 10s].
-    #[arg(long, value_name = "DURATION")]
-    pub write_timeout: Option<String>,
-    /// Idle limit of a relayed connection [default: 30s].
-    #[arg(long, value_name = "DURATION")]
-    pub read_timeout: Option<String>,
-    /// Pod selection: least-connections, power-of-two (or, for comparison,
-    /// cached or local) [default: least-connections].
-    #[arg(long, value_name = "STRATEGY")]
-    pub selection: Option<String>,
-    /// Consecutive failed polls or dials that eject a pod [default: 3].
-    #[arg(long, value_name = "N")]
-    pub eject_after: Option<String>,
-    /// Hard cap on one pod's connections, 0 = none [default: 0].
-    #[arg(long, value_name = "N")]
-    pub max_connections_per_pod: Option<String>,
-    /// Hard cap on connections relayed at once, 0 = none [default: 0].
-    #[arg(long, value_name = "N")]
-    pub max_connections: Option<String>,
-    /// New connections per second per client IP, 0 = none [default: 0].
-    #[arg(long, value_name = "N")]
-    pub rate_limit: Option<String>,
-    /// Linear ramp for pods that join or come back, 0s = off [default: 0s].
-    #[arg(long, value_name = "DURATION")]
-    pub slow_start: Option<String>,
-    /// Balancer replicas sharing the pods [default: 1].
-    #[arg(long, value_name = "N")]
-    pub replicas: Option<String>,
-    /// Window over which connections are closed on SIGTERM [default: 10s].
-    #[arg(long, value_name = "DURATION")]
-    pub drain_window: Option<String>,
-    /// Longest wait for connections to close on SIGTERM [default: 30s].
-    #[arg(long, value_name = "DURATION")]
-    pub drain_timeout: Option<String>,
-    /// Close code sent when draining: 1001 or 1012 [default: 1001].
-    #[arg(long, value_name = "CODE")]
-    pub drain_close_code: Option<String>,
-    /// Allowed Origins, comma-separated; empty allows all [default: empty].
-    #[arg(long, value_name = "ORIGINS")]
-    pub allowed_origins: Option<String>,
-    /// Append to incoming X-Forwarded-* instead of replacing them [default: false].
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
-    pub trust_forwarded_headers: Option<String>,
-    /// Largest request head a client may send, in bytes [default: 32768].
-    #[arg(long, value_name = "BYTES")]
-    pub max_handshake_header_bytes: Option<String>,
-    /// Time a client has to send its request head [default: 10s].
-    #[arg(long, value_name = "DURATION")]
-    pub handshake_timeout: Option<String>,
-    /// PEM certificate chain: serve TLS (wss://) on the listener.
-    #[arg(long, value_name = "FILE")]
-    pub tls_cert: Option<String>,
-    /// PEM private key for --tls-cert.
-    #[arg(long, value_name = "FILE")]
-    pub tls_key: Option<String>,
-    /// Plain HTTP requests: `proxy` them to the least-loaded pod, or
-    /// `reject` them with 426 [default: proxy].
-    #[arg(long, value_name = "MODE")]
-    pub http_mode: Option<String>,
+    /// One flag per config key that has one, built from the key table.
+    #[command(flatten)]
+    pub keys: KeyFlags,
     /// Log level or filter (RUST_LOG wins when set).
     #[arg(long, default_value = "info", value_name = "LEVEL")]
     pub log_level: String,
@@ -121,45 +44,66 @@ pub struct Cli {
 impl Cli {
     /// The configuration layers these flags describe.
     pub fn sources(&self) -> ConfigSources {
-        let mut overrides = Overrides::default();
-        let flags: [(&'static str, &Option<String>); 27] = [
-            ("listen", &self.listen),
-            ("adminListen", &self.admin_listen),
-            ("pods", &self.pods),
-            ("metricPath", &self.metric_path),
-            ("tlsVerify", &self.tls_verify),
-            ("caFile", &self.ca_file),
-            ("cacheTTL", &self.cache_ttl),
-            ("dialTimeout", &self.dial_timeout),
-            ("writeTimeout", &self.write_timeout),
-            ("readTimeout", &self.read_timeout),
-            ("selection", &self.selection),
-            ("ejectAfter", &self.eject_after),
-            ("maxConnectionsPerPod", &self.max_connections_per_pod),
-            ("maxConnections", &self.max_connections),
-            ("rateLimit", &self.rate_limit),
-            ("slowStart", &self.slow_start),
-            ("replicas", &self.replicas),
-            ("drainWindow", &self.drain_window),
-            ("drainTimeout", &self.drain_timeout),
-            ("drainCloseCode", &self.drain_close_code),
-            ("allowedOrigins", &self.allowed_origins),
-            ("trustForwardedHeaders", &self.trust_forwarded_headers),
-            ("maxHandshakeHeaderBytes", &self.max_handshake_header_bytes),
-            ("handshakeTimeout", &self.handshake_timeout),
-            ("tlsCert", &self.tls_cert),
-            ("tlsKey", &self.tls_key),
-            ("httpMode", &self.http_mode),
-        ];
-        for (key, value) in flags {
-            if let Some(value) = value {
-                overrides.set(key, value.clone());
-            }
-        }
         ConfigSources {
             file: self.config.clone().or_else(|| self.check_config.clone()),
-            overrides,
+            overrides: self.keys.overrides.clone(),
         }
+    }
+}
+
+/// The flags of config keys (`--cache-ttl 5s`), one per row of
+/// [`keys::TABLE`] that has a flag: its name, value name, help line and
+/// default come from the row, so adding a key adds its flag. Values stay
+/// strings, checked by the loader like every other layer.
+#[derive(Debug, Clone, Default)]
+pub struct KeyFlags {
+    /// The values given, by key name.
+    pub overrides: Overrides,
+}
+
+/// The clap argument of one key's flag (its id is the key's name).
+fn flag_arg(key: &'static Key) -> Option<Arg> {
+    let flag = key.flag?;
+    let arg = Arg::new(key.name)
+        .long(flag.long)
+        .value_name(flag.value_name)
+        .help(key.help().unwrap_or_default())
+        .action(ArgAction::Set)
+        .value_parser(clap::value_parser!(String));
+    // `--tls-verify` alone means `--tls-verify true`.
+    Some(match key.kind {
+        Kind::Bool => arg.num_args(0..=1).default_missing_value("true"),
+        _ => arg,
+    })
+}
+
+impl Args for KeyFlags {
+    fn augment_args(cmd: Command) -> Command {
+        cmd.args(keys::TABLE.iter().filter_map(flag_arg))
+    }
+
+    fn augment_args_for_update(cmd: Command) -> Command {
+        Self::augment_args(cmd)
+    }
+}
+
+impl FromArgMatches for KeyFlags {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut flags = KeyFlags::default();
+        flags.update_from_arg_matches(matches)?;
+        Ok(flags)
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        for key in keys::TABLE.iter().filter(|key| key.flag.is_some()) {
+            let value = matches
+                .try_get_one::<String>(key.name)
+                .map_err(|e| clap::Error::raw(ErrorKind::InvalidValue, e))?;
+            if let Some(value) = value {
+                self.overrides.set(key.name, value.clone());
+            }
+        }
+        Ok(())
     }
 }
 

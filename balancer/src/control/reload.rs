@@ -54,41 +54,6 @@ pub struct ReloadReport {
     pub restart_needed: Vec<&'static str>,
 }
 
-/// One key a reload cannot apply: its name, and what copies its running
-/// value into a new config (saying whether the two differed).
-type RestartOnly = (&'static str, fn(&Config, &mut Config) -> bool);
-
-/// The table of [`RestartOnly`] keys, from `"name" => field` pairs.
-macro_rules! restart_only {
-    ($($key:literal => $field:ident),* $(,)?) => {
-        &[$(($key, |running: &Config, new: &mut Config| {
-            let changed = running.$field != new.$field;
-            new.$field.clone_from(&running.$field);
-            changed
-        })),*]
-    };
-}
-
-/// Keys a reload cannot apply to a running balancer: the listeners are
-/// bound, and the rest shapes what is set up once (pollers' pace and the
-/// pods' metric URLs, discovery, the file watcher, the drain signal, the
-/// listener's handshake limits). Every other key applies to the next
-/// connection, poll or drain.
-const RESTART_ONLY: &[RestartOnly] = restart_only! {
-    "listen" => listen,
-    "adminListen" => admin_listen,
-    "cacheTTL" => cache_ttl,
-    "tlsCert" => tls_cert,
-    "tlsKey" => tls_key,
-    "handshakeTimeout" => handshake_timeout,
-    "maxHandshakeHeaderBytes" => max_handshake_header_bytes,
-    "drainWindow" => drain_window,
-    "metricPath" => metric_path,
-    "discovery" => discovery,
-    "watchConfig" => watch_config,
-    "drainCloseCode" => drain_close_code,
-};
-
 /// The keys that need a restart whose values differ between `old` and
 /// `new`.
 #[cfg(test)]
@@ -96,14 +61,22 @@ pub fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     keep_running(old, &mut new.clone())
 }
 
-/// Copies into `new` the running value of every key that needs a restart,
-/// so a reload applies none of them, not even in part; returns those whose
-/// value `new` had changed.
+/// Copies into `new` the running value of every key that needs a restart
+/// (the restart-only rows of the key table: the listeners are bound, and the
+/// rest shapes what is set up once), so a reload applies none of them, not
+/// even in part; returns those whose value `new` had changed, in the
+/// table's order.
 pub fn keep_running(running: &Config, new: &mut Config) -> Vec<&'static str> {
-    RESTART_ONLY
-        .iter()
-        .filter_map(|(key, keep)| keep(running, new).then_some(*key))
-        .collect()
+    match common::config::keys::keep_restart_only(running, new) {
+        Ok(changed) => changed,
+        Err(error) => {
+            // Only a config that does not serialize gets here, which loading
+            // never produces; applying nothing keeps the promise above.
+            tracing::error!(%error, "the reload applies nothing");
+            new.clone_from(running);
+            Vec::new()
+        }
+    }
 }
 
 /// Whether the clients toward pods (dials' TLS, polls, plain HTTP) must be
@@ -189,11 +162,11 @@ mod tests {
         assert_eq!(
             restart_needed(&old, &new),
             [
-                "listen",
-                "cacheTTL",
                 "metricPath",
-                "discovery",
-                "watchConfig"
+                "cacheTTL",
+                "listen",
+                "watchConfig",
+                "discovery"
             ]
         );
         // Kept at their running values, they are no change at all.
