@@ -23,6 +23,7 @@ mod checks;
 pub mod keys;
 
 /// The balancer's whole configuration, after all layers are merged.
+/// Every field is one row of [`keys::TABLE`]; see there for adding a key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {

@@ -194,7 +194,8 @@ fn max_handshake_header_bytes(config: &Config) -> Result<(), ConfigError> {
     ))
 }
 
-/// `handshakeTimeout` in range.
+/// `handshakeTimeout` in range. Its message predates [`between`]'s and is
+/// kept as users have seen it.
 fn handshake_timeout(config: &Config) -> Result<(), ConfigError> {
     let timeout = config.handshake_timeout;
     if timeout >= MIN_TIMEOUT && timeout <= MAX_DURATION {
