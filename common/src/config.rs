@@ -127,6 +127,36 @@ pub struct Config {
     #[serde(rename = "drainCloseCode")]
     pub drain_close_code: u16,
 
+    /// Move live connections toward the least-loaded pods: every round,
+    /// close a few of this replica's connections on pods above the mean,
+    /// so their clients reconnect elsewhere. Without it, pods added by a
+    /// scale-up stay empty while long-lived connections never end.
+    #[serde(rename = "rebalance")]
+    pub rebalance: bool,
+
+    /// How far above its share of the cluster mean (a fraction of that
+    /// share) a pod may be before it sheds. The band keeps a pod near the
+    /// mean from shedding, and shedding stops at the mean, so it does not
+    /// oscillate.
+    #[serde(rename = "rebalanceTolerance")]
+    pub rebalance_tolerance: f64,
+
+    /// Most connections per second this replica closes to rebalance, so
+    /// reconnecting clients do not arrive in a burst.
+    #[serde(rename = "rebalanceRate")]
+    pub rebalance_rate: u32,
+
+    /// A connection younger than this is never closed to rebalance: a
+    /// client that has just moved is not moved again.
+    #[serde(rename = "rebalanceMinAge", with = "humantime_serde")]
+    pub rebalance_min_age: Duration,
+
+    /// Close code sent to both sides of a connection closed to rebalance:
+    /// 1012 (service restart, which clients take as "reconnect"), or a
+    /// private code in 4000-4999 for clients that expect one.
+    #[serde(rename = "rebalanceCloseCode")]
+    pub rebalance_close_code: u16,
+
     /// Origins allowed to open connections (`https://app.example.com`);
     /// others get 403 before any pod is dialled. Empty allows every origin,
     /// and a request without `Origin` (not from a browser) is always allowed.
@@ -284,6 +314,11 @@ impl Default for Config {
             drain_window: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(30),
             drain_close_code: 1001,
+            rebalance: false,
+            rebalance_tolerance: 0.1,
+            rebalance_rate: 20,
+            rebalance_min_age: Duration::from_secs(30),
+            rebalance_close_code: 1012,
             allowed_origins: Vec::new(),
             forward_headers: BTreeMap::new(),
             trust_forwarded_headers: false,

@@ -4,7 +4,9 @@
 //! configuration model, its table of keys and its layered loading
 //! ([`config`], [`config::keys`], [`load`], failing with [`error`]), pod
 //! addresses ([`pod_address`]), the `/metric` report a pod serves
-//! ([`report`]) and the choice of a pod for a new connection ([`selection`]).
+//! ([`report`]), the choice of a pod for a new connection ([`selection`])
+//! and which live connections to move off overloaded or draining pods
+//! ([`rebalance`]).
 //! With the `tls` feature, [`tls`] builds the TLS client config the balancer
 //! and test-client use toward servers (that part reads files).
 
@@ -15,6 +17,7 @@ pub mod error;
 pub mod frame;
 pub mod load;
 pub mod pod_address;
+pub mod rebalance;
 pub mod report;
 pub mod selection;
 #[cfg(feature = "tls")]

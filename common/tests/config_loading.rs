@@ -264,3 +264,101 @@ fn discovery_replaces_pods_and_is_checked_key_by_key() {
         assert_eq!(failing_key("c.yaml", &yaml), key, "{body}");
     }
 }
+
+#[test]
+fn rebalance_keys_default_and_load_from_every_layer() {
+    Jail::expect_with(|jail| {
+        let defaults = ConfigSources {
+            file: None,
+            overrides: {
+                let mut o = Overrides::default();
+                o.set("pods", "http://a:1");
+                o
+            },
+        };
+        let c = defaults.load().expect("defaults are valid");
+        assert!(!c.rebalance);
+        assert_eq!(c.rebalance_tolerance, 0.1);
+        assert_eq!(c.rebalance_rate, 20);
+        assert_eq!(c.rebalance_min_age, Duration::from_secs(30));
+        assert_eq!(c.rebalance_close_code, 1012);
+
+        jail.create_file(
+            "r.yaml",
+            "wsbalancer:\n  pods: [\"http://a:1\"]\n  rebalance: true\n  \
+             rebalanceTolerance: 0.2\n  rebalanceMinAge: 1m\n",
+        )?;
+        let file = from_file("r.yaml").load().expect("loads");
+        assert!(file.rebalance);
+        assert_eq!(file.rebalance_tolerance, 0.2);
+        assert_eq!(file.rebalance_min_age, Duration::from_secs(60));
+
+        jail.set_env("WSB_REBALANCE_TOLERANCE", "0.3");
+        jail.set_env("WSB_REBALANCE_RATE", "50");
+        let env = from_file("r.yaml").load().expect("loads");
+        assert_eq!(env.rebalance_tolerance, 0.3);
+        assert_eq!(env.rebalance_rate, 50);
+
+        // Flag text is typed by the key's kind: a float, an integer (a
+        // whole tolerance is a float too), a bool.
+        let mut flags = from_file("r.yaml");
+        flags
+            .overrides
+            .set("rebalance", "false")
+            .set("rebalanceTolerance", "1")
+            .set("rebalanceCloseCode", "4321");
+        let flags = flags.load().expect("loads");
+        assert!(!flags.rebalance);
+        assert_eq!(flags.rebalance_tolerance, 1.0);
+        assert_eq!(flags.rebalance_close_code, 4321);
+        let mut fractional = from_file("r.yaml");
+        fractional.overrides.set("rebalanceTolerance", "0.05");
+        let fractional = fractional.load().expect("loads");
+        assert_eq!(fractional.rebalance_tolerance, 0.05);
+        Ok(())
+    });
+}
+
+#[test]
+fn each_invalid_rebalance_value_names_its_key() {
+    let cases = [
+        ("rebalance: \"sometimes\"", "rebalance"),
+        ("rebalanceTolerance: 0", "rebalanceTolerance"),
+        ("rebalanceTolerance: -0.1", "rebalanceTolerance"),
+        ("rebalanceTolerance: 1.5", "rebalanceTolerance"),
+        ("rebalanceTolerance: .nan", "rebalanceTolerance"),
+        ("rebalanceTolerance: \"a lot\"", "rebalanceTolerance"),
+        ("rebalanceRate: 0", "rebalanceRate"),
+        ("rebalanceRate: -5", "rebalanceRate"),
+        ("rebalanceRate: 2.5", "rebalanceRate"),
+        ("rebalanceMinAge: \"soon\"", "rebalanceMinAge"),
+        ("rebalanceMinAge: \"300000000000y\"", "rebalanceMinAge"),
+        ("rebalanceMinAge: \"2y\"", "rebalanceMinAge"),
+        ("rebalanceCloseCode: 1000", "rebalanceCloseCode"),
+        ("rebalanceCloseCode: 1001", "rebalanceCloseCode"),
+        ("rebalanceCloseCode: 5000", "rebalanceCloseCode"),
+        ("rebalanceCloseCode: 70000", "rebalanceCloseCode"),
+    ];
+    for (line, key) in cases {
+        let body = format!("pods: [\"http://x:1\"]\n{line}\n");
+        assert_eq!(failing_key("bad.yaml", &body), key, "for {line:?}");
+    }
+    // The same refusals from flags, whose text is typed by the key's kind.
+    Jail::expect_with(|_| {
+        for (key, bad) in [
+            ("rebalance", "maybe"),
+            ("rebalanceTolerance", "x"),
+            ("rebalanceTolerance", "0"),
+            ("rebalanceRate", "0"),
+            ("rebalanceMinAge", "5"),
+            ("rebalanceCloseCode", "1"),
+        ] {
+            let mut sources = ConfigSources::default();
+            sources.overrides.set("pods", "http://a:1").set(key, bad);
+            let err = sources.load().expect_err("rejected");
+            assert_eq!(err.key(), Some(key), "{key}={bad}: {err}");
+            assert!(!err.to_string().contains('\n'), "one line: {err}");
+        }
+        Ok(())
+    });
+}

@@ -40,6 +40,10 @@ pub(super) const CHECKS: &[Check] = &[
     eject_after,
     replicas,
     ca_file,
+    rebalance_tolerance,
+    rebalance_rate,
+    rebalance_min_age,
+    rebalance_close_code,
 ];
 
 /// `pods` or `discovery`, exactly one of them, and a valid `discovery`.
@@ -310,6 +314,47 @@ fn ca_file(config: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// `rebalanceTolerance` is a fraction of a pod's share: above 0, or a pod
+/// a single connection above the mean would shed, and at most 1 (twice
+/// its share), beyond which rebalancing would hardly ever act.
+fn rebalance_tolerance(config: &Config) -> Result<(), ConfigError> {
+    let tolerance = config.rebalance_tolerance;
+    // Written so that NaN fails too.
+    if tolerance > 0.0 && tolerance <= 1.0 {
+        return Ok(());
+    }
+    Err(ConfigError::invalid(
+        "rebalanceTolerance",
+        "must be greater than 0 and at most 1",
+    ))
+}
+
+/// `rebalanceRate` 0 would turn rebalancing on and let it close nothing;
+/// `rebalance: false` says that.
+fn rebalance_rate(config: &Config) -> Result<(), ConfigError> {
+    if config.rebalance_rate == 0 {
+        return Err(ConfigError::invalid("rebalanceRate", "must be at least 1"));
+    }
+    Ok(())
+}
+
+/// `rebalanceMinAge` is not beyond [`MAX_DURATION`].
+fn rebalance_min_age(config: &Config) -> Result<(), ConfigError> {
+    at_most_max("rebalanceMinAge", config.rebalance_min_age)
+}
+
+/// `rebalanceCloseCode` tells the client to come back: 1012, or a private
+/// code its own protocol gives that meaning.
+fn rebalance_close_code(config: &Config) -> Result<(), ConfigError> {
+    if matches!(config.rebalance_close_code, 1012 | 4000..=4999) {
+        return Ok(());
+    }
+    Err(ConfigError::invalid(
+        "rebalanceCloseCode",
+        "must be 1012 (service restart) or in 4000-4999 (private use)",
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -437,6 +482,26 @@ mod tests {
                 "replicas",
                 "must be at least 1".into(),
             ),
+            (
+                Box::new(|c| c.rebalance_tolerance = 0.0),
+                "rebalanceTolerance",
+                "must be greater than 0 and at most 1".into(),
+            ),
+            (
+                Box::new(|c| c.rebalance_rate = 0),
+                "rebalanceRate",
+                "must be at least 1".into(),
+            ),
+            (
+                Box::new(|c| c.rebalance_min_age = CENTURY),
+                "rebalanceMinAge",
+                format!("must be at most {year}"),
+            ),
+            (
+                Box::new(|c| c.rebalance_close_code = 1001),
+                "rebalanceCloseCode",
+                "must be 1012 (service restart) or in 4000-4999 (private use)".into(),
+            ),
         ];
         for (change, key, problem) in cases {
             assert_eq!(refusal(change), (key.to_owned(), problem));
@@ -485,6 +550,28 @@ mod tests {
                 "must be between 100ms and a year".into()
             )
         );
+    }
+
+    #[test]
+    fn rebalance_bounds_are_inclusive_where_documented() {
+        let passes = |change: fn(&mut Config)| {
+            let mut config = valid();
+            change(&mut config);
+            config.validate()
+        };
+        assert_eq!(passes(|c| c.rebalance_tolerance = 1.0), Ok(()));
+        assert_eq!(passes(|c| c.rebalance_tolerance = 1e-9), Ok(()));
+        assert_eq!(passes(|c| c.rebalance_min_age = Duration::ZERO), Ok(()));
+        assert_eq!(passes(|c| c.rebalance_close_code = 4000), Ok(()));
+        assert_eq!(passes(|c| c.rebalance_close_code = 4999), Ok(()));
+        for tolerance in [-0.1, 1.01, f64::NAN, f64::INFINITY] {
+            let (key, _) = refusal(|c| c.rebalance_tolerance = tolerance);
+            assert_eq!(key, "rebalanceTolerance", "{tolerance}");
+        }
+        for code in [0, 1000, 1011, 1013, 3999, 5000] {
+            let (key, _) = refusal(|c| c.rebalance_close_code = code);
+            assert_eq!(key, "rebalanceCloseCode", "{code}");
+        }
     }
 
     #[test]

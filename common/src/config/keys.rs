@@ -72,6 +72,8 @@ pub enum Kind {
     Bool,
     /// A non-negative whole number.
     Integer,
+    /// A number that may have a fractional part (`0.1`).
+    Float,
     /// A humantime duration (`250ms`, `30s`, `2m`).
     Duration,
     /// A socket address (`ip:port`).
@@ -90,7 +92,7 @@ impl Kind {
     /// Whether a flag's text is read as a number or boolean rather than
     /// kept a string.
     pub fn is_typed(self) -> bool {
-        matches!(self, Kind::Bool | Kind::Integer)
+        matches!(self, Kind::Bool | Kind::Integer | Kind::Float)
     }
 }
 
@@ -251,6 +253,21 @@ pub const TABLE: &[Key] = {
     row("drainCloseCode", flag("drain-close-code", "CODE",
             "Close code sent when draining: 1001 or 1012"),
         Some("WSB_DRAIN_CLOSE_CODE"), Integer, Value("1001"), Restart),
+    row("rebalance", flag("rebalance", "BOOL",
+            "Close a few connections on pods above the mean, so they reconnect to emptier ones"),
+        Some("WSB_REBALANCE"), Bool, Value("false"), Live),
+    row("rebalanceTolerance", flag("rebalance-tolerance", "FRACTION",
+            "How far above its share of the mean a pod may be before it sheds, in (0, 1]"),
+        Some("WSB_REBALANCE_TOLERANCE"), Float, Value("0.1"), Live),
+    row("rebalanceRate", flag("rebalance-rate", "N",
+            "Most connections per second this replica closes to rebalance"),
+        Some("WSB_REBALANCE_RATE"), Integer, Value("20"), Live),
+    row("rebalanceMinAge", flag("rebalance-min-age", "DURATION",
+            "A connection younger than this is never closed to rebalance"),
+        Some("WSB_REBALANCE_MIN_AGE"), Duration, Value("30s"), Live),
+    row("rebalanceCloseCode", flag("rebalance-close-code", "CODE",
+            "Close code sent when rebalancing: 1012 or 4000-4999"),
+        Some("WSB_REBALANCE_CLOSE_CODE"), Integer, Value("1012"), Live),
     row("allowedOrigins", flag("allowed-origins", "ORIGINS",
             "Allowed Origins, comma-separated; empty allows all"),
         Some("WSB_ALLOWED_ORIGINS"), List, Empty("all"), Live),
@@ -465,6 +482,9 @@ mod tests {
                 Kind::Integer => {
                     assert_eq!(shown.parse::<u64>().ok(), real.as_u64(), "{}", key.name)
                 }
+                Kind::Float => {
+                    assert_eq!(shown.parse::<f64>().ok(), real.as_f64(), "{}", key.name)
+                }
                 Kind::String | Kind::Address | Kind::Path => {
                     assert_eq!(Some(shown), real.as_str(), "{}", key.name);
                 }
@@ -483,6 +503,7 @@ mod tests {
             let fits = match key.kind {
                 Kind::Bool => value.is_boolean(),
                 Kind::Integer => value.is_u64(),
+                Kind::Float => value.is_f64(),
                 Kind::String | Kind::Duration | Kind::Address | Kind::Path => value.is_string(),
                 Kind::List => value.is_array(),
                 Kind::Map | Kind::Table => value.is_object(),
@@ -588,6 +609,10 @@ mod tests {
                 "drainCloseCode",
                 "trustForwardedHeaders",
                 "maxHandshakeHeaderBytes",
+                "rebalance",
+                "rebalanceTolerance",
+                "rebalanceRate",
+                "rebalanceCloseCode",
             ])
         );
     }
