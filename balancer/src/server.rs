@@ -26,6 +26,7 @@ use crate::observe::metrics::Metrics;
 use crate::pods::discovery::{self, DiscoveryError};
 use crate::pods::pod;
 use crate::pods::poller::{self, PollWith, Pollers};
+use crate::pods::rebalancer;
 use crate::pods::registry::PodRegistry;
 
 /// Why the balancer could not start.
@@ -117,6 +118,7 @@ impl Balancer {
             stop: stop.clone(),
         };
         pollers.spawn_all();
+        tasks.spawn(rebalancer::run(registry.clone(), stop.clone()));
         if let Some(found) = &config.discovery {
             let resolver = discovery::resolver(found)?;
             tasks.spawn(discovery::run(

@@ -13,6 +13,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use crate::connection::admission::Slot;
 use crate::connection::ends;
 use crate::connection::relay;
+use crate::connection::relay::outcome::Ending;
 use crate::connection::shared::Shared;
 use crate::pods::pod::Lease;
 
@@ -113,12 +114,20 @@ async fn relay(shared: Arc<Shared>, mut relayed: Box<Relayed>) {
     let started = Instant::now();
     // Read before the relay, so the settings are not held for its life.
     let limits = shared.settings().limits;
+    let rebalance = shared.registry.settings().rebalance;
+    let shed_rules = relay::ShedRules {
+        min_age: rebalance.min_age,
+        code: rebalance.close_code,
+    };
+    let Relayed { conn, held } = &mut *relayed;
     let outcome = relay::run(
-        &mut relayed.conn,
+        conn,
         limits,
         &shared.drain,
         &shared.stop,
         shared.metrics.traffic(),
+        &held.lease.pod().shed,
+        shed_rules,
     )
     .await;
     let Relayed { conn, held } = *relayed;
@@ -131,10 +140,11 @@ async fn relay(shared: Arc<Shared>, mut relayed: Box<Relayed>) {
     } = held;
     let lived = started.elapsed();
     shared.metrics.connection_ended(lived);
-    lease
-        .pod()
-        .metrics
-        .closed(outcome.close_code, outcome.closer);
+    let counters = &lease.pod().metrics;
+    counters.closed(outcome.close_code, outcome.closer);
+    if let Ending::Shed(reason) = outcome.ending {
+        counters.shed(reason);
+    }
     // Logged once the pod's count is released.
     let pod = lease.pod_url().to_owned();
     drop(lease);

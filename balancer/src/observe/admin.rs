@@ -131,14 +131,17 @@ pub struct ServiceStatus {
     pub healthy: bool,
     /// Connections this balancer relays to the pod now.
     pub relayed: u64,
+    /// Connections rebalancing moved away from the pod, ever.
+    pub shed: u64,
 }
 
 /// Builds the status document from the registry.
 pub fn status(registry: &PodRegistry) -> Status {
     let services: Vec<ServiceStatus> = registry
-        .snapshots()
-        .into_iter()
-        .map(|s| ServiceStatus {
+        .pods()
+        .iter()
+        .map(|pod| (pod.snapshot(&registry.settings()), pod.shed.taken()))
+        .map(|(s, shed)| ServiceStatus {
             url: s.url,
             connections: s.effective,
             pod_name: s.pod_name,
@@ -147,6 +150,7 @@ pub fn status(registry: &PodRegistry) -> Status {
             report_age: s.report_age.map(|a| a.as_secs_f64()),
             healthy: s.health != Health::Ejected,
             relayed: s.relayed,
+            shed,
         })
         .collect();
     let total = services.iter().map(|s| s.connections).sum();

@@ -9,14 +9,17 @@
 //! - [`poller`]: the background polls of every pod's `/metric` report.
 //! - [`discovery`]: the pod set from DNS (a headless Service).
 //!
+//! - [`rebalancer`]: live rebalancing rounds, which ask pods' relays to
+//!   move some connections through each pod's [`shed`] signal.
+//!
 //! Everything here is read by the connection path and written in the
 //! background; nothing here dials a client's connection or relays bytes.
-//! Shedding live connections to even out the load would live here too, as
-//! a module beside the registry: it decides from the same reports.
 
 pub mod condition;
 pub mod discovery;
 pub mod pod;
 pub mod poller;
+pub mod rebalancer;
 pub mod registry;
 pub mod replicas;
+pub mod shed;

@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::condition::{Condition, ConditionChange};
+use super::shed::{RebalanceSettings, ShedSignal};
 use crate::observe::metrics::counters::PodCounters;
 
 /// Smallest warm-up share of a pod in slow start, so it is never starved.
@@ -49,6 +50,8 @@ pub struct Settings {
     pub replicas: u32,
     /// Selection strategy.
     pub strategy: Strategy,
+    /// Live rebalancing.
+    pub rebalance: RebalanceSettings,
 }
 
 impl Settings {
@@ -73,6 +76,7 @@ impl Settings {
             slow_start: config.slow_start,
             replicas: config.replicas.max(1),
             strategy: config.selection,
+            rebalance: RebalanceSettings::from_config(config),
         }
     }
 }
@@ -101,6 +105,8 @@ pub struct Pod {
     /// The pod's Prometheus counters, resolved once so that a connection
     /// only bumps atomics.
     pub metrics: PodCounters,
+    /// Rebalancing's requests to move some of its connections.
+    pub shed: ShedSignal,
 }
 
 #[derive(Debug, Default)]
@@ -233,6 +239,7 @@ impl Pod {
             added_at: Instant::now(),
             removed: CancellationToken::new(),
             status: Mutex::new(Status::default()),
+            shed: ShedSignal::default(),
         }
     }
 
@@ -307,7 +314,12 @@ impl Pod {
     /// should start slow start (pods added after the balancer started).
     /// Returns how the pod's count moved since its previous report, beside
     /// this balancer's own part of that, for the replica estimate.
-    pub fn record_report(&self, base: PollBase, report: Report, joined_late: bool) -> Option<Moved> {
+    pub fn record_report(
+        &self,
+        base: PollBase,
+        report: Report,
+        joined_late: bool,
+    ) -> Option<Moved> {
         let mut status = self.status();
         let now = Instant::now();
         let first = status.report.is_none();

@@ -15,6 +15,7 @@ use common::selection::{self, Health, PodLoad};
 
 use super::pod::{Moved, Pod, PodSnapshot, Settings};
 use super::replicas::ReplicaEstimate;
+use super::shed::Imbalance;
 use crate::observe::metrics::counters::PodFamilies;
 
 /// How a dial or request to a pod failed, for ejection.
@@ -58,6 +59,8 @@ pub struct PodRegistry {
     metrics: PodFamilies,
     /// How many replicas share the pods, as their reports tell.
     replicas: ReplicaEstimate,
+    /// The imbalance the last rebalancing round saw.
+    imbalance: Imbalance,
     started: Instant,
 }
 
@@ -92,6 +95,7 @@ impl PodRegistry {
             ),
             leaving: Mutex::new(Vec::new()),
             replicas: ReplicaEstimate::new(settings.replicas),
+            imbalance: Imbalance::default(),
             settings: RwLock::new(settings),
             metrics: metrics.clone(),
             started: Instant::now(),
@@ -163,6 +167,11 @@ impl PodRegistry {
             self.replicas.reset(settings.replicas);
         }
         *current = settings;
+    }
+
+    /// The imbalance the last rebalancing round saw.
+    pub fn imbalance(&self) -> &Imbalance {
+        &self.imbalance
     }
 
     /// A pod's count moved between two reports (see [`Pod::record_report`]):

@@ -26,6 +26,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rand::Rng;
+use tokio::sync::futures::Notified;
 use tokio::time::{Instant, Sleep, sleep_until};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
@@ -33,6 +34,7 @@ use self::outcome::{CLOSE_BAD_GATEWAY, CLOSE_GOING_AWAY, Closer, Ending, RelayOu
 use self::pump::{FirstClose, Pump, PumpEnd, Shared};
 use crate::connection::ends::{Arrived, End};
 use crate::observe::metrics::counters::Traffic;
+use crate::pods::shed::ShedSignal;
 
 /// Once one side has closed (or the relay sent its own Close), how long the
 /// rest may still take before the connection is dropped. Bounded by the
@@ -46,6 +48,16 @@ pub struct RelayLimits {
     pub idle: Duration,
     /// One write blocked for this long ends the connection.
     pub write: Duration,
+}
+
+/// What live rebalancing asks of one connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ShedRules {
+    /// A connection younger than this is never shed: a client just moved
+    /// is not moved again.
+    pub min_age: Duration,
+    /// Close code sent to both sides when it is shed.
+    pub code: u16,
 }
 
 /// How a drain reaches one connection.
@@ -235,6 +247,8 @@ enum Event {
     Timer,
     /// Drain or stop.
     Cancelled,
+    /// Rebalancing asked the pod's connections to move.
+    Shed,
 }
 
 pin_project_lite::pin_project! {
@@ -248,6 +262,12 @@ pin_project_lite::pin_project! {
         drain: &'a DrainSignal,
         stop: &'a CancellationToken,
         traffic: &'a Traffic,
+        // The pod's rebalancing requests, and what they may take.
+        shed: &'a ShedSignal,
+        shed_rules: ShedRules,
+        #[pin]
+        shed_wait: Notified<'a>,
+        started: Instant,
         // One cancellation wait at a time: drain, then stop (the drain
         // token is a child of the stop token).
         #[pin]
@@ -351,13 +371,17 @@ impl Course {
 
 /// Relays `conn` until both directions are done. `drain` closes the
 /// connection cleanly at a random point of the drain window; `stop` ends it
-/// at once. Bytes and messages are counted into `traffic` as they pass.
+/// at once; a request on `shed` closes it cleanly as `shed_rules` say, once
+/// it is old enough. Bytes and messages are counted into `traffic` as they
+/// pass.
 pub fn run<'a>(
     conn: &'a mut Connection,
     limits: RelayLimits,
     drain: &'a DrainSignal,
     stop: &'a CancellationToken,
     traffic: &'a Traffic,
+    shed: &'a ShedSignal,
+    shed_rules: ShedRules,
 ) -> Relay<'a> {
     Relay {
         conn,
@@ -365,6 +389,10 @@ pub fn run<'a>(
         drain,
         stop,
         traffic,
+        shed,
+        shed_rules,
+        shed_wait: shed.notified(),
+        started: Instant::now(),
         cancel: drain.started.cancelled(),
         timer: sleep_until(far_future_add(Instant::now(), limits.idle)),
         waiting_for_stop: false,
@@ -401,6 +429,9 @@ impl Future for Relay<'_> {
                 if this.cancel.as_mut().poll(cx).is_ready() {
                     break 'event Event::Cancelled;
                 }
+                if this.shed_wait.as_mut().poll(cx).is_ready() {
+                    break 'event Event::Shed;
+                }
                 return Poll::Pending;
             };
             let over = match event {
@@ -414,6 +445,19 @@ impl Future for Relay<'_> {
                 Event::Cancelled if *this.waiting_for_stop || this.stop.is_cancelled() => {
                     this.course.ending.get_or_insert(Ending::Shutdown);
                     true
+                }
+                Event::Shed => {
+                    // Waits for the next round from now on.
+                    this.shed_wait.set(this.shed.notified());
+                    if this.course.ending.is_none()
+                        && this.started.elapsed() >= this.shed_rules.min_age
+                        && let Some(reason) = this.shed.take()
+                    {
+                        this.course.ending = Some(Ending::Shed(reason));
+                        this.conn.requested.get_or_insert(this.shed_rules.code);
+                        this.course.linger = Some(far_future_add(Instant::now(), linger_for));
+                    }
+                    false
                 }
                 Event::Cancelled => {
                     // The drain started; from now on only a stop cancels.
@@ -446,7 +490,9 @@ impl Connection {
                 Ending::Closed(side) | Ending::ReadError(side) | Ending::WriteFailed(side) => {
                     (Closer::from(side), None)
                 }
-                Ending::Idle | Ending::Drained | Ending::Shutdown => (Closer::Balancer, None),
+                Ending::Idle | Ending::Drained | Ending::Shed(_) | Ending::Shutdown => {
+                    (Closer::Balancer, None)
+                }
             },
         };
         RelayOutcome {
@@ -468,6 +514,8 @@ mod tests {
     use super::*;
     use crate::connection::ends::tcp_end;
     use common::frame::{OP_BINARY, OP_CLOSE, OP_TEXT, encode_frame};
+    use common::rebalance::ShedReason;
+    use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
 
@@ -494,6 +542,23 @@ mod tests {
         pod: TcpStream,
         drain: DrainSignal,
     ) -> tokio::task::JoinHandle<RelayOutcome> {
+        start_shed(client, pod, drain, Arc::new(ShedSignal::default()), SHED)
+    }
+
+    /// Rebalancing as configured by default.
+    const SHED: ShedRules = ShedRules {
+        min_age: Duration::ZERO,
+        code: 1012,
+    };
+
+    /// Like [`start`], with the pod's shedding requests on `shed`.
+    fn start_shed(
+        client: TcpStream,
+        pod: TcpStream,
+        drain: DrainSignal,
+        shed: Arc<ShedSignal>,
+        rules: ShedRules,
+    ) -> tokio::task::JoinHandle<RelayOutcome> {
         tokio::spawn(async move {
             let mut conn = Connection::new(tcp_end(client), tcp_end(pod));
             let traffic = Traffic::default();
@@ -503,9 +568,108 @@ mod tests {
                 &drain,
                 &CancellationToken::new(),
                 &traffic,
+                &shed,
+                rules,
             )
             .await
         })
+    }
+
+    /// Reads one unmasked Close frame's code from `from`.
+    async fn close_code_of(from: &mut TcpStream) -> u16 {
+        let mut head = [0u8; 2];
+        from.read_exact(&mut head).await.unwrap();
+        assert_eq!(head[0], 0x80 | OP_CLOSE, "a final Close frame");
+        let len = usize::from(head[1] & 0x7F);
+        let mask = if head[1] & 0x80 != 0 {
+            let mut mask = [0u8; 4];
+            from.read_exact(&mut mask).await.unwrap();
+            Some(mask)
+        } else {
+            None
+        };
+        let mut payload = vec![0u8; len];
+        from.read_exact(&mut payload).await.unwrap();
+        if let Some(mask) = mask {
+            for (i, b) in payload.iter_mut().enumerate() {
+                *b ^= mask[i % 4];
+            }
+        }
+        u16::from_be_bytes([payload[0], payload[1]])
+    }
+
+    /// Asks for one connection every few milliseconds: a relay that is
+    /// being polled at the moment of a request waits for the next one.
+    fn keep_asking(shed: Arc<ShedSignal>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                shed.request(1, ShedReason::imbalance);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    }
+
+    #[tokio::test]
+    async fn a_shed_request_closes_with_its_code_toward_both_sides() {
+        let (mut client, client_near) = pair().await;
+        let (pod_near, mut pod) = pair().await;
+        let shed = Arc::new(ShedSignal::default());
+        let task = start_shed(client_near, pod_near, no_drain(), shed.clone(), SHED);
+        // Once the relay waits on the signal (a frame has passed through).
+        let frame = encode_frame(true, OP_TEXT, b"hi", Some([1, 2, 3, 4]));
+        client.write_all(&frame).await.unwrap();
+        let mut got = vec![0u8; frame.len()];
+        pod.read_exact(&mut got).await.unwrap();
+        let asking = keep_asking(shed.clone());
+        let within = Duration::from_secs(5);
+        let to_client = tokio::time::timeout(within, close_code_of(&mut client)).await;
+        assert_eq!(to_client.expect("a Close for the client"), 1012);
+        let to_pod = tokio::time::timeout(within, close_code_of(&mut pod)).await;
+        assert_eq!(to_pod.expect("a Close for the pod"), 1012);
+        drop((client, pod));
+        let outcome = tokio::time::timeout(within, task).await.unwrap().unwrap();
+        assert_eq!(outcome.ending, Ending::Shed(ShedReason::imbalance));
+        assert_eq!(
+            (outcome.closer, outcome.close_code),
+            (Closer::Balancer, Some(1012))
+        );
+        asking.abort();
+    }
+
+    #[tokio::test]
+    async fn a_connection_younger_than_the_minimum_age_is_not_shed() {
+        let (mut client, client_near) = pair().await;
+        let (pod_near, mut pod) = pair().await;
+        let shed = Arc::new(ShedSignal::default());
+        let rules = ShedRules {
+            min_age: Duration::from_secs(3600),
+            ..SHED
+        };
+        let task = start_shed(client_near, pod_near, no_drain(), shed.clone(), rules);
+        let frame = encode_frame(true, OP_TEXT, b"hi", Some([1, 2, 3, 4]));
+        client.write_all(&frame).await.unwrap();
+        let mut got = vec![0u8; frame.len()];
+        pod.read_exact(&mut got).await.unwrap();
+        let asking = keep_asking(shed.clone());
+        // Asked many times over: still relaying, the next frames pass.
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            client.write_all(&frame).await.unwrap();
+            tokio::time::timeout(Duration::from_secs(5), pod.read_exact(&mut got))
+                .await
+                .expect("still relayed")
+                .unwrap();
+        }
+        asking.abort();
+        assert_eq!(got, frame);
+        assert_eq!(
+            shed.take(),
+            Some(ShedReason::imbalance),
+            "left for older ones"
+        );
+        drop(pod);
+        let outcome = task.await.unwrap();
+        assert_ne!(outcome.ending, Ending::Shed(ShedReason::imbalance));
     }
 
     fn no_drain() -> DrainSignal {

@@ -4,6 +4,8 @@
 
 use std::fmt;
 
+use common::rebalance::ShedReason;
+
 /// Close code sent to the client when the pod went away without a Close.
 pub const CLOSE_BAD_GATEWAY: u16 = 1014;
 
@@ -45,6 +47,8 @@ pub enum Ending {
     Idle,
     /// Closed by the balancer's drain.
     Drained,
+    /// Closed by rebalancing, so that the client reconnects elsewhere.
+    Shed(ShedReason),
     /// The balancer stopped at once.
     Shutdown,
 }
@@ -57,6 +61,7 @@ impl fmt::Display for Ending {
             Ending::WriteFailed(side) => write!(f, "{side} write failed"),
             Ending::Idle => f.write_str("idle timeout"),
             Ending::Drained => f.write_str("drained"),
+            Ending::Shed(reason) => write!(f, "shed ({reason:?})"),
             Ending::Shutdown => f.write_str("shutdown"),
         }
     }

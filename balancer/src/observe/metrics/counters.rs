@@ -20,6 +20,7 @@ use prometheus_client::metrics::family::Family;
 
 use crate::connection::dial::DialFailure;
 use crate::connection::relay::outcome::Closer;
+use common::rebalance::ShedReason;
 
 /// Values of the `code` label of closed connections: the registered codes
 /// 1000-1015 one by one, the two ranges applications choose from as one
@@ -68,6 +69,13 @@ pub(super) struct PodLabel {
 pub(super) struct FailedLabels {
     pod: Arc<str>,
     reason: DialFailure,
+}
+
+/// Labels of connections shed by rebalancing.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct ShedLabels {
+    pod: Arc<str>,
+    reason: ShedReason,
 }
 
 /// Labels of closed connections.
@@ -226,6 +234,7 @@ pub struct PodFamilies {
     pub(super) closed: Family<ClosedLabels, Counter>,
     pub(super) failovers: Family<PodLabel, Counter>,
     pub(super) poll_errors: Family<PodLabel, Counter>,
+    pub(super) shed: Family<ShedLabels, Counter>,
 }
 
 impl PodFamilies {
@@ -241,6 +250,7 @@ impl PodFamilies {
                 pod,
                 failed_family: self.failed.clone(),
                 closed_family: self.closed.clone(),
+                shed_family: self.shed.clone(),
                 failed: std::array::from_fn(|_| OnceLock::new()),
                 closed: std::array::from_fn(|_| OnceLock::new()),
             }),
@@ -270,6 +280,7 @@ struct LazyCounters {
     pod: Arc<str>,
     failed_family: Family<FailedLabels, Counter>,
     closed_family: Family<ClosedLabels, Counter>,
+    shed_family: Family<ShedLabels, Counter>,
     /// By [`DialFailure`] (in [`DialFailure::ALL`] order).
     failed: [OnceLock<Counter>; DialFailure::ALL.len()],
     /// By [`CODE_LABELS`] index times 3 plus side index.
@@ -312,6 +323,17 @@ impl PodCounters {
                     pod: lazy.pod.clone(),
                     reason,
                 })
+            })
+            .inc();
+    }
+
+    /// Rebalancing closed a relayed connection, for `reason`.
+    pub fn shed(&self, reason: ShedReason) {
+        let lazy = &*self.lazy;
+        lazy.shed_family
+            .get_or_create(&ShedLabels {
+                pod: lazy.pod.clone(),
+                reason,
             })
             .inc();
     }

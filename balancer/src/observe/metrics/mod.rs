@@ -149,6 +149,13 @@ impl Metrics {
             pods.failovers.clone(),
         );
         registry.register(
+            "pod_connections_shed",
+            "Relayed connections closed by live rebalancing (rebalance: true) so that their \
+             clients reconnect elsewhere, by reason (imbalance: the pod was above the mean; \
+             drain: the pod reported state drain)",
+            pods.shed.clone(),
+        );
+        registry.register(
             "pod_poll_errors",
             "Failed polls of the pod's load report",
             pods.poll_errors.clone(),

@@ -58,6 +58,15 @@ impl Collector for ScrapeTime {
             messages,
         )?;
 
+        let metric = encoder.encode_descriptor(
+            "imbalance",
+            "The largest relative excess of a pod's reported load over its share of the mean \
+             (0.25: a pod 25% above), as the last rebalancing round saw it.",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(self.registry.imbalance().get()).encode(metric)?;
+
         let pods = self.registry.snapshots();
         // A pod that left the set is still counted until its last relayed
         // connection ends (added to the pod of the same URL if it is back).
