@@ -81,7 +81,9 @@ impl Outcome {
     }
 }
 
-/// `(max - min) / mean`.
+/// The figure the table ranks rules by: `(max - min) / mean` of the
+/// pods' counts (0 when they hold nothing), so that scenarios of
+/// different sizes compare.
 pub fn spread(counts: &[u64]) -> f64 {
     let (Some(max), Some(min)) = (counts.iter().max(), counts.iter().min()) else {
         return 0.0;
