@@ -9,6 +9,7 @@
 //! live on a terminal; [`thresholds`] turns it into an exit code.
 
 pub mod load;
+pub mod outcome;
 pub mod progress;
 pub mod report;
 pub mod thresholds;

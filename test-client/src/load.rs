@@ -25,6 +25,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 
+use crate::outcome::ConnOutcome;
 use crate::report::{Collector, Live, Report};
 
 /// What load to apply.
@@ -185,17 +186,6 @@ impl LoadOptions {
             self.ca_file.as_deref(),
         )?))
     }
-}
-
-/// How one connection went.
-#[derive(Debug, Default)]
-pub struct ConnOutcome {
-    /// `x-pod-name` of the 101, when the handshake succeeded.
-    pub pod: Option<String>,
-    /// Close code the server answered with.
-    pub close_code: Option<u16>,
-    /// Why the connection failed, if it did.
-    pub failure: Option<String>,
 }
 
 /// Runs the load and returns the report; `live` is updated as it goes

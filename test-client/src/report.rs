@@ -11,7 +11,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use crate::load::ConnOutcome;
+use crate::outcome::ConnOutcome;
 
 /// Latency summary in milliseconds.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

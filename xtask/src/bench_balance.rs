@@ -11,13 +11,13 @@
 //! from the pods' own `/metric` once every expected connection is open.
 
 use std::fmt::Write as _;
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use tokio::process::Command;
 
-use crate::procs::{Procs, http_get};
-use crate::{field, release_bin};
+use crate::harness::{self, Balancer, Procs, bin, with_procs};
 
 /// How long connections are held open by the load clients: longer than any
 /// scenario, which ends by stopping them.
@@ -25,6 +25,12 @@ const HOLD: &str = "300s";
 
 /// How long a scenario may wait for its connections to be counted.
 const SETTLE: Duration = Duration::from_secs(30);
+
+/// How often the pods are asked while a scenario settles.
+const SETTLE_POLL: Duration = Duration::from_millis(100);
+
+/// Time between the waves of the scale-up scenario.
+const WAVE_EVERY: Duration = Duration::from_secs(1);
 
 /// One rule under test.
 #[derive(Debug, Clone, Copy)]
@@ -75,7 +81,9 @@ impl Outcome {
     }
 }
 
-/// `(max - min) / mean`.
+/// The figure the table ranks rules by: `(max - min) / mean` of the
+/// pods' counts (0 when they hold nothing), so that scenarios of
+/// different sizes compare.
 pub fn spread(counts: &[u64]) -> f64 {
     let (Some(max), Some(min)) = (counts.iter().max(), counts.iter().min()) else {
         return 0.0;
@@ -161,120 +169,103 @@ fn render(outcomes: &[Outcome]) -> String {
     out
 }
 
-/// A free loopback port (released at once; the pod binds it later).
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+/// Starts the three pods every scenario begins with, each in a process of
+/// its own (`pod0`..`pod2`) so that one can be killed alone; returns their
+/// addresses.
+async fn three_pods(procs: &mut Procs) -> anyhow::Result<Vec<SocketAddr>> {
+    let mut pods = Vec::new();
+    for i in 0..3 {
+        pods.push(harness::start_pod(procs, i, 0).await?.addr);
+    }
+    Ok(pods)
 }
 
-/// Starts one pod process on `port` (0 = any); returns its URL.
-pub(crate) async fn pod(procs: &mut Procs, index: usize, port: u16) -> anyhow::Result<String> {
-    let lines = procs
-        .start(
-            &format!("pod{index}"),
-            Command::new(release_bin("test-server"))
-                .args(["--listen", &format!("127.0.0.1:{port}")])
-                .args(["--name-prefix", &format!("pod{index}")]),
-            1,
-        )
-        .await?;
-    lines
-        .first()
-        .and_then(|l| field(l, "url"))
-        .context("pod ready line has no url")
-}
-
-/// Starts one balancer replica; returns (listen, admin).
+/// Starts one balancer replica of `rule` in front of `pods`, told there
+/// are `replicas` of it when the rule uses that.
 async fn balancer(
     procs: &mut Procs,
-    pods: &[String],
+    pods: &[SocketAddr],
     rule: Rule,
     replicas: usize,
     cache_ttl: &str,
-) -> anyhow::Result<(String, String)> {
-    let mut cmd = Command::new(release_bin("wsbalancer"));
-    cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .args(["--log-level", "error", "--cache-ttl", cache_ttl])
-        .args(["--selection", rule.selection])
-        .args(["--pods", &pods.join(",")]);
+) -> anyhow::Result<Balancer> {
+    let mut args = vec!["--log-level", "error", "--cache-ttl", cache_ttl];
+    args.extend(["--selection", rule.selection]);
+    let replicas = replicas.to_string();
     if rule.knows_replicas {
-        cmd.args(["--replicas", &replicas.to_string()]);
+        args.extend(["--replicas", &replicas]);
     }
     if let Some(ramp) = rule.slow_start {
-        cmd.args(["--slow-start", ramp]);
+        args.extend(["--slow-start", ramp]);
     }
-    let lines = procs.start("wsbalancer", &mut cmd, 1).await?;
-    let line = lines.first().context("no ready line")?;
-    Ok((
-        field(line, "listen").context("no listen")?,
-        field(line, "admin").context("no admin")?,
-    ))
+    harness::start_balancer(procs, "wsbalancer", pods, None, args).await
 }
 
 /// Starts a load client holding `n` connections to `url`, not waiting.
 fn client(procs: &mut Procs, url: &str, n: usize, concurrency: usize) -> anyhow::Result<()> {
     procs.spawn(
         "test-client",
-        Command::new(release_bin("test-client"))
+        Command::new(bin("test-client"))
             .args(["--url", url, "--connections", &n.to_string()])
             .args(["--concurrency", &concurrency.to_string()])
             .args(["--messages", "1", "--hold", HOLD, "--timeout", "20s"]),
-    )
+    )?;
+    Ok(())
 }
 
-/// A pod's `agentsConnections`, or `None` when it does not answer.
-async fn reported(pod_url: &str) -> Option<u64> {
-    let addr = pod_url.strip_prefix("http://")?;
-    let body = http_get(addr, "/metric").await.ok()?;
-    let json: serde_json::Value = serde_json::from_str(&body).ok()?;
-    json["agentsConnections"].as_u64()
+/// Each pod's connection count (0 for one that does not answer).
+async fn counts(pods: &[SocketAddr]) -> Vec<u64> {
+    let mut counts = Vec::new();
+    for &pod in pods {
+        counts.push(harness::pod_connections(pod).await.unwrap_or(0));
+    }
+    counts
 }
 
 /// Waits until the pods hold `total` connections together (or [`SETTLE`]
 /// passes) and returns their counts.
-async fn settle(pods: &[String], total: u64) -> Vec<u64> {
-    let deadline = Instant::now() + SETTLE;
-    loop {
-        let mut counts = Vec::new();
-        for pod in pods {
-            counts.push(reported(pod).await.unwrap_or(0));
-        }
-        if counts.iter().sum::<u64>() >= total || Instant::now() > deadline {
-            return counts;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+async fn settle(pods: &[SocketAddr], total: u64) -> Vec<u64> {
+    let mut last = Vec::new();
+    let settled = harness::poll(SETTLE, SETTLE_POLL, async || {
+        last = counts(pods).await;
+        (last.iter().sum::<u64>() >= total).then(|| last.clone())
+    })
+    .await;
+    match settled {
+        Some(counts) => counts,
+        // The counts as they last stood, or as they stand now when time ran
+        // out during the first reading.
+        None if last.len() == pods.len() => last,
+        None => counts(pods).await,
     }
 }
 
-/// Waits until a replica's status shows `check` true for pod `index`.
+/// Waits until a replica's status shows `check` true for pod `index`;
+/// returns how long that took.
 async fn wait_status(
-    admin: &str,
+    balancer: &Balancer,
     index: usize,
     what: &str,
     check: impl Fn(&serde_json::Value) -> bool,
 ) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    while started.elapsed() < SETTLE {
-        if let Ok(body) = http_get(admin, "/balancer-metrics").await
-            && let Ok(json) = serde_json::from_str::<serde_json::Value>(&body)
-            && check(&json["services"][index])
-        {
-            return Ok(started.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    bail!("balancer never saw {what}")
+    let started = tokio::time::Instant::now();
+    harness::poll(SETTLE, Duration::from_millis(20), async || {
+        let body = harness::http_get(balancer.admin, "/balancer-metrics")
+            .await
+            .ok()?;
+        let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+        check(&json["services"][index]).then_some(())
+    })
+    .await
+    .with_context(|| format!("balancer never saw {what}"))?;
+    Ok(started.elapsed())
 }
 
 async fn burst(rule: Rule) -> anyhow::Result<Outcome> {
     with_procs(async move |procs: &mut Procs| {
-        let mut pods = Vec::new();
-        for i in 0..3 {
-            pods.push(pod(procs, i, 0).await?);
-        }
-        let (listen, _) = balancer(procs, &pods, rule, 1, "30s").await?;
-        client(procs, &format!("ws://{listen}/ws"), 600, 600)?;
+        let pods = three_pods(procs).await?;
+        let balancer = balancer(procs, &pods, rule, 1, "30s").await?;
+        client(procs, &balancer.ws_url(), 600, 600)?;
         let counts = settle(&pods, 600).await;
         Ok(Outcome {
             scenario: "burst 600, 1 replica, 3 pods",
@@ -288,21 +279,17 @@ async fn burst(rule: Rule) -> anyhow::Result<Outcome> {
 
 async fn replicas(rule: Rule) -> anyhow::Result<Outcome> {
     with_procs(async move |procs: &mut Procs| {
-        let mut pods = Vec::new();
-        for i in 0..3 {
-            pods.push(pod(procs, i, 0).await?);
-        }
-        let direct = pods[0].replacen("http://", "ws://", 1) + "/ws";
-        client(procs, &direct, 300, 300)?;
+        let pods = three_pods(procs).await?;
+        client(procs, &format!("ws://{}/ws", pods[0]), 300, 300)?;
         settle(&pods, 300).await;
-        let mut listens = Vec::new();
+        let mut replicas = Vec::new();
         for _ in 0..3 {
-            let (listen, admin) = balancer(procs, &pods, rule, 3, "30s").await?;
-            wait_status(&admin, 0, "the 300 on pod0", |s| s["connections"] == 300).await?;
-            listens.push(listen);
+            let replica = balancer(procs, &pods, rule, 3, "30s").await?;
+            wait_status(&replica, 0, "the 300 on pod0", |s| s["connections"] == 300).await?;
+            replicas.push(replica);
         }
-        for listen in &listens {
-            client(procs, &format!("ws://{listen}/ws"), 400, 400)?;
+        for replica in &replicas {
+            client(procs, &replica.ws_url(), 400, 400)?;
         }
         let counts = settle(&pods, 1500).await;
         Ok(Outcome {
@@ -317,32 +304,32 @@ async fn replicas(rule: Rule) -> anyhow::Result<Outcome> {
 
 async fn scale_up(rule: Rule) -> anyhow::Result<Outcome> {
     with_procs(async move |procs: &mut Procs| {
-        let mut pods = Vec::new();
-        for i in 0..3 {
-            pods.push(pod(procs, i, 0).await?);
-        }
-        let late_port = free_port()?;
-        pods.push(format!("http://127.0.0.1:{late_port}"));
-        let (listen, admin) = balancer(procs, &pods, rule, 1, "2s").await?;
-        let url = format!("ws://{listen}/ws");
+        let mut pods = three_pods(procs).await?;
+        let late_port = harness::free_port()?;
+        pods.push(SocketAddr::from(([127, 0, 0, 1], late_port)));
+        let balancer = balancer(procs, &pods, rule, 1, "2s").await?;
+        let url = balancer.ws_url();
         client(procs, &url, 600, 600)?;
         settle(&pods[..3], 600).await;
-        pod(procs, 3, late_port).await?;
-        let seen = wait_status(&admin, 3, "the new pod healthy", |s| {
+        harness::start_pod(procs, 3, late_port).await?;
+        let seen = wait_status(&balancer, 3, "the new pod healthy", |s| {
             s["healthy"] == true && s["reportAge"].is_number()
         })
         .await?;
         // Then 200 more in 4 waves a second apart, as a service scaling up
-        // under steady arrivals would see them.
+        // under steady arrivals would see them: the pace of the scenario,
+        // each wave counted before the next.
+        let mut pace = tokio::time::interval(WAVE_EVERY);
         let mut first_wave_on_new = 0;
         for wave in 1..=4u64 {
+            pace.tick().await;
             client(procs, &url, 50, 50)?;
             let counts = settle(&pods, 600 + 50 * wave).await;
             if wave == 1 {
                 first_wave_on_new = counts[3];
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
         }
+        pace.tick().await;
         let counts = settle(&pods, 800).await;
         Ok(Outcome {
             scenario: "scale-up: 600 on 3 pods, 4th comes up, +200",
@@ -359,12 +346,9 @@ async fn scale_up(rule: Rule) -> anyhow::Result<Outcome> {
 
 async fn kill(rule: Rule) -> anyhow::Result<Outcome> {
     with_procs(async move |procs: &mut Procs| {
-        let mut pods = Vec::new();
-        for i in 0..3 {
-            pods.push(pod(procs, i, 0).await?);
-        }
-        let (listen, admin) = balancer(procs, &pods, rule, 1, "2s").await?;
-        let url = format!("ws://{listen}/ws");
+        let pods = three_pods(procs).await?;
+        let balancer = balancer(procs, &pods, rule, 1, "2s").await?;
+        let url = balancer.ws_url();
         client(procs, &url, 300, 300)?;
         settle(&pods, 300).await;
         procs.kill("pod2").await?;
@@ -372,7 +356,7 @@ async fn kill(rule: Rule) -> anyhow::Result<Outcome> {
         let survivors = pods[..2].to_vec();
         let before: u64 = settle(&survivors, 0).await.iter().sum();
         client(procs, &url, 300, 300)?;
-        let ejected = wait_status(&admin, 2, "the killed pod ejected", |s| {
+        let ejected = wait_status(&balancer, 2, "the killed pod ejected", |s| {
             s["healthy"] == false
         })
         .await;
@@ -392,17 +376,6 @@ async fn kill(rule: Rule) -> anyhow::Result<Outcome> {
         })
     })
     .await
-}
-
-/// Runs a scenario body with its own processes, all stopped afterwards.
-async fn with_procs<F>(body: F) -> anyhow::Result<Outcome>
-where
-    F: AsyncFnOnce(&mut Procs) -> anyhow::Result<Outcome>,
-{
-    let mut procs = Procs::default();
-    let result = body(&mut procs).await;
-    procs.stop_all().await;
-    result
 }
 
 fn max_min(counts: &[u64]) -> u64 {

@@ -10,13 +10,13 @@
 //!   balancer, or 1001/1006-free codes it forwarded), never silently.
 
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use tokio::process::Command;
 
-use crate::procs::{Procs, http_get};
-use crate::{field, release_bin};
+use crate::harness::{self, Procs, bin};
 
 /// Pods behind the balancer (each its own process, so it can be killed).
 const PODS: usize = 3;
@@ -38,49 +38,45 @@ const EXPLAINED: &[&str] = &[
     "closed early (1001)",
 ];
 
-/// Descriptors a process has open.
-fn fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
-}
+/// How long the balancer may take to relay nothing once the load ended.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Resident memory of a process, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    crate::bench_relay::rss_kib(pid) as u64
-}
+/// How long one batch may take (it takes seconds; test-client bounds each
+/// step by 20 s).
+const BATCH_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Relayed connections the balancer reports, from its `/metrics`.
-async fn active(admin: &str) -> Option<u64> {
-    let body = http_get(admin, "/metrics").await.ok()?;
+async fn active(admin: SocketAddr) -> Option<u64> {
+    let body = harness::http_get(admin, "/metrics").await.ok()?;
     body.lines()
         .find_map(|l| l.strip_prefix("wsbalancer_connections_active "))
         .and_then(|v| v.trim().parse().ok())
 }
 
 /// Waits until the balancer relays nothing.
-async fn wait_idle(admin: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if active(admin).await == Some(0) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("the balancer still relays connections a minute after the load ended");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+async fn wait_idle(admin: SocketAddr) -> anyhow::Result<()> {
+    harness::poll(IDLE_TIMEOUT, Duration::from_millis(100), async || {
+        (active(admin).await == Some(0)).then_some(())
+    })
+    .await
+    .with_context(|| {
+        format!("the balancer still relays connections {IDLE_TIMEOUT:?} after the load ended")
+    })
 }
 
 /// One batch of churn: open, echo, hold a little, close.
 async fn batch(url: &str) -> anyhow::Result<serde_json::Value> {
-    let out = Command::new(release_bin("test-client"))
-        .args(["--url", url, "--json", "-", "--quiet", "--timeout", "20s"])
+    let mut cmd = Command::new(bin("test-client"));
+    cmd.args(["--url", url, "--json", "-", "--quiet", "--timeout", "20s"])
         .args(["--connections", "300", "--concurrency", "60"])
-        .args(["--messages", "5", "--size", "200", "--hold", "400ms"])
-        .kill_on_drop(true)
-        .output()
-        .await
-        .context("running test-client")?;
+        .args(["--messages", "5", "--size", "200", "--hold", "400ms"]);
+    let out = harness::output("test-client", &mut cmd, BATCH_TIMEOUT).await?;
     serde_json::from_slice(&out.stdout).context("test-client JSON")
+}
+
+/// The balancer's descriptors and resident memory (KiB) now.
+fn footprint(pid: u32) -> anyhow::Result<(usize, u64)> {
+    Ok((harness::fd_count(pid)?, harness::rss_kib(pid)?))
 }
 
 /// What the churn did, summed over batches.
@@ -118,49 +114,31 @@ impl Tally {
 /// Runs the soak for `duration` and returns the report; an error when
 /// anything leaked or was lost.
 pub async fn run(duration: Duration) -> anyhow::Result<String> {
-    let mut procs = Procs::default();
-    let result = soak(&mut procs, duration).await;
-    procs.stop_all().await;
-    result
+    harness::with_procs(async |procs: &mut Procs| soak(procs, duration).await).await
 }
 
 async fn soak(procs: &mut Procs, duration: Duration) -> anyhow::Result<String> {
-    let mut urls = Vec::with_capacity(PODS);
+    let mut pods = Vec::with_capacity(PODS);
     for index in 0..PODS {
-        urls.push(crate::bench_balance::pod(procs, index, 0).await?);
+        pods.push(harness::start_pod(procs, index, 0).await?.addr);
     }
-    let ports: Vec<u16> = urls
-        .iter()
-        .map(|u| {
-            u.rsplit(':')
-                .next()
-                .and_then(|p| p.parse().ok())
-                .context("pod port")
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let lines = procs
-        .start(
-            "wsbalancer",
-            Command::new(release_bin("wsbalancer"))
-                .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-                .args(["--log-level", "error", "--cache-ttl", "1s"])
-                .args(["--pods", &urls.join(",")]),
-            1,
-        )
-        .await?;
-    let line = lines.first().context("balancer ready line")?;
-    let listen = field(line, "listen").context("listen")?;
-    let admin = field(line, "admin").context("admin")?;
-    let pid = procs.pid("wsbalancer").context("balancer pid")?;
-    let url = format!("ws://{listen}/ws");
+    let balancer = harness::start_balancer(
+        procs,
+        "wsbalancer",
+        &pods,
+        None,
+        ["--log-level", "error", "--cache-ttl", "1s"],
+    )
+    .await?;
+    let (admin, pid, url) = (balancer.admin, balancer.pid, balancer.ws_url());
 
     // Warm-up: pools and caches reach their working size first.
     let warm = batch(&url).await?;
     if warm["failed"].as_u64() != Some(0) {
         bail!("warm-up failed: {}", warm["failures"]);
     }
-    wait_idle(&admin).await?;
-    let (fds_before, rss_before) = (fds(pid), rss_kib(pid));
+    wait_idle(admin).await?;
+    let (fds_before, rss_before) = footprint(pid)?;
     println!("==> soak for {duration:?}: baseline {fds_before} descriptors, {rss_before} KiB");
 
     let mut tally = Tally::default();
@@ -175,12 +153,13 @@ async fn soak(procs: &mut Procs, duration: Duration) -> anyhow::Result<String> {
                 report = &mut load => break report?,
                 () = tokio::time::sleep_until(next_kill.into()) => {
                     // Kill one pod mid-batch, as a crash would, and bring it
-                    // back on the same port.
+                    // back on the same port once it has been down a while
+                    // (the scenario's pace, not a wait for anything).
                     let name = format!("pod{victim}");
                     procs.kill(&name).await?;
                     tally.kills += 1;
                     tokio::time::sleep(DOWN_FOR).await;
-                    crate::bench_balance::pod(procs, victim, ports[victim]).await?;
+                    harness::start_pod(procs, victim, pods[victim].port()).await?;
                     victim = (victim + 1) % PODS;
                     next_kill = Instant::now() + KILL_EVERY;
                 }
@@ -188,8 +167,8 @@ async fn soak(procs: &mut Procs, duration: Duration) -> anyhow::Result<String> {
         };
         tally.add(&report);
     }
-    wait_idle(&admin).await?;
-    let (fds_after, rss_after) = (fds(pid), rss_kib(pid));
+    wait_idle(admin).await?;
+    let (fds_after, rss_after) = footprint(pid)?;
 
     let mut out = String::new();
     let _ = writeln!(

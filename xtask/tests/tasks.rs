@@ -6,8 +6,24 @@
 //! second profile.
 
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+/// Bound on the two-minute soak, build-free (debug binaries).
+const SOAK_WITHIN: Duration = Duration::from_secs(360);
+
+/// Bound on the quick bench; it is asserted to take under 240 s.
+const BENCH_WITHIN: Duration = Duration::from_secs(480);
+
+/// Bound on the 10,000-connection run (test-client's `--duration 30s`).
+const CROWD_WITHIN: Duration = Duration::from_secs(180);
+
+/// How long a started pod or balancer may take to print its ready line.
+const READY_WITHIN: Duration = Duration::from_secs(20);
+
+/// How long xtask may take to stop its children after SIGINT.
+const INTERRUPT_GRACE: Duration = Duration::from_secs(30);
 
 /// The directory of this test's own binaries (target/debug).
 fn bin_dir() -> PathBuf {
@@ -33,11 +49,12 @@ fn assert_binaries_built() {
 #[test]
 fn a_two_minute_soak_leaves_nothing_behind_and_loses_nothing() {
     assert_binaries_built();
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(["soak", "--minutes", "2", "--bin-dir"])
-        .arg(bin_dir())
-        .output()
-        .expect("xtask runs");
+    let out = output_within(
+        Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .args(["soak", "--minutes", "2", "--bin-dir"])
+            .arg(bin_dir()),
+        SOAK_WITHIN,
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "soak failed: {stdout}\n{stderr}");
@@ -71,12 +88,13 @@ fn quick_bench_runs_and_says_when_peers_are_missing() {
     assert_binaries_built();
     let no_peers = tempfile_dir();
     let started = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(["bench", "--quick", "--bin-dir"])
-        .arg(bin_dir())
-        .env("XTASK_PEER_DIRS", &no_peers)
-        .output()
-        .expect("xtask runs");
+    let out = output_within(
+        Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .args(["bench", "--quick", "--bin-dir"])
+            .arg(bin_dir())
+            .env("XTASK_PEER_DIRS", &no_peers),
+        BENCH_WITHIN,
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -129,22 +147,66 @@ impl Drop for Started {
     }
 }
 
+/// Runs `cmd` to its end and returns what it printed. Past `limit` the
+/// test fails: the child gets SIGINT (xtask then stops its own children)
+/// and, [`INTERRUPT_GRACE`] later, SIGKILL.
+fn output_within(cmd: &mut Command, limit: Duration) -> Output {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let pid = child.id().to_string();
+    let (done, finished) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    if let Ok(out) = finished.recv_timeout(limit) {
+        return out.expect("its output");
+    }
+    let signal = |name: &str| {
+        let _ = Command::new("kill").args([name, &pid]).status();
+    };
+    signal("-INT");
+    let late = finished.recv_timeout(INTERRUPT_GRACE);
+    if late.is_err() {
+        signal("-KILL");
+    }
+    let printed = late
+        .ok()
+        .and_then(Result::ok)
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    panic!("{cmd:?} still running after {limit:?}: interrupted. It printed:\n{printed}");
+}
+
 /// Starts `program` with `args` and returns it with its first stdout line
-/// (the `ready ...` line).
+/// (the `ready ...` line), which must come within [`READY_WITHIN`].
 fn start(program: &str, args: &[&str]) -> (Started, String) {
     use std::io::BufRead;
     let mut child = Command::new(bin_dir().join(program))
         .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .expect("starts");
     let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    std::io::BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("a ready line");
-    (Started(child), line)
+    let started = Started(child);
+    let (ready, first_line) = mpsc::channel();
+    // Reads on past the first line until the child exits, so that it never
+    // blocks on a full pipe.
+    std::thread::spawn(move || {
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = ready.send(line);
+        }
+        lines.for_each(drop);
+    });
+    let line = first_line
+        .recv_timeout(READY_WITHIN)
+        .unwrap_or_else(|_| panic!("no ready line from {program} within {READY_WITHIN:?}"));
+    (started, line)
 }
 
 fn field(line: &str, key: &str) -> String {
@@ -178,13 +240,14 @@ fn ten_thousand_at_once_through_max_connections_5000() {
     let url = format!("ws://{}/ws", field(&ready, "listen"));
     // Every client connects at once and holds; the run ends (holds cut
     // short) after 30 s, by which time every attempt has its answer.
-    let out = Command::new(bin_dir().join("test-client"))
-        .args(["--url", &url, "--workers", "2", "--connections", "10000"])
-        .args(["--concurrency", "10000", "--messages", "1", "--size", "16"])
-        .args(["--hold", "10m", "--duration", "30s", "--timeout", "30s"])
-        .args(["--bind", "127.0.0.2,127.0.0.3", "--json", "-"])
-        .output()
-        .expect("test-client runs");
+    let out = output_within(
+        Command::new(bin_dir().join("test-client"))
+            .args(["--url", &url, "--workers", "2", "--connections", "10000"])
+            .args(["--concurrency", "10000", "--messages", "1", "--size", "16"])
+            .args(["--hold", "10m", "--duration", "30s", "--timeout", "30s"])
+            .args(["--bind", "127.0.0.2,127.0.0.3", "--json", "-"]),
+        CROWD_WITHIN,
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|_| panic!("no report: {}", String::from_utf8_lossy(&out.stderr)));
     assert_eq!(report["attempted"], 10_000, "{report}");

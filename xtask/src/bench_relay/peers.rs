@@ -3,13 +3,23 @@
 //! packages, each configured for WebSockets the way their documentation
 //! shows, one thread/worker, and started in the foreground on a free port.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use tokio::process::Command;
 
-use crate::procs::Procs;
+use crate::harness::{self, Procs, pinned};
+
+/// How long a peer may take to accept connections once started.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long `-v` may take to print a version.
+const VERSION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long scripts/install-bench-peers may take (apt and pip downloads).
+const INSTALL_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// A comparison proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +28,18 @@ pub enum Peer {
     Haproxy,
     /// NGINX, `least_conn`.
     Nginx,
+}
+
+/// Installs HAProxy, NGINX and Python's websockets
+/// (scripts/install-bench-peers), for `--install-peers`.
+pub async fn install() -> anyhow::Result<()> {
+    let script = harness::workspace_root().join("scripts/install-bench-peers");
+    let name = script.display().to_string();
+    let status = harness::status(&name, &mut Command::new(&script), INSTALL_TIMEOUT).await?;
+    if !status.success() {
+        bail!("{name} failed ({status})");
+    }
+    Ok(())
 }
 
 impl Peer {
@@ -65,20 +87,23 @@ impl Peer {
         let Some(binary) = self.binary() else {
             return "not installed".into();
         };
-        let out = Command::new(binary).arg("-v").output().await;
-        out.map(|o| {
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            );
-            text.lines().next().unwrap_or_default().trim().to_owned()
-        })
-        .unwrap_or_default()
+        let mut cmd = Command::new(binary);
+        cmd.arg("-v");
+        match harness::output(self.program(), &mut cmd, VERSION_TIMEOUT).await {
+            Ok(out) => {
+                let text = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                text.lines().next().unwrap_or_default().trim().to_owned()
+            }
+            Err(error) => format!("version unknown ({error:#})"),
+        }
     }
 
-    /// Writes the config for relaying to `pod` (host:port) on `port`.
-    fn config(self, dir: &Path, port: u16, pod: &str) -> anyhow::Result<PathBuf> {
+    /// Writes the config for relaying to `pod` on `port`.
+    fn config(self, dir: &Path, port: u16, pod: SocketAddr) -> anyhow::Result<PathBuf> {
         let (file, text) = match self {
             Peer::Haproxy => (
                 "haproxy.cfg",
@@ -114,25 +139,25 @@ impl Peer {
         Ok(path)
     }
 
-    /// Starts the peer in front of `pod` (host:port) as process `name`
-    /// (its files under `dir/name`), through `pinned` (`taskset`), and waits
-    /// until it accepts connections. Returns its listen address and pid.
+    /// Starts the peer in front of `pod` as process `name` (its files
+    /// under `dir/name`), pinned to `core`, and waits until it accepts
+    /// connections. Returns its listen address and pid.
     pub async fn start(
         self,
         procs: &mut Procs,
         name: &str,
         dir: &Path,
-        pod: &str,
-        pinned: impl Fn(PathBuf) -> Command,
-    ) -> anyhow::Result<(String, u32)> {
+        pod: SocketAddr,
+        core: Option<u32>,
+    ) -> anyhow::Result<(SocketAddr, u32)> {
         let binary = self
             .binary()
             .with_context(|| format!("{} is not installed", self.program()))?;
         let dir = &dir.join(name);
-        std::fs::create_dir_all(dir)?;
-        let port = free_port()?;
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let port = harness::free_port()?;
         let config = self.config(dir, port, pod)?;
-        let mut cmd = pinned(binary);
+        let mut cmd = pinned(core, binary);
         match self {
             Peer::Haproxy => cmd.arg("-db").arg("-f").arg(&config),
             Peer::Nginx => cmd
@@ -143,22 +168,18 @@ impl Peer {
                 .arg("-c")
                 .arg(&config),
         };
-        procs.spawn(name, &mut cmd)?;
-        let addr = format!("127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while tokio::net::TcpStream::connect(&addr).await.is_err() {
-            if Instant::now() > deadline {
-                bail!("{} did not listen on {addr} in time", self.program());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let pid = procs.pid(name).context("peer pid")?;
+        let pid = procs.spawn(name, &mut cmd)?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        harness::poll(LISTEN_TIMEOUT, Duration::from_millis(50), async || {
+            tokio::net::TcpStream::connect(addr).await.ok().map(drop)
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "{} did not listen on {addr} within {LISTEN_TIMEOUT:?}",
+                self.program()
+            )
+        })?;
         Ok((addr, pid))
     }
-}
-
-/// A port free on loopback now (the peer binds it right after).
-fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
 }

@@ -12,6 +12,9 @@
 use anyhow::Context;
 use tokio::net::{TcpListener, TcpStream};
 
+/// Its column (and process) name in the benchmark.
+pub const NAME: &str = "TCP relay";
+
 /// Buffer size each way: a whole 64 KiB message with its header, as the
 /// balancer's relay buffers (`wsbalancer::ends::CHUNK`).
 const BUFFER: usize = 64 * 1024 + 64;
