@@ -48,6 +48,13 @@ const OURS: Rule = Rule {
     knows_replicas: true,
     slow_start: None,
 };
+/// Ours, not told how many replicas there are: they learn it from the
+/// pods' reports.
+const UNTOLD: Rule = Rule {
+    name: "wsbalancer, replicas not told",
+    knows_replicas: false,
+    ..OURS
+};
 const P2C: Rule = Rule {
     name: "wsbalancer power-of-two",
     selection: "power-of-two",
@@ -107,12 +114,19 @@ pub async fn run(only: Option<&str>) -> anyhow::Result<String> {
         println!("==> burst of 600 in one TTL, 1 replica: {}", rule.name);
         outcomes.push(announce(burst(rule).await?));
     }
-    for rule in [OURS, P2C, ORIGINAL, LOCAL]
+    for rule in [OURS, UNTOLD, P2C, ORIGINAL, LOCAL]
         .into_iter()
         .filter(|_| wanted("replicas"))
     {
         println!("==> 300/0/0 then 3 replicas x 400: {}", rule.name);
         outcomes.push(announce(replicas(rule).await?));
+    }
+    for rule in [UNTOLD, OURS, LOCAL]
+        .into_iter()
+        .filter(|_| wanted("replicas"))
+    {
+        println!("==> 3 replicas x 200, then a 4th joins and 4 x 150: {}", rule.name);
+        outcomes.push(announce(replica_joins(rule).await?));
     }
     let slow = Rule {
         name: "wsbalancer + slowStart 4s",
@@ -296,6 +310,49 @@ async fn replicas(rule: Rule) -> anyhow::Result<Outcome> {
             scenario: "300/0/0, then 3 replicas x 400 at once",
             rule: rule.name,
             note: "ideal 500/500/500".into(),
+            counts,
+        })
+    })
+    .await
+}
+
+/// The replica count changes while they run: three replicas place 200
+/// each at once on 300/0/0, then a fourth starts and all four place 150
+/// each at once. A rule told a fixed count is told 3, right for the first
+/// half only.
+async fn replica_joins(rule: Rule) -> anyhow::Result<Outcome> {
+    with_procs(async move |procs: &mut Procs| {
+        let pods = three_pods(procs).await?;
+        client(procs, &format!("ws://{}/ws", pods[0]), 300, 300)?;
+        settle(&pods, 300).await;
+        let mut replicas = Vec::new();
+        for _ in 0..3 {
+            let replica = balancer(procs, &pods, rule, 3, "30s").await?;
+            wait_status(&replica, 0, "the 300 on pod0", |s| s["connections"] == 300).await?;
+            replicas.push(replica);
+        }
+        for replica in &replicas {
+            client(procs, &replica.ws_url(), 200, 200)?;
+        }
+        let first = settle(&pods, 900).await;
+        let fourth = balancer(procs, &pods, rule, 3, "30s").await?;
+        wait_status(&fourth, 0, "pod0's report", |s| s["reportAge"].is_number()).await?;
+        replicas.push(fourth);
+        for replica in &replicas {
+            client(procs, &replica.ws_url(), 150, 150)?;
+        }
+        let counts = settle(&pods, 1500).await;
+        Ok(Outcome {
+            scenario: "300/0/0, 3 replicas x 200, then a 4th joins, 4 x 150",
+            rule: rule.name,
+            note: format!(
+                "ideal 500/500/500; after the first 3: {}",
+                first
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join("/")
+            ),
             counts,
         })
     })
