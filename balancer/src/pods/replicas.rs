@@ -14,9 +14,13 @@ use std::sync::Mutex;
 /// would swing the ratio.
 const MIN_OWN_NET: i128 = 4;
 
-/// Weight of a new sample in the running estimate: a change of replica
-/// count shows within a few reports, and one odd sample moves it little.
-const WEIGHT: f64 = 0.3;
+/// Weight of a new sample in the running estimate: a burst shared by
+/// several replicas is over within a few early refreshes, so two samples
+/// must be enough to show a change of replica count (0.3 took four, and
+/// the 3-replica burst ended at 19% spread; 0.6 measured in
+/// docs/benchmarks.md), while the rounding keeps one odd sample from
+/// moving a lone balancer off 1.
+const WEIGHT: f64 = 0.6;
 
 /// Largest replica count believed: past it a sample is noise (a pod
 /// restarted, or filled by clients that bypass the balancers).
