@@ -5,14 +5,19 @@
 //! each connection landed (`x-pod-name`), close codes, and latency
 //! percentiles from HDR histograms.
 //!
-//! [`run`] drives a load and returns a [`Report`]; [`progress`] draws it
-//! live on a terminal; [`thresholds`] turns it into an exit code.
+//! [`run`] drives a load described by [`LoadOptions`] and returns a
+//! [`Report`]; one connection's steps are in `connection`; [`progress`]
+//! draws the run live on a terminal; [`thresholds`] turns the report into
+//! an exit code.
 
+mod connection;
 pub mod load;
+pub mod options;
 pub mod outcome;
 pub mod progress;
 pub mod report;
 pub mod thresholds;
 
-pub use load::{LoadOptions, run};
+pub use load::run;
+pub use options::LoadOptions;
 pub use report::Report;
