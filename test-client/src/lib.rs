@@ -10,6 +10,7 @@
 //! draws the run live on a terminal; [`thresholds`] turns the report into
 //! an exit code.
 
+pub mod backoff;
 mod connection;
 pub mod load;
 pub mod options;
