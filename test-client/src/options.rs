@@ -11,20 +11,24 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 
+use crate::backoff::BackoffPolicy;
+
 /// What load to apply.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
     /// `ws://` or `wss://` URLs (the balancer, or pods directly);
     /// connections go to them in turn.
     pub urls: Vec<String>,
-    /// Connections to open in total.
+    /// Connections to open in total (with `reconnect`: clients).
     pub connections: usize,
-    /// Connections in progress at once.
+    /// Connections in progress at once (with `reconnect`: first opens in
+    /// progress at once; reconnects are paced by their backoff alone).
     pub concurrency: usize,
     /// New connections per second (open-loop arrivals), when set.
     pub rate: Option<f64>,
     /// Bound on the whole run: no connection starts after it, and holds
-    /// are cut short.
+    /// are cut short (with `reconnect`, required: clients reconnect until
+    /// it ends).
     pub duration: Option<Duration>,
     /// Messages sent (and echoes awaited) on each connection.
     pub messages: usize,
@@ -32,7 +36,9 @@ pub struct LoadOptions {
     pub msg_rate: Option<f64>,
     /// Payload bytes per message.
     pub size: usize,
-    /// How long each connection stays open after its messages.
+    /// How long each connection stays open after its messages (not with
+    /// `reconnect`: a connection is then held until the far side closes it
+    /// or the run is over).
     pub hold: Duration,
     /// Send binary instead of text messages.
     pub binary: bool,
@@ -56,6 +62,21 @@ pub struct LoadOptions {
     pub ca_file: Option<PathBuf>,
     /// For `wss://`: accept any certificate (self-signed test setups).
     pub insecure: bool,
+    /// Clients that reconnect whenever a connection ends, until the run
+    /// is over, when set (`--reconnect`); one connection per client when
+    /// not.
+    pub reconnect: Option<Reconnect>,
+}
+
+/// How reconnecting clients behave (`--reconnect`): the clients that make
+/// a balancer's rebalancing work, which come back after a close.
+#[derive(Debug, Clone, Default)]
+pub struct Reconnect {
+    /// The delays before each attempt.
+    pub backoff: BackoffPolicy,
+    /// Failed attempts in a row after which a client gives up; `None`: it
+    /// keeps trying until the run is over.
+    pub attempts: Option<u32>,
 }
 
 impl Default for LoadOptions {
@@ -80,6 +101,7 @@ impl Default for LoadOptions {
             first_id: 0,
             ca_file: None,
             insecure: false,
+            reconnect: None,
         }
     }
 }
@@ -99,9 +121,16 @@ pub enum OptionsError {
     /// TLS for `wss://` could not be set up (the CA file).
     #[error("--ca-file: {0}")]
     Tls(#[from] common::tls::TlsSetupError),
+    /// Reconnecting clients without an end.
+    #[error("--reconnect needs --duration: a reconnecting client has no end of its own")]
+    ReconnectForever,
+    /// A retry budget that allows no attempt.
+    #[error("--reconnect-attempts must be at least 1")]
+    NoAttempts,
 }
 
-/// The handshake request of connection `id`.
+/// The handshake request of connection `id` (attempt `id + n` of a
+/// reconnecting client goes to the `n`th URL after its first).
 pub(crate) fn request(options: &LoadOptions, id: usize) -> Result<Request, OptionsError> {
     let url = &options.urls[id % options.urls.len()];
     let mut request = url
@@ -152,6 +181,14 @@ impl LoadOptions {
         for (flag, rate) in [("--rate", self.rate), ("--msg-rate", self.msg_rate)] {
             if rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
                 return Err(OptionsError::Rate(flag));
+            }
+        }
+        if let Some(reconnect) = &self.reconnect {
+            if self.duration.is_none() {
+                return Err(OptionsError::ReconnectForever);
+            }
+            if reconnect.attempts == Some(0) {
+                return Err(OptionsError::NoAttempts);
             }
         }
         Ok(())
@@ -210,5 +247,29 @@ mod tests {
             ..wss
         };
         assert!(matches!(missing_ca.validate(), Err(OptionsError::Tls(_))));
+        let forever = LoadOptions {
+            reconnect: Some(Reconnect::default()),
+            ..LoadOptions::default()
+        };
+        assert!(matches!(
+            forever.validate(),
+            Err(OptionsError::ReconnectForever)
+        ));
+        let bounded = LoadOptions {
+            duration: Some(Duration::from_secs(1)),
+            ..forever
+        };
+        assert!(bounded.validate().is_ok());
+        let no_attempts = LoadOptions {
+            reconnect: Some(Reconnect {
+                attempts: Some(0),
+                ..Reconnect::default()
+            }),
+            ..bounded
+        };
+        assert!(matches!(
+            no_attempts.validate(),
+            Err(OptionsError::NoAttempts)
+        ));
     }
 }
