@@ -554,3 +554,79 @@ impl Collector {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(landed: &[&str], final_pod: Option<&str>, closes: &[u16]) -> ConnOutcome {
+        let mut history = History {
+            final_pod: final_pod.map(str::to_owned),
+            reconnects: landed.len().saturating_sub(1) as u64,
+            ..History::default()
+        };
+        for pod in landed {
+            *history.landed.entry((*pod).to_owned()).or_default() += 1;
+        }
+        for code in closes {
+            *history.closes.entry(*code).or_default() += 1;
+        }
+        ConnOutcome {
+            history: Some(history),
+            ..ConnOutcome::default()
+        }
+    }
+
+    fn report(outcomes: Vec<ConnOutcome>) -> Report {
+        let mut collector = Collector::new("ws://x/ws", true);
+        for outcome in outcomes {
+            collector.add(outcome);
+        }
+        collector.finish(&Live::default(), Duration::from_secs(1))
+    }
+
+    #[test]
+    fn reconnecting_clients_add_up_and_merge() {
+        let one = report(vec![
+            client(&["a", "b"], Some("b"), &[1012]),
+            client(&["a"], None, &[]),
+        ]);
+        assert_eq!(
+            one.per_pod,
+            BTreeMap::from([("a".into(), 2), ("b".into(), 1)])
+        );
+        let r = one.reconnect.as_ref().unwrap();
+        assert_eq!((r.reconnects, r.not_connected), (1, 1));
+        assert_eq!(r.close_codes, BTreeMap::from([(1012, 1)]));
+        // a is listed at the end though no client is on it.
+        assert_eq!(
+            r.final_per_pod,
+            BTreeMap::from([("a".into(), 0), ("b".into(), 1)])
+        );
+        assert_eq!(r.final_spread, 1);
+
+        let two = report(vec![client(&["c"], Some("c"), &[])]);
+        let merged = merge(&[one, two]).unwrap();
+        let r = merged.reconnect.unwrap();
+        assert_eq!(
+            r.final_per_pod,
+            BTreeMap::from([("a".into(), 0), ("b".into(), 1), ("c".into(), 1)])
+        );
+        assert_eq!((r.final_spread, r.not_connected, r.reconnects), (1, 1, 1));
+    }
+
+    #[test]
+    fn a_run_without_reconnect_has_no_reconnect_section() {
+        let mut collector = Collector::new("ws://x/ws", false);
+        collector.add(ConnOutcome {
+            pod: Some("a".into()),
+            close_code: Some(1000),
+            ..ConnOutcome::default()
+        });
+        let report = collector.finish(&Live::default(), Duration::from_secs(1));
+        assert!(report.reconnect.is_none());
+        let json = serde_json::to_value(&report).unwrap();
+        assert!(json.get("reconnect").is_none());
+        assert!(!report.render().contains("reconnects"));
+    }
+}

@@ -197,6 +197,13 @@ mod tests {
             "failed_pct>1%".parse::<Threshold>().unwrap().to_string(),
             "failed_pct>1"
         );
+        for figure in ["reconnects", "moves", "failed_attempts", "not_connected"] {
+            assert!(format!("{figure}>0").parse::<Threshold>().is_ok());
+        }
+        assert_eq!(
+            "final_spread>=2".parse::<Threshold>().unwrap().to_string(),
+            "final_spread>=2"
+        );
     }
 
     #[test]
