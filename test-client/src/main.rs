@@ -1,7 +1,7 @@
 //! `test-client`: WebSocket load with echo checks, a live progress line and
 //! a report. Exit code: 1 when a `--fail-on` threshold is crossed (or,
-//! without `--fail-on`, when any connection or echo failed), 2 for bad
-//! arguments.
+//! without `--fail-on`, when any connection or echo failed; with
+//! `--reconnect`, any client), 2 for bad arguments.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use test_client::backoff::{BackoffPolicy, Window};
+use test_client::options::Reconnect;
 use test_client::progress::Progress;
 use test_client::report::Live;
 use test_client::thresholds::Threshold;
@@ -24,10 +26,11 @@ struct Args {
     /// several, used in turn.
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
     url: Vec<String>,
-    /// Connections to open in total.
+    /// Connections to open in total (with --reconnect: clients).
     #[arg(long, default_value_t = 100)]
     connections: usize,
-    /// Connections in progress at once.
+    /// Connections in progress at once (with --reconnect: first opens in
+    /// progress at once; reconnects are paced by their backoff alone).
     #[arg(long, default_value_t = 50)]
     concurrency: usize,
     /// New connections per second (a steady ramp; --concurrency still caps
@@ -35,10 +38,12 @@ struct Args {
     #[arg(long)]
     rate: Option<f64>,
     /// Bound on the whole run: no connection starts after it and holds are
-    /// cut short, e.g. "60s".
+    /// cut short, e.g. "60s" (with --reconnect, required: clients reconnect
+    /// until it ends, then close with 1000).
     #[arg(long, value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
-    /// Messages per connection (each echo is checked).
+    /// Messages per connection (each echo is checked; with --reconnect, on
+    /// every connection a client opens).
     #[arg(long, default_value_t = 10)]
     messages: usize,
     /// Messages per second per connection, sent on a schedule whatever the
@@ -48,9 +53,34 @@ struct Args {
     /// Bytes per message.
     #[arg(long, default_value_t = 64)]
     size: usize,
-    /// How long each connection stays open after its messages.
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    /// How long each connection stays open after its messages (not with
+    /// --reconnect: connections are then held until the far side closes
+    /// them or --duration ends).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration, conflicts_with = "reconnect")]
     hold: Duration,
+    /// Clients that reconnect: a connection that is closed (by the far
+    /// side's Close, any code, e.g. 1012 from a rebalance, or a drop) or
+    /// fails to open is followed by the next one after a jittered backoff,
+    /// at the next --url, until --duration ends. Needs --duration.
+    #[arg(long, requires = "duration")]
+    reconnect: bool,
+    /// With --reconnect: where the first retry after a close or a failed
+    /// open falls, LOW..HIGH (random in between); each further failed open
+    /// in a row doubles it, and a successful one starts it over.
+    #[arg(
+        long,
+        default_value = "50ms..250ms",
+        value_name = "LOW..HIGH",
+        requires = "reconnect"
+    )]
+    reconnect_backoff: Window,
+    /// With --reconnect: the longest backoff.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, requires = "reconnect")]
+    reconnect_backoff_max: Duration,
+    /// With --reconnect: failed opens in a row after which a client gives
+    /// up (and fails) [default: none, it tries until --duration ends].
+    #[arg(long, value_name = "N", requires = "reconnect")]
+    reconnect_attempts: Option<u32>,
     /// Send binary messages instead of text.
     #[arg(long)]
     binary: bool,
@@ -136,6 +166,13 @@ async fn main() -> anyhow::Result<ExitCode> {
         first_id: args.first_id,
         ca_file: args.ca_file,
         insecure: args.insecure,
+        reconnect: args.reconnect.then_some(Reconnect {
+            backoff: BackoffPolicy {
+                first: args.reconnect_backoff,
+                max: args.reconnect_backoff_max,
+            },
+            attempts: args.reconnect_attempts,
+        }),
     };
     if args.connections == 0 {
         eprintln!("test-client: --connections must be at least 1");

@@ -1,5 +1,6 @@
 //! A live line on a terminal while the load runs: connections open, done
-//! and failed, messages per second and the current p99 round trip. Nothing
+//! and failed, messages per second and the current p99 round trip (and,
+//! once there are any, reconnects and failed opens). Nothing
 //! is drawn when stderr is not a terminal (CI logs, pipes).
 
 use std::io::IsTerminal;
@@ -65,8 +66,15 @@ async fn draw(bar: ProgressBar, live: Arc<Live>, stop: CancellationToken) {
             .take_recent_p99()
             .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.2}ms"));
         bar.set_position(ok + failed);
+        let reconnects = live.reconnects.load(Ordering::Relaxed);
+        let failed_attempts = live.failed_attempts.load(Ordering::Relaxed);
+        let reconnecting = if reconnects + failed_attempts > 0 {
+            format!(" | reconnects {reconnects} failed opens {failed_attempts}")
+        } else {
+            String::new()
+        };
         bar.set_message(format!(
-            "open {} failed {failed} | {per_sec:.0} msg/s | p99 {p99}",
+            "open {} failed {failed} | {per_sec:.0} msg/s | p99 {p99}{reconnecting}",
             live.open.load(Ordering::Relaxed)
         ));
     }

@@ -1,6 +1,9 @@
 //! The result of a load run: counts, failures by reason, the spread over
-//! pods and latency percentiles from HDR histograms. Rendered as a text
-//! table for people and serialized as one JSON object for scripts.
+//! pods and latency percentiles from HDR histograms, and with `--reconnect`
+//! what the reconnecting clients did (reconnects, moves between pods, the
+//! closes that caused them, failed attempts, the spread at the end).
+//! Rendered as a text table for people and serialized as one JSON object
+//! for scripts.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -11,7 +14,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use crate::outcome::ConnOutcome;
+use crate::outcome::{ConnOutcome, History};
 
 /// Latency summary in milliseconds.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -106,12 +109,129 @@ pub struct Report {
     pub messages_per_sec: f64,
     /// The histograms behind the percentiles.
     pub histograms: RawHistograms,
+    /// With `--reconnect`: what the reconnecting clients did (absent
+    /// otherwise). `attempted`, `ok` and `failed` then count clients, and
+    /// `per_pod` every handshake of theirs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconnect: Option<Reconnects>,
+}
+
+/// What reconnecting clients did over a run (`--reconnect`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Reconnects {
+    /// Successful opens after one of the client's connections had ended.
+    pub reconnects: u64,
+    /// Reconnects that landed on another pod than the client's connection
+    /// before them.
+    pub moves: u64,
+    /// Closes the far side started, by code: what sent clients
+    /// reconnecting (answers to the clients' own closes at the end are in
+    /// the report's `close_codes`).
+    pub close_codes: BTreeMap<u16, u64>,
+    /// Connections that ended without a Close (reset, end of stream).
+    pub drops: u64,
+    /// Open attempts that failed, a client's first included.
+    pub failed_attempts: u64,
+    /// The failed attempts by reason.
+    pub failed_attempt_reasons: BTreeMap<String, u64>,
+    /// Clients that gave up after `--reconnect-attempts` failures in a row.
+    pub gave_up: u64,
+    /// Clients not connected when the run ended (between connections, or
+    /// given up).
+    pub not_connected: u64,
+    /// Connections per pod just before the final close: every pod a
+    /// client landed on during the run, 0 for one that held none by then.
+    pub final_per_pod: BTreeMap<String, u64>,
+    /// Largest minus smallest of `final_per_pod`.
+    pub final_spread: u64,
+    /// Messages whose echo a close or a drop cut off (or the end of the
+    /// run): sent, not answered, and not counted as lost.
+    pub messages_cut_off: u64,
+}
+
+impl Reconnects {
+    /// Adds one client's history.
+    fn add_client(&mut self, history: History) {
+        self.reconnects += history.reconnects;
+        self.moves += history.moves;
+        add_all(&mut self.close_codes, history.closes);
+        self.drops += history.drops;
+        self.failed_attempts += history.failed_attempts.values().sum::<u64>();
+        add_all(&mut self.failed_attempt_reasons, history.failed_attempts);
+        self.gave_up += u64::from(history.gave_up);
+        match history.final_pod {
+            Some(pod) => *self.final_per_pod.entry(pod).or_default() += 1,
+            None => self.not_connected += 1,
+        }
+        self.messages_cut_off += history.cut_off;
+    }
+
+    /// Adds another run's figures (a worker's).
+    fn add(&mut self, other: &Reconnects) {
+        self.reconnects += other.reconnects;
+        self.moves += other.moves;
+        add_all(&mut self.close_codes, other.close_codes.clone());
+        self.drops += other.drops;
+        self.failed_attempts += other.failed_attempts;
+        add_all(
+            &mut self.failed_attempt_reasons,
+            other.failed_attempt_reasons.clone(),
+        );
+        self.gave_up += other.gave_up;
+        self.not_connected += other.not_connected;
+        add_all(&mut self.final_per_pod, other.final_per_pod.clone());
+        self.messages_cut_off += other.messages_cut_off;
+    }
+
+    /// Lists every pod of `per_pod` at the end (a pod the clients all left
+    /// counts as 0) and works out the final spread.
+    fn settle(&mut self, per_pod: &BTreeMap<String, u64>) {
+        for pod in per_pod.keys() {
+            self.final_per_pod.entry(pod.clone()).or_default();
+        }
+        self.final_spread = spread(&self.final_per_pod);
+    }
+}
+
+fn add_all<K: Ord>(into: &mut BTreeMap<K, u64>, from: BTreeMap<K, u64>) {
+    for (k, v) in from {
+        *into.entry(k).or_default() += v;
+    }
+}
+
+/// Largest minus smallest count.
+fn spread(per_pod: &BTreeMap<String, u64>) -> u64 {
+    let counts = per_pod.values().copied();
+    counts.clone().max().unwrap_or(0) - counts.min().unwrap_or(0)
+}
+
+/// Draws per-pod counts as bars.
+fn bars(out: &mut String, per_pod: &BTreeMap<String, u64>) {
+    let widest = per_pod.values().copied().max().unwrap_or(1).max(1);
+    for (pod, n) in per_pod {
+        let bar = "#".repeat(((n * 40) / widest) as usize);
+        let _ = writeln!(out, "  {pod:<20} {n:>6}  {bar}");
+    }
 }
 
 impl Report {
-    /// Whether every connection and every echo succeeded.
+    /// Whether every connection and every echo succeeded (with
+    /// `--reconnect`: every client ended connected or between connections
+    /// after a close, with every echo back that no close cut off).
     pub fn all_ok(&self) -> bool {
-        self.failed == 0 && self.messages_sent == self.messages_received
+        self.failed == 0 && self.messages_sent == self.messages_received + self.cut_off()
+    }
+
+    /// Echoes that never came back on a connection that stayed up: sent,
+    /// minus echoed, minus cut off by a close (`--reconnect`).
+    pub fn lost(&self) -> u64 {
+        self.messages_sent
+            .saturating_sub(self.messages_received)
+            .saturating_sub(self.cut_off())
+    }
+
+    fn cut_off(&self) -> u64 {
+        self.reconnect.as_ref().map_or(0, |r| r.messages_cut_off)
     }
 
     /// The report as a table for a terminal.
@@ -137,11 +257,7 @@ impl Report {
             self.messages_sent, self.messages_received, self.bytes_sent, self.bytes_received
         );
         let _ = writeln!(out, "per pod       (spread {})", self.spread);
-        let widest = self.per_pod.values().copied().max().unwrap_or(1).max(1);
-        for (pod, n) in &self.per_pod {
-            let bar = "#".repeat(((n * 40) / widest) as usize);
-            let _ = writeln!(out, "  {pod:<20} {n:>6}  {bar}");
-        }
+        bars(&mut out, &self.per_pod);
         let _ = writeln!(
             out,
             "latency (ms)  {:>10} {:>8} {:>8} {:>8} {:>8} {:>8}",
@@ -165,7 +281,42 @@ impl Report {
                 .collect();
             let _ = writeln!(out, "close codes   {}", codes.join(", "));
         }
+        if let Some(r) = &self.reconnect {
+            r.render(&mut out);
+        }
         out
+    }
+}
+
+impl Reconnects {
+    fn render(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "reconnects    {} ({} moved pods), {} drops, {} echoes cut off",
+            self.reconnects, self.moves, self.drops, self.messages_cut_off
+        );
+        if !self.close_codes.is_empty() {
+            let codes: Vec<String> = self
+                .close_codes
+                .iter()
+                .map(|(c, n)| format!("{c} x{n}"))
+                .collect();
+            let _ = writeln!(out, "  closed by far side  {}", codes.join(", "));
+        }
+        let _ = writeln!(
+            out,
+            "failed opens  {} attempts, {} clients gave up",
+            self.failed_attempts, self.gave_up
+        );
+        for (reason, n) in &self.failed_attempt_reasons {
+            let _ = writeln!(out, "  failed      {n:>6}  {reason}");
+        }
+        let _ = writeln!(
+            out,
+            "at the end    per pod (spread {}), {} clients not connected",
+            self.final_spread, self.not_connected
+        );
+        bars(out, &self.final_per_pod);
     }
 }
 
@@ -204,11 +355,16 @@ pub fn merge(reports: &[Report]) -> Option<Report> {
         total.bytes_sent += r.bytes_sent;
         total.bytes_received += r.bytes_received;
         total.duration_secs = total.duration_secs.max(r.duration_secs);
+        if let Some(theirs) = &r.reconnect {
+            total.reconnect.get_or_insert_default().add(theirs);
+        }
         let _ = handshake.add(from_raw(&r.histograms.handshake_us));
         let _ = round_trip.add(from_raw(&r.histograms.round_trip_us));
     }
-    let counts: Vec<u64> = total.per_pod.values().copied().collect();
-    total.spread = counts.iter().max().unwrap_or(&0) - counts.iter().min().unwrap_or(&0);
+    total.spread = spread(&total.per_pod);
+    if let Some(reconnect) = &mut total.reconnect {
+        reconnect.settle(&total.per_pod);
+    }
     let secs = total.duration_secs.max(1e-9);
     total.connections_per_sec = total.attempted as f64 / secs;
     total.messages_per_sec = total.messages_received as f64 / secs;
@@ -255,6 +411,10 @@ pub struct Live {
     pub bytes_sent: AtomicU64,
     /// Payload bytes of verified echoes.
     pub bytes_received: AtomicU64,
+    /// Reconnects so far (`--reconnect`).
+    pub reconnects: AtomicU64,
+    /// Failed open attempts of reconnecting clients so far.
+    pub failed_attempts: AtomicU64,
     handshake: Mutex<Histogram<u64>>,
     round_trip: Mutex<Histogram<u64>>,
     /// Round trips since the progress display last looked.
@@ -271,6 +431,8 @@ impl Default for Live {
             received: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            failed_attempts: AtomicU64::new(0),
             handshake: Mutex::new(histogram()),
             round_trip: Mutex::new(histogram()),
             recent: Mutex::new(histogram()),
@@ -318,11 +480,14 @@ pub struct Collector {
     failures: BTreeMap<String, u64>,
     per_pod: BTreeMap<String, u64>,
     close_codes: BTreeMap<u16, u64>,
+    /// Reconnecting clients' figures, in a `--reconnect` run.
+    reconnect: Option<Reconnects>,
 }
 
 impl Collector {
-    /// An empty collector for a run against `url`.
-    pub fn new(url: &str) -> Self {
+    /// An empty collector for a run against `url`, of reconnecting clients
+    /// when `reconnect`.
+    pub fn new(url: &str, reconnect: bool) -> Self {
         Collector {
             url: url.to_owned(),
             attempted: 0,
@@ -330,14 +495,19 @@ impl Collector {
             failures: BTreeMap::new(),
             per_pod: BTreeMap::new(),
             close_codes: BTreeMap::new(),
+            reconnect: reconnect.then(Reconnects::default),
         }
     }
 
-    /// Adds one connection's outcome.
-    pub fn add(&mut self, outcome: ConnOutcome) {
+    /// Adds one client's outcome.
+    pub fn add(&mut self, mut outcome: ConnOutcome) {
         self.attempted += 1;
         if let Some(pod) = outcome.pod {
             *self.per_pod.entry(pod).or_default() += 1;
+        }
+        if let Some(mut history) = outcome.history.take() {
+            add_all(&mut self.per_pod, std::mem::take(&mut history.landed));
+            self.reconnect.get_or_insert_default().add_client(history);
         }
         if let Some(code) = outcome.close_code {
             *self.close_codes.entry(code).or_default() += 1;
@@ -349,9 +519,11 @@ impl Collector {
     }
 
     /// The finished report, with the figures `live` gathered.
-    pub fn finish(self, live: &Live, elapsed: Duration) -> Report {
-        let counts: Vec<u64> = self.per_pod.values().copied().collect();
-        let spread = counts.iter().max().unwrap_or(&0) - counts.iter().min().unwrap_or(&0);
+    pub fn finish(mut self, live: &Live, elapsed: Duration) -> Report {
+        let spread = spread(&self.per_pod);
+        if let Some(reconnect) = &mut self.reconnect {
+            reconnect.settle(&self.per_pod);
+        }
         let handshake = lock(&live.handshake);
         let round_trip = lock(&live.round_trip);
         let secs = elapsed.as_secs_f64().max(1e-9);
@@ -378,6 +550,83 @@ impl Collector {
                 handshake_us: raw(&handshake),
                 round_trip_us: raw(&round_trip),
             },
+            reconnect: self.reconnect,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(landed: &[&str], final_pod: Option<&str>, closes: &[u16]) -> ConnOutcome {
+        let mut history = History {
+            final_pod: final_pod.map(str::to_owned),
+            reconnects: landed.len().saturating_sub(1) as u64,
+            ..History::default()
+        };
+        for pod in landed {
+            *history.landed.entry((*pod).to_owned()).or_default() += 1;
+        }
+        for code in closes {
+            *history.closes.entry(*code).or_default() += 1;
+        }
+        ConnOutcome {
+            history: Some(history),
+            ..ConnOutcome::default()
+        }
+    }
+
+    fn report(outcomes: Vec<ConnOutcome>) -> Report {
+        let mut collector = Collector::new("ws://x/ws", true);
+        for outcome in outcomes {
+            collector.add(outcome);
+        }
+        collector.finish(&Live::default(), Duration::from_secs(1))
+    }
+
+    #[test]
+    fn reconnecting_clients_add_up_and_merge() {
+        let one = report(vec![
+            client(&["a", "b"], Some("b"), &[1012]),
+            client(&["a"], None, &[]),
+        ]);
+        assert_eq!(
+            one.per_pod,
+            BTreeMap::from([("a".into(), 2), ("b".into(), 1)])
+        );
+        let r = one.reconnect.as_ref().unwrap();
+        assert_eq!((r.reconnects, r.not_connected), (1, 1));
+        assert_eq!(r.close_codes, BTreeMap::from([(1012, 1)]));
+        // a is listed at the end though no client is on it.
+        assert_eq!(
+            r.final_per_pod,
+            BTreeMap::from([("a".into(), 0), ("b".into(), 1)])
+        );
+        assert_eq!(r.final_spread, 1);
+
+        let two = report(vec![client(&["c"], Some("c"), &[])]);
+        let merged = merge(&[one, two]).unwrap();
+        let r = merged.reconnect.unwrap();
+        assert_eq!(
+            r.final_per_pod,
+            BTreeMap::from([("a".into(), 0), ("b".into(), 1), ("c".into(), 1)])
+        );
+        assert_eq!((r.final_spread, r.not_connected, r.reconnects), (1, 1, 1));
+    }
+
+    #[test]
+    fn a_run_without_reconnect_has_no_reconnect_section() {
+        let mut collector = Collector::new("ws://x/ws", false);
+        collector.add(ConnOutcome {
+            pod: Some("a".into()),
+            close_code: Some(1000),
+            ..ConnOutcome::default()
+        });
+        let report = collector.finish(&Live::default(), Duration::from_secs(1));
+        assert!(report.reconnect.is_none());
+        let json = serde_json::to_value(&report).unwrap();
+        assert!(json.get("reconnect").is_none());
+        assert!(!report.render().contains("reconnects"));
     }
 }

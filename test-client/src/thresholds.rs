@@ -3,12 +3,14 @@
 //!
 //! A threshold is `NAME OP VALUE`, for example `p99>50ms`, `failed>0` or
 //! `failed_pct>=1`. Latencies are in milliseconds unless a unit (`us`, `ms`,
-//! `s`) says otherwise.
+//! `s`) says otherwise. The `--reconnect` figures (`reconnects`, `moves`,
+//! `failed_attempts`, `not_connected`, `final_spread`) are 0 in a run
+//! without it.
 
 use std::fmt;
 use std::str::FromStr;
 
-use crate::report::Report;
+use crate::report::{Reconnects, Report};
 
 /// Why a threshold could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,6 +43,11 @@ const FIGURES: &[&str] = &[
     "handshake_p99",
     "handshake_p999",
     "handshake_max",
+    "reconnects",
+    "moves",
+    "failed_attempts",
+    "not_connected",
+    "final_spread",
 ];
 
 /// A comparison.
@@ -135,6 +142,8 @@ impl Threshold {
     fn measure(&self, report: &Report) -> f64 {
         let rt = &report.round_trip_ms;
         let hs = &report.handshake_ms;
+        let reconnect =
+            |figure: fn(&Reconnects) -> u64| report.reconnect.as_ref().map_or(0, figure) as f64;
         match self.figure.as_str() {
             "failed" => report.failed as f64,
             "failed_pct" if report.attempted > 0 => {
@@ -142,9 +151,7 @@ impl Threshold {
             }
             "failed_pct" => 0.0,
             "ok" => report.ok as f64,
-            "lost" => report
-                .messages_sent
-                .saturating_sub(report.messages_received) as f64,
+            "lost" => report.lost() as f64,
             "spread" => report.spread as f64,
             "p50" => rt.p50,
             "p90" => rt.p90,
@@ -155,6 +162,11 @@ impl Threshold {
             "handshake_p90" => hs.p90,
             "handshake_p99" => hs.p99,
             "handshake_p999" => hs.p999,
+            "reconnects" => reconnect(|r| r.reconnects),
+            "moves" => reconnect(|r| r.moves),
+            "failed_attempts" => reconnect(|r| r.failed_attempts),
+            "not_connected" => reconnect(|r| r.not_connected),
+            "final_spread" => reconnect(|r| r.final_spread),
             _ => hs.max,
         }
     }
@@ -184,6 +196,13 @@ mod tests {
         assert_eq!(
             "failed_pct>1%".parse::<Threshold>().unwrap().to_string(),
             "failed_pct>1"
+        );
+        for figure in ["reconnects", "moves", "failed_attempts", "not_connected"] {
+            assert!(format!("{figure}>0").parse::<Threshold>().is_ok());
+        }
+        assert_eq!(
+            "final_spread>=2".parse::<Threshold>().unwrap().to_string(),
+            "final_spread>=2"
         );
     }
 
