@@ -52,6 +52,12 @@ pub struct PodView {
     pub fresh: bool,
     /// What the pod last reported wanting; `drain` empties it.
     pub state: PodState,
+    /// This replica shed from the pod for an imbalance in the round before:
+    /// it goes on down to the pod's target. The tolerance band only starts
+    /// shedding (hysteresis), so a scale-up ends even, not at the band's
+    /// edge, and a pod that reached its target needs the band to start
+    /// again.
+    pub shedding: bool,
 }
 
 /// How much one round may do.
@@ -195,7 +201,12 @@ fn excess_share(pod: &PodView, mean: f64, tolerance: f64, rng: &mut impl Rng) ->
     let target = mean * pod.weight;
     // Written so that a NaN fails; the second test keeps a negative
     // tolerance from shedding a pod below its target.
-    let above = reported > target * (1.0 + tolerance) && reported > target;
+    let start = if pod.shedding {
+        target
+    } else {
+        target * (1.0 + tolerance)
+    };
+    let above = reported > start && reported > target;
     if !above {
         return 0;
     }
@@ -312,6 +323,7 @@ mod tests {
             movable: reported,
             fresh: true,
             state: PodState::Ready,
+            shedding: false,
         }
     }
 
@@ -399,6 +411,27 @@ mod tests {
         };
         let pods = [ahead, pod(100), pod(0)];
         assert_eq!(counts(&decide(&pods, &settings(), &mut rng())), [(0, 300)]);
+    }
+
+    #[test]
+    fn a_pod_already_shedding_goes_on_down_to_its_target() {
+        // 5% above: inside the band, nothing to start...
+        let d = decide(&[pod(105), pod(95)], &settings(), &mut rng());
+        assert_eq!(d.sheds, []);
+        // ...but a pod this replica was shedding from goes on to the mean.
+        let shedding = PodView {
+            shedding: true,
+            ..pod(105)
+        };
+        let d = decide(&[shedding, pod(95)], &settings(), &mut rng());
+        assert_eq!(d.sheds.iter().map(|s| s.count).sum::<u64>(), 5);
+        // And not below it.
+        let at_target = PodView {
+            shedding: true,
+            ..pod(100)
+        };
+        let d = decide(&[at_target, pod(100)], &settings(), &mut rng());
+        assert_eq!(d.sheds, []);
     }
 
     #[test]
@@ -762,15 +795,19 @@ mod tests {
             any_count(),
             prop::bool::weighted(0.9),
             any_state(),
+            any::<bool>(),
         )
-            .prop_map(|(reported, weight, own, movable, fresh, state)| PodView {
-                reported,
-                weight,
-                own,
-                movable,
-                fresh,
-                state,
-            })
+            .prop_map(
+                |(reported, weight, own, movable, fresh, state, shedding)| PodView {
+                    reported,
+                    weight,
+                    own,
+                    movable,
+                    fresh,
+                    state,
+                    shedding,
+                },
+            )
     }
 
     proptest! {

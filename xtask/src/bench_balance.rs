@@ -125,7 +125,10 @@ pub async fn run(only: Option<&str>) -> anyhow::Result<String> {
         .into_iter()
         .filter(|_| wanted("replicas"))
     {
-        println!("==> 3 replicas x 200, then a 4th joins and 4 x 150: {}", rule.name);
+        println!(
+            "==> 3 replicas x 200, then a 4th joins and 4 x 150: {}",
+            rule.name
+        );
         outcomes.push(announce(replica_joins(rule).await?));
     }
     let slow = Rule {
@@ -139,6 +142,13 @@ pub async fn run(only: Option<&str>) -> anyhow::Result<String> {
     {
         println!("==> scale-up, a 4th pod comes up: {}", rule.name);
         outcomes.push(announce(scale_up(rule).await?));
+    }
+    for mode in [Rebalance::Off, Rebalance::On]
+        .into_iter()
+        .filter(|_| wanted("long-lived"))
+    {
+        println!("==> long-lived: 1,500 held through 2 replicas, 3 -> 5 pods: {mode:?}");
+        outcomes.push(announce(long_lived_scale_up(mode).await?));
     }
     for rule in [OURS, ORIGINAL, LOCAL]
         .into_iter()
@@ -394,6 +404,112 @@ async fn scale_up(rule: Rule) -> anyhow::Result<Outcome> {
             note: format!(
                 "ideal 200 each; new pod seen after {:.1}s, took {first_wave_on_new} of the first 50",
                 seen.as_secs_f64()
+            ),
+            counts,
+        })
+    })
+    .await
+}
+
+/// Whether the long-lived scale-up runs with live rebalancing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rebalance {
+    /// New connections only (every proxy's behaviour).
+    Off,
+    /// `rebalance: true` with its defaults, but for the minimum age (the
+    /// connections are older than the default 30s in production; here
+    /// they are only held that long if the scenario waits for it).
+    On,
+}
+
+/// Connections held by reconnecting clients in the long-lived scenario.
+const LONG_LIVED: usize = 1500;
+
+/// How long the long-lived scenario watches the pods after the scale-up.
+const LONG_LIVED_WATCH: Duration = Duration::from_secs(60);
+
+/// 1,500 connections held by reconnecting clients through two replicas on
+/// 3 pods; then 2 more pods come up, and no client arrives. Reports the
+/// per-pod counts over time, how long until the spread is within 10%, and
+/// the moves and failed reconnects the clients counted (600 moves at the
+/// least: 200 from each of the first three pods).
+async fn long_lived_scale_up(mode: Rebalance) -> anyhow::Result<Outcome> {
+    with_procs(async move |procs: &mut Procs| {
+        let mut pods = three_pods(procs).await?;
+        let late: Vec<u16> = vec![harness::free_port()?, harness::free_port()?];
+        pods.extend(late.iter().map(|&p| SocketAddr::from(([127, 0, 0, 1], p))));
+        // The clients send one message and then hold their connection idle
+        // (real ones ping): no idle timeout may close them meanwhile.
+        let mut args = vec!["--log-level", "error", "--cache-ttl", "2s", "--read-timeout", "600s"];
+        if mode == Rebalance::On {
+            args.extend(["--rebalance", "true", "--rebalance-min-age", "5s"]);
+        }
+        let mut replicas = Vec::new();
+        for _ in 0..2 {
+            replicas.push(
+                harness::start_balancer(procs, "wsbalancer", &pods, None, args.clone()).await?,
+            );
+        }
+        let report = std::env::temp_dir().join(format!("wsb-long-lived-{}.json", std::process::id()));
+        let duration = LONG_LIVED_WATCH + Duration::from_secs(20);
+        procs.spawn(
+            "test-client",
+            Command::new(bin("test-client"))
+                .args(["--url", &replicas[0].ws_url(), "--url", &replicas[1].ws_url()])
+                .args(["--connections", &LONG_LIVED.to_string(), "--concurrency", "200"])
+                .args(["--messages", "1", "--reconnect", "--timeout", "20s", "--quiet"])
+                .arg("--duration")
+                .arg(format!("{}s", duration.as_secs()))
+                .arg("--json")
+                .arg(&report),
+        )?;
+        settle(&pods[..3], LONG_LIVED as u64).await;
+        // Older than the minimum age before the pods come.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        for (i, &port) in late.iter().enumerate() {
+            harness::start_pod(procs, 3 + i, port).await?;
+        }
+        let started = tokio::time::Instant::now();
+        let mut timeline = Vec::new();
+        let mut even_after = None;
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        while started.elapsed() < LONG_LIVED_WATCH {
+            tick.tick().await;
+            let counts = counts(&pods).await;
+            if even_after.is_none() && spread(&counts) <= 0.10 {
+                even_after = Some(started.elapsed());
+            }
+            timeline.push(format!(
+                "{}s {}",
+                started.elapsed().as_secs(),
+                counts.iter().map(u64::to_string).collect::<Vec<_>>().join("/")
+            ));
+        }
+        let counts = counts(&pods).await;
+        // The client's own figures, once its run is over.
+        harness::poll(Duration::from_secs(60), Duration::from_millis(200), async || {
+            report.exists().then_some(())
+        })
+        .await;
+        let json: serde_json::Value = std::fs::read_to_string(&report)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        let _ = std::fs::remove_file(&report);
+        let reconnect = &json["reconnect"];
+        Ok(Outcome {
+            scenario: "long-lived: 1,500 held, 2 replicas, 3 -> 5 pods, no arrivals",
+            rule: match mode {
+                Rebalance::Off => "wsbalancer, rebalance off",
+                Rebalance::On => "wsbalancer, rebalance on",
+            },
+            note: format!(
+                "even (<=10%) after {}; moves {} (600 needed); failed reconnects {}; close codes {}; over time: {}",
+                even_after.map_or("never".to_owned(), |d| format!("{}s", d.as_secs())),
+                reconnect["moves"],
+                reconnect["failed_attempts"],
+                reconnect["close_codes"],
+                timeline.join(", ")
             ),
             counts,
         })

@@ -6,6 +6,7 @@
 //! it is turned into requests on each pod's [`ShedSignal`](super::shed),
 //! one log line per round and the imbalance gauge.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +25,8 @@ const ROUND: Duration = Duration::from_secs(1);
 
 /// Runs rounds until `stop`.
 pub async fn run(registry: Arc<PodRegistry>, stop: CancellationToken) {
+    // Pods (by URL) this replica shed from for an imbalance last round.
+    let mut shedding = HashSet::new();
     loop {
         let jitter = rand::rng().random_range(0.8..1.2);
         let round = ROUND.mul_f64(jitter);
@@ -31,19 +34,41 @@ pub async fn run(registry: Arc<PodRegistry>, stop: CancellationToken) {
             () = tokio::time::sleep(round) => {}
             () = stop.cancelled() => return,
         }
-        round_once(&registry, round);
+        shedding = round_once(&registry, round, &shedding);
     }
 }
 
 /// One round: decide from the pods' current view, and ask each pod's
-/// relays for their share.
-pub fn round_once(registry: &PodRegistry, round: Duration) {
+/// relays for their share. `shedding` is what the round before shed from
+/// for an imbalance; returns the same for this round.
+pub fn round_once(
+    registry: &PodRegistry,
+    round: Duration,
+    shedding: &HashSet<String>,
+) -> HashSet<String> {
     let settings = registry.settings().rebalance;
-    let pods = registry.pods();
+    let selection = registry.settings();
+    // The pods that are part of the cluster now: a pod listed but never
+    // heard from (not up yet) or ejected (down) holds nothing to move and
+    // takes nothing; one whose report merely got old is kept, and stops
+    // imbalance shedding until it reports again.
+    let pods: Vec<_> = registry
+        .pods()
+        .into_iter()
+        .map(|pod| {
+            let snapshot = pod.snapshot(&selection);
+            (pod, snapshot)
+        })
+        .filter(|(_, s)| s.reported.is_some() && s.health != Health::Ejected)
+        .collect();
     let views: Vec<PodView> = pods
         .iter()
-        .map(|pod| view(&pod.snapshot(&registry.settings())))
+        .map(|(pod, s)| PodView {
+            shedding: shedding.contains(&pod.address.url),
+            ..view(s)
+        })
         .collect();
+    let pods: Vec<_> = pods.into_iter().map(|(pod, _)| pod).collect();
     let views = with_weights(views);
     // Paced: rate x the round's length, the fraction rounded at random.
     let budget = settings.rate as f64 * round.as_secs_f64();
@@ -59,10 +84,10 @@ pub fn round_once(registry: &PodRegistry, round: Duration) {
     );
     registry.imbalance().set(decision.imbalance);
     if !settings.enabled {
-        return;
+        return HashSet::new();
     }
     let mut total = 0u64;
-    for pod in &pods {
+    for pod in registry.pods() {
         // Every pod's request is replaced, so a pod that needs nothing any
         // more stops shedding what an earlier round asked.
         pod.shed.request(0, rebalance::ShedReason::imbalance);
@@ -81,6 +106,13 @@ pub fn round_once(registry: &PodRegistry, round: Duration) {
             "rebalancing round"
         );
     }
+    decision
+        .sheds
+        .iter()
+        .filter(|shed| shed.reason == rebalance::ShedReason::imbalance)
+        .filter_map(|shed| pods.get(shed.pod))
+        .map(|pod| pod.address.url.clone())
+        .collect()
 }
 
 /// What the decision needs of one pod (its weight is filled in after).
@@ -92,8 +124,9 @@ fn view(snapshot: &PodSnapshot) -> PodView {
         // The relays themselves refuse to move a connection younger than
         // `rebalanceMinAge`, so every one of them is a candidate here.
         movable: snapshot.relayed,
-        fresh: !snapshot.stale && snapshot.reported.is_some() && snapshot.health != Health::Ejected,
+        fresh: !snapshot.stale,
         state: snapshot.state,
+        shedding: false,
     }
 }
 
