@@ -32,6 +32,12 @@ const MIN_WARMUP: f64 = 0.05;
 /// least; larger pods allow 5% of their count.
 const EARLY_REFRESH_OPENS: u64 = 8;
 
+/// The same while this balancer believes it is alone: a probe, so that it
+/// finds out within a burst when it is not, rare enough that the few
+/// handshakes in flight at a poll (counted by the pod and still in this
+/// balancer's adjustment) cannot unbalance a lone balancer's burst.
+const PROBE_OPENS: u64 = 64;
+
 /// The selection-related settings, taken from [`Config`].
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
@@ -60,11 +66,24 @@ impl Settings {
     /// the middle of a burst, that other replicas place connections on the
     /// same pods (and how many there are). The comparison strategies never
     /// do it: they replay rules that lack it.
-    pub fn early_refresh(&self) -> bool {
-        matches!(
+    pub fn early_refresh(&self) -> Option<EarlyRefresh> {
+        let compared = !matches!(
             self.strategy,
             Strategy::LeastConnections | Strategy::PowerOfTwo
-        )
+        );
+        if compared {
+            None
+        } else if self.replicas > 1 {
+            Some(EarlyRefresh {
+                at_least: EARLY_REFRESH_OPENS,
+                share: 20,
+            })
+        } else {
+            Some(EarlyRefresh {
+                at_least: PROBE_OPENS,
+                share: 5,
+            })
+        }
     }
 
     /// The settings of `config`.
@@ -79,6 +98,17 @@ impl Settings {
             rebalance: RebalanceSettings::from_config(config),
         }
     }
+}
+
+/// When a pod is polled early: once this balancer opened `at_least`
+/// connections there since its last report, or 1/`share` of its reported
+/// count if that is more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EarlyRefresh {
+    /// Own opens since the last report, at least.
+    pub at_least: u64,
+    /// Or this fraction (1/share) of the reported count.
+    pub share: u64,
 }
 
 /// One pod.
@@ -262,7 +292,7 @@ impl Pod {
     /// Counts a new connection to this pod until the lease is dropped, and
     /// (with `early_refresh`) asks for an early poll once enough were opened
     /// since the last one.
-    pub fn lease(self: &Arc<Self>, early_refresh: bool) -> Lease {
+    pub fn lease(self: &Arc<Self>, early_refresh: Option<EarlyRefresh>) -> Lease {
         let opened = self.opened.fetch_add(1, Ordering::Relaxed) + 1;
         let (base, reported) = {
             let status = self.status();
@@ -274,7 +304,9 @@ impl Pod {
                     .map_or(0, |(r, _)| r.agents_connections),
             )
         };
-        if early_refresh && opened.saturating_sub(base) >= EARLY_REFRESH_OPENS.max(reported / 20) {
+        if let Some(rule) = early_refresh
+            && opened.saturating_sub(base) >= rule.at_least.max(reported / rule.share.max(1))
+        {
             self.refresh.notify_one();
         }
         Lease {

@@ -323,7 +323,7 @@ mod tests {
         );
         let pod_a = registry.pods()[0].clone();
         pod_a.record_report(PollBase::default(), report("ready"), false);
-        let mut lease = pod_a.lease(false);
+        let mut lease = pod_a.lease(None);
         lease.settle();
         drop(pod_a);
 
