@@ -301,17 +301,28 @@ async fn burst(rule: Rule) -> anyhow::Result<Outcome> {
     .await
 }
 
+/// Three pods with 300 connections on the first (opened directly), and
+/// three replicas of `rule` (told 3 when the rule is told) that have seen
+/// them.
+async fn three_replicas_on_300_0_0(
+    procs: &mut Procs,
+    rule: Rule,
+) -> anyhow::Result<(Vec<SocketAddr>, Vec<Balancer>)> {
+    let pods = three_pods(procs).await?;
+    client(procs, &format!("ws://{}/ws", pods[0]), 300, 300)?;
+    settle(&pods, 300).await;
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        let replica = balancer(procs, &pods, rule, 3, "30s").await?;
+        wait_status(&replica, 0, "the 300 on pod0", |s| s["connections"] == 300).await?;
+        replicas.push(replica);
+    }
+    Ok((pods, replicas))
+}
+
 async fn replicas(rule: Rule) -> anyhow::Result<Outcome> {
     with_procs(async move |procs: &mut Procs| {
-        let pods = three_pods(procs).await?;
-        client(procs, &format!("ws://{}/ws", pods[0]), 300, 300)?;
-        settle(&pods, 300).await;
-        let mut replicas = Vec::new();
-        for _ in 0..3 {
-            let replica = balancer(procs, &pods, rule, 3, "30s").await?;
-            wait_status(&replica, 0, "the 300 on pod0", |s| s["connections"] == 300).await?;
-            replicas.push(replica);
-        }
+        let (pods, replicas) = three_replicas_on_300_0_0(procs, rule).await?;
         for replica in &replicas {
             client(procs, &replica.ws_url(), 400, 400)?;
         }
@@ -332,15 +343,7 @@ async fn replicas(rule: Rule) -> anyhow::Result<Outcome> {
 /// half only.
 async fn replica_joins(rule: Rule) -> anyhow::Result<Outcome> {
     with_procs(async move |procs: &mut Procs| {
-        let pods = three_pods(procs).await?;
-        client(procs, &format!("ws://{}/ws", pods[0]), 300, 300)?;
-        settle(&pods, 300).await;
-        let mut replicas = Vec::new();
-        for _ in 0..3 {
-            let replica = balancer(procs, &pods, rule, 3, "30s").await?;
-            wait_status(&replica, 0, "the 300 on pod0", |s| s["connections"] == 300).await?;
-            replicas.push(replica);
-        }
+        let (pods, mut replicas) = three_replicas_on_300_0_0(procs, rule).await?;
         for replica in &replicas {
             client(procs, &replica.ws_url(), 200, 200)?;
         }

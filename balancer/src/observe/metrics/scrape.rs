@@ -33,6 +33,14 @@ pub(super) struct ScrapeTime {
 
 impl Collector for ScrapeTime {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        self.encode_balancer(&mut encoder)?;
+        self.encode_pods(&mut encoder)
+    }
+}
+
+impl ScrapeTime {
+    /// The balancer-wide series: draining, traffic, imbalance, replicas.
+    fn encode_balancer(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
         let draining = u64::from(self.draining.is_cancelled());
         let metric = encoder.encode_descriptor(
             "draining",
@@ -44,14 +52,14 @@ impl Collector for ScrapeTime {
 
         let (bytes, messages) = self.traffic.totals();
         per_direction(
-            &mut encoder,
+            encoder,
             "relayed",
             "Bytes relayed, by direction, counted as they are written (live, not at close).",
             Some(&Unit::Bytes),
             bytes,
         )?;
         per_direction(
-            &mut encoder,
+            encoder,
             "relayed_messages",
             "Complete WebSocket data messages relayed, by direction, counted as they pass.",
             None,
@@ -66,7 +74,18 @@ impl Collector for ScrapeTime {
             MetricType::Gauge,
         )?;
         ConstGauge::new(self.registry.imbalance().get()).encode(metric)?;
+        let metric = encoder.encode_descriptor(
+            "replicas",
+            "Balancer replicas sharing the pods, this one included, as it learned from the \
+             pods' reports (the multiplier of its own opens and closes between reports).",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(u64::from(self.registry.settings().replicas)).encode(metric)
+    }
 
+    /// The per-pod series, from the registry's snapshots.
+    fn encode_pods(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
         let pods = self.registry.snapshots();
         // A pod that left the set is still counted until its last relayed
         // connection ends (added to the pod of the same URL if it is back).
@@ -78,7 +97,7 @@ impl Collector for ScrapeTime {
             }
         }
         per_pod(
-            &mut encoder,
+            encoder,
             "pod_connections_active",
             "Connections this balancer relays to the pod now, those being dialled included; a pod \
              that left the pod set is listed until its last connection ends.",
@@ -87,7 +106,7 @@ impl Collector for ScrapeTime {
             |pod| Some(pod.relayed),
         )?;
         per_pod(
-            &mut encoder,
+            encoder,
             "pod_connections_reported",
             "The pod's last reported agentsConnections (absent before its first report).",
             None,
@@ -95,7 +114,7 @@ impl Collector for ScrapeTime {
             |pod| pod.reported,
         )?;
         per_pod(
-            &mut encoder,
+            encoder,
             "pod_connections_effective",
             "The count selection uses: the last report plus this balancer's opens and closes since.",
             None,
@@ -103,7 +122,7 @@ impl Collector for ScrapeTime {
             |pod| Some(pod.effective),
         )?;
         per_pod(
-            &mut encoder,
+            encoder,
             "pod_report_age",
             "Age of the pod's last good report (absent before its first report).",
             Some(&Unit::Seconds),
@@ -111,7 +130,7 @@ impl Collector for ScrapeTime {
             |pod| pod.report_age.map(|age| age.as_secs_f64()),
         )?;
         per_pod(
-            &mut encoder,
+            encoder,
             "pod_healthy",
             "1 when the pod has a fresh report, accepts new connections and is not ejected.",
             None,
