@@ -69,11 +69,13 @@ pub async fn dial_pods(
     let accept = dial::accept_key(key);
     // The pod whose dial failed last: the next dial is a failover.
     let mut failed: Option<Arc<Pod>> = None;
+    // Read once per connection, not once per attempt: it takes the
+    // registry's settings lock and the replica estimate's.
+    let early_refresh = shared.registry.settings().early_refresh();
     for pod in candidates.pods.into_iter().take(MAX_ATTEMPTS) {
         if let Some(previous) = failed.take() {
             previous.metrics.failed_over();
         }
-        let early_refresh = shared.registry.settings().early_refresh();
         let mut lease = pod.lease(early_refresh);
         let forwarded =
             forward::pod_upgrade_head(head, &pod.address, shared.origin(client), &settings.forward);

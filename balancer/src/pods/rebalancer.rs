@@ -46,8 +46,8 @@ pub fn round_once(
     round: Duration,
     shedding: &HashSet<String>,
 ) -> HashSet<String> {
-    let settings = registry.settings().rebalance;
     let selection = registry.settings();
+    let settings = selection.rebalance;
     // The pods that are part of the cluster now: a pod listed but never
     // heard from (not up yet) or ejected (down) holds nothing to move and
     // takes nothing; one whose report merely got old is kept, and stops
