@@ -111,7 +111,6 @@ impl Session {
 
 /// Relays until done, and counts and logs how it went.
 async fn relay(shared: Arc<Shared>, mut relayed: Box<Relayed>) {
-    let started = Instant::now();
     // Read before the relay, so the settings are not held for its life.
     let limits = shared.settings().limits;
     let rebalance = shared.registry.settings().rebalance;
@@ -124,7 +123,6 @@ async fn relay(shared: Arc<Shared>, mut relayed: Box<Relayed>) {
         conn,
         limits,
         &shared.drain,
-        &shared.stop,
         shared.metrics.traffic(),
         &held.lease.pod().shed,
         shed_rules,
@@ -138,7 +136,7 @@ async fn relay(shared: Arc<Shared>, mut relayed: Box<Relayed>) {
         lease,
         ..
     } = held;
-    let lived = started.elapsed();
+    let lived = outcome.lived;
     shared.metrics.connection_ended(lived);
     let counters = &lease.pod().metrics;
     counters.closed(outcome.close_code, outcome.closer);

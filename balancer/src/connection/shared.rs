@@ -81,12 +81,13 @@ impl Shared {
                 "http"
             },
             server_tls,
-            stop: lifecycle.stop,
             drain: DrainSignal {
                 started: lifecycle.drain,
+                stop: lifecycle.stop.clone(),
                 window: config.drain_window,
                 code: config.drain_close_code,
             },
+            stop: lifecycle.stop,
             relays: lifecycle.relays,
             handshake_timeout: config.handshake_timeout,
             max_header_bytes: config.max_handshake_header_bytes,

@@ -3,6 +3,7 @@
 //! it; nothing here does I/O.
 
 use std::fmt;
+use std::time::Duration;
 
 use common::rebalance::ShedReason;
 
@@ -132,4 +133,6 @@ pub struct RelayOutcome {
     /// Code of the Close frame that closed it, `closer`'s own (the relay's
     /// when `closer` is the balancer); `None` when no Close frame did.
     pub close_code: Option<u16>,
+    /// How long the relay ran (from the 101 to its end).
+    pub lived: Duration,
 }
