@@ -146,8 +146,14 @@ pub async fn run(only: Option<&str>) -> anyhow::Result<String> {
     for mode in [Rebalance::Off, Rebalance::On]
         .into_iter()
         .filter(|_| wanted("long-lived"))
+        .chain(Some(Rebalance::Steady).filter(|_| wanted("steady")))
     {
-        println!("==> long-lived: 1,500 held through 2 replicas, 3 -> 5 pods: {mode:?}");
+        match mode {
+            Rebalance::Steady => {
+                println!("==> steady: 1,500 held through 2 replicas on 3 even pods, 5 min")
+            }
+            _ => println!("==> long-lived: 1,500 held through 2 replicas, 3 -> 5 pods: {mode:?}"),
+        }
         outcomes.push(announce(long_lived_scale_up(mode).await?));
     }
     for rule in [OURS, ORIGINAL, LOCAL]
@@ -423,7 +429,13 @@ enum Rebalance {
     /// connections are older than the default 30s in production; here
     /// they are only held that long if the scenario waits for it).
     On,
+    /// `rebalance: true` with every default, on pods already even: the
+    /// no-oscillation check (nothing may be shed).
+    Steady,
 }
+
+/// How long the steady scenario watches pods that are already even.
+const STEADY_WATCH: Duration = Duration::from_secs(300);
 
 /// Connections held by reconnecting clients in the long-lived scenario.
 const LONG_LIVED: usize = 1500;
@@ -439,13 +451,22 @@ const LONG_LIVED_WATCH: Duration = Duration::from_secs(60);
 async fn long_lived_scale_up(mode: Rebalance) -> anyhow::Result<Outcome> {
     with_procs(async move |procs: &mut Procs| {
         let mut pods = three_pods(procs).await?;
-        let late: Vec<u16> = vec![harness::free_port()?, harness::free_port()?];
+        let late: Vec<u16> = match mode {
+            Rebalance::Steady => Vec::new(),
+            _ => vec![harness::free_port()?, harness::free_port()?],
+        };
+        let watch = match mode {
+            Rebalance::Steady => STEADY_WATCH,
+            _ => LONG_LIVED_WATCH,
+        };
         pods.extend(late.iter().map(|&p| SocketAddr::from(([127, 0, 0, 1], p))));
         // The clients send one message and then hold their connection idle
         // (real ones ping): no idle timeout may close them meanwhile.
         let mut args = vec!["--log-level", "error", "--cache-ttl", "2s", "--read-timeout", "600s"];
-        if mode == Rebalance::On {
-            args.extend(["--rebalance", "true", "--rebalance-min-age", "5s"]);
+        match mode {
+            Rebalance::Off => {}
+            Rebalance::On => args.extend(["--rebalance", "true", "--rebalance-min-age", "5s"]),
+            Rebalance::Steady => args.extend(["--rebalance", "true"]),
         }
         let mut replicas = Vec::new();
         for _ in 0..2 {
@@ -454,7 +475,7 @@ async fn long_lived_scale_up(mode: Rebalance) -> anyhow::Result<Outcome> {
             );
         }
         let report = std::env::temp_dir().join(format!("wsb-long-lived-{}.json", std::process::id()));
-        let duration = LONG_LIVED_WATCH + Duration::from_secs(20);
+        let duration = watch + Duration::from_secs(20);
         procs.spawn(
             "test-client",
             Command::new(bin("test-client"))
@@ -475,8 +496,8 @@ async fn long_lived_scale_up(mode: Rebalance) -> anyhow::Result<Outcome> {
         let started = tokio::time::Instant::now();
         let mut timeline = Vec::new();
         let mut even_after = None;
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        while started.elapsed() < LONG_LIVED_WATCH {
+        let mut tick = tokio::time::interval(watch / 12);
+        while started.elapsed() < watch {
             tick.tick().await;
             let counts = counts(&pods).await;
             if even_after.is_none() && spread(&counts) <= 0.10 {
@@ -489,6 +510,10 @@ async fn long_lived_scale_up(mode: Rebalance) -> anyhow::Result<Outcome> {
             ));
         }
         let counts = counts(&pods).await;
+        let mut shed = 0u64;
+        for replica in &replicas {
+            shed += shed_total(replica.admin).await;
+        }
         // The client's own figures, once its run is over.
         harness::poll(Duration::from_secs(60), Duration::from_millis(200), async || {
             report.exists().then_some(())
@@ -501,15 +526,20 @@ async fn long_lived_scale_up(mode: Rebalance) -> anyhow::Result<Outcome> {
         let _ = std::fs::remove_file(&report);
         let reconnect = &json["reconnect"];
         Ok(Outcome {
-            scenario: "long-lived: 1,500 held, 2 replicas, 3 -> 5 pods, no arrivals",
+            scenario: match mode {
+                Rebalance::Steady => "steady: 1,500 held, 2 replicas, 3 pods already even, 5 min",
+                _ => "long-lived: 1,500 held, 2 replicas, 3 -> 5 pods, no arrivals",
+            },
             rule: match mode {
                 Rebalance::Off => "wsbalancer, rebalance off",
                 Rebalance::On => "wsbalancer, rebalance on",
+                Rebalance::Steady => "wsbalancer, rebalance on, all defaults",
             },
             note: format!(
-                "even (<=10%) after {}; moves {} (600 needed); failed reconnects {}; close codes {}; over time: {}",
+                "even (<=10%) after {}; shed by the replicas {shed}; moves {} ({} needed); failed reconnects {}; close codes {}; over time: {}",
                 even_after.map_or("never".to_owned(), |d| format!("{}s", d.as_secs())),
                 reconnect["moves"],
+                if late.is_empty() { 0 } else { 600 },
                 reconnect["failed_attempts"],
                 reconnect["close_codes"],
                 timeline.join(", ")
@@ -518,6 +548,19 @@ async fn long_lived_scale_up(mode: Rebalance) -> anyhow::Result<Outcome> {
         })
     })
     .await
+}
+
+/// Connections a replica has shed, by any reason and from any pod, read
+/// from its `/metrics` (0 when it cannot be read).
+async fn shed_total(admin: SocketAddr) -> u64 {
+    let text = harness::http_get(admin, "/metrics")
+        .await
+        .unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("wsbalancer_pod_connections_shed_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
 }
 
 async fn kill(rule: Rule) -> anyhow::Result<Outcome> {

@@ -73,10 +73,11 @@ enum Task {
 
 #[derive(Debug, Subcommand)]
 enum Bench {
-    /// Spread of connections over pods: bursts, replicas, scale-up, a kill.
+    /// Spread of connections over pods: bursts, replicas, scale-up,
+    /// long-lived connections rebalanced, a steady 5 minutes, a kill.
     Balance {
         /// Run only the scenarios whose name contains this (burst,
-        /// replicas, scale-up, kill).
+        /// replicas, scale-up, long-lived, steady, kill).
         #[arg(long)]
         only: Option<String>,
     },
