@@ -81,6 +81,11 @@ struct Args {
     /// up (and fails) [default: none, it tries until --duration ends].
     #[arg(long, value_name = "N", requires = "reconnect")]
     reconnect_attempts: Option<u32>,
+    /// With --reconnect: close each connection (1000) once it is this old
+    /// and reconnect, as a proxy's maximum connection duration would make
+    /// a client do [default: none, held until the far side closes].
+    #[arg(long, value_parser = humantime::parse_duration, requires = "reconnect")]
+    reconnect_max_age: Option<Duration>,
     /// Send binary messages instead of text.
     #[arg(long)]
     binary: bool,
@@ -172,6 +177,7 @@ async fn main() -> anyhow::Result<ExitCode> {
                 max: args.reconnect_backoff_max,
             },
             attempts: args.reconnect_attempts,
+            max_age: args.reconnect_max_age,
         }),
     };
     if args.connections == 0 {

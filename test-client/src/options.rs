@@ -77,6 +77,11 @@ pub struct Reconnect {
     /// Failed attempts in a row after which a client gives up; `None`: it
     /// keeps trying until the run is over.
     pub attempts: Option<u32>,
+    /// Each connection is closed by the client (1000) once it is this old,
+    /// and the client reconnects: a time-based maximum age, what a proxy's
+    /// maximum connection duration (Envoy's) does, for comparison with
+    /// live rebalancing. `None`: connections are held until cut.
+    pub max_age: Option<std::time::Duration>,
 }
 
 impl Default for LoadOptions {

@@ -35,6 +35,8 @@ pub struct History {
     pub closes: BTreeMap<u16, u64>,
     /// Connections that ended without a Close (reset, end of stream).
     pub drops: u64,
+    /// Connections the client closed itself at `--reconnect-max-age`.
+    pub aged_out: u64,
     /// Open attempts that failed, by reason.
     pub failed_attempts: BTreeMap<String, u64>,
     /// Messages whose echo a close or drop cut off: sent, never answered,

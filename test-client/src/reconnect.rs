@@ -84,7 +84,16 @@ pub(crate) async fn reconnecting_client(
                     live.reconnects.fetch_add(1, Ordering::Relaxed);
                 }
                 live.open.fetch_add(1, Ordering::Relaxed);
-                let end = connection(id, shared, &mut ws, &pod, &mut history, &mut outcome).await;
+                let end = connection(
+                    id,
+                    shared,
+                    policy,
+                    &mut ws,
+                    &pod,
+                    &mut history,
+                    &mut outcome,
+                )
+                .await;
                 live.open.fetch_sub(1, Ordering::Relaxed);
                 if let End::Over = end {
                     break;
@@ -117,6 +126,7 @@ async fn wait(backoff: &mut Backoff, over: &CancellationToken) -> bool {
 async fn connection(
     id: usize,
     shared: &Shared<'_>,
+    policy: &Reconnect,
     ws: &mut Ws,
     pod: &str,
     history: &mut History,
@@ -129,15 +139,28 @@ async fn connection(
         ..
     } = *shared;
     let tally = Tally::new(live);
+    let aged_at = policy
+        .max_age
+        .and_then(|age| tokio::time::Instant::now().checked_add(age));
     let cut = async {
         exchange(id, options, &tally, ws).await?;
-        hold(options, over, None, &tally, ws).await
+        hold(options, over, aged_at, &tally, ws).await
     };
     let cut = tokio::select! {
         cut = cut => cut.err(),
         () = over.cancelled() => None,
     };
     let Some(cut) = cut else {
+        if !over.is_cancelled() {
+            // Held to its maximum age: the client closes it and reconnects.
+            history.aged_out += 1;
+            history.cut_off += tally.unanswered();
+            let mut code = None;
+            if let Err(reason) = close(options, ws, &mut code).await {
+                outcome.failure.get_or_insert(reason);
+            }
+            return End::Cut;
+        }
         // The run is over (mid-messages, or holding).
         history.final_pod = Some(pod.to_owned());
         history.cut_off += tally.unanswered();

@@ -130,6 +130,9 @@ pub struct Reconnects {
     pub close_codes: BTreeMap<u16, u64>,
     /// Connections that ended without a Close (reset, end of stream).
     pub drops: u64,
+    /// Connections the clients closed themselves at
+    /// `--reconnect-max-age`.
+    pub aged_out: u64,
     /// Open attempts that failed, a client's first included.
     pub failed_attempts: u64,
     /// The failed attempts by reason.
@@ -156,6 +159,7 @@ impl Reconnects {
         self.moves += history.moves;
         add_all(&mut self.close_codes, history.closes);
         self.drops += history.drops;
+        self.aged_out += history.aged_out;
         self.failed_attempts += history.failed_attempts.values().sum::<u64>();
         add_all(&mut self.failed_attempt_reasons, history.failed_attempts);
         self.gave_up += u64::from(history.gave_up);
@@ -172,6 +176,7 @@ impl Reconnects {
         self.moves += other.moves;
         add_all(&mut self.close_codes, other.close_codes.clone());
         self.drops += other.drops;
+        self.aged_out += other.aged_out;
         self.failed_attempts += other.failed_attempts;
         add_all(
             &mut self.failed_attempt_reasons,
@@ -292,8 +297,8 @@ impl Reconnects {
     fn render(&self, out: &mut String) {
         let _ = writeln!(
             out,
-            "reconnects    {} ({} moved pods), {} drops, {} echoes cut off",
-            self.reconnects, self.moves, self.drops, self.messages_cut_off
+            "reconnects    {} ({} moved pods), {} drops, {} aged out, {} echoes cut off",
+            self.reconnects, self.moves, self.drops, self.aged_out, self.messages_cut_off
         );
         if !self.close_codes.is_empty() {
             let codes: Vec<String> = self

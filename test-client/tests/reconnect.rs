@@ -55,6 +55,7 @@ fn reconnecting(urls: Vec<String>, clients: usize) -> LoadOptions {
                 max: Duration::from_millis(200),
             },
             attempts: None,
+            max_age: None,
         }),
         ..LoadOptions::default()
     }
@@ -418,4 +419,30 @@ async fn binary_reports_reconnects_in_json_and_sets_the_exit_code() {
     let once = client(&["--url", &url, "--hold", "0s", "--json", "-"]).await;
     assert_eq!(once.status.code(), Some(0));
     assert!(json(&once.stdout).get("reconnect").is_none());
+}
+
+#[tokio::test]
+async fn clients_past_their_maximum_age_close_and_reconnect() {
+    let pod = Pod::start(PodOptions::new("solo")).await.unwrap();
+    let mut options = reconnecting(vec![format!("ws://{}/ws", pod.addr())], 2);
+    if let Some(policy) = options.reconnect.as_mut() {
+        policy.max_age = Some(Duration::from_millis(100));
+    }
+    let run = Running::start(options);
+    eventually("each client was recycled at least twice", || {
+        pod.accepted() >= 6
+    })
+    .await;
+    let report = run.stop().await;
+
+    assert!(report.all_ok(), "{}", report.render());
+    let r = reconnects(&report);
+    assert!(r.aged_out >= 4, "{r:?}");
+    assert!(
+        r.reconnects >= r.aged_out,
+        "each age-out is followed by a reconnect: {r:?}"
+    );
+    // The clients closed these themselves: no close from the far side.
+    assert!(r.close_codes.is_empty(), "{r:?}");
+    assert_eq!((r.drops, r.failed_attempts), (0, 0), "{r:?}");
 }

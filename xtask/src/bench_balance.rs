@@ -143,7 +143,7 @@ pub async fn run(only: Option<&str>) -> anyhow::Result<String> {
         println!("==> scale-up, a 4th pod comes up: {}", rule.name);
         outcomes.push(announce(scale_up(rule).await?));
     }
-    for mode in [Rebalance::Off, Rebalance::On]
+    for mode in [Rebalance::Off, Rebalance::On, Rebalance::MaxAge]
         .into_iter()
         .filter(|_| wanted("long-lived"))
         .chain(Some(Rebalance::Steady).filter(|_| wanted("steady")))
@@ -429,10 +429,19 @@ enum Rebalance {
     /// connections are older than the default 30s in production; here
     /// they are only held that long if the scenario waits for it).
     On,
+    /// Rebalancing off, and every connection recycled at a fixed age
+    /// ([`MAX_AGE`]): what a proxy's maximum connection duration (Envoy's
+    /// `max_connection_duration`) offers, played by the clients closing
+    /// and reconnecting at that age.
+    MaxAge,
     /// `rebalance: true` with every default, on pods already even: the
     /// no-oscillation check (nothing may be shed).
     Steady,
 }
+
+/// The maximum connection age of the [`Rebalance::MaxAge`] baseline:
+/// short enough that every connection is recycled within the watch.
+const MAX_AGE: &str = "30s";
 
 /// How long the steady scenario watches pods that are already even.
 const STEADY_WATCH: Duration = Duration::from_secs(300);
@@ -464,7 +473,7 @@ async fn long_lived_scale_up(mode: Rebalance) -> anyhow::Result<Outcome> {
         // (real ones ping): no idle timeout may close them meanwhile.
         let mut args = vec!["--log-level", "error", "--cache-ttl", "2s", "--read-timeout", "600s"];
         match mode {
-            Rebalance::Off => {}
+            Rebalance::Off | Rebalance::MaxAge => {}
             Rebalance::On => args.extend(["--rebalance", "true", "--rebalance-min-age", "5s"]),
             Rebalance::Steady => args.extend(["--rebalance", "true"]),
         }
@@ -482,6 +491,10 @@ async fn long_lived_scale_up(mode: Rebalance) -> anyhow::Result<Outcome> {
                 .args(["--url", &replicas[0].ws_url(), "--url", &replicas[1].ws_url()])
                 .args(["--connections", &LONG_LIVED.to_string(), "--concurrency", "200"])
                 .args(["--messages", "1", "--reconnect", "--timeout", "20s", "--quiet"])
+                .args(match mode {
+                    Rebalance::MaxAge => vec!["--reconnect-max-age", MAX_AGE],
+                    _ => Vec::new(),
+                })
                 .arg("--duration")
                 .arg(format!("{}s", duration.as_secs()))
                 .arg("--json")
@@ -533,14 +546,16 @@ async fn long_lived_scale_up(mode: Rebalance) -> anyhow::Result<Outcome> {
             rule: match mode {
                 Rebalance::Off => "wsbalancer, rebalance off",
                 Rebalance::On => "wsbalancer, rebalance on",
+                Rebalance::MaxAge => "wsbalancer, rebalance off, every connection recycled at 30s (max age)",
                 Rebalance::Steady => "wsbalancer, rebalance on, all defaults",
             },
             note: format!(
-                "even (<=10%) after {}; shed by the replicas {shed}; moves {} ({} needed); failed reconnects {}; close codes {}; over time: {}",
+                "even (<=10%) after {}; shed by the replicas {shed}; moves {} ({} needed); failed reconnects {}; aged out {}; close codes {}; over time: {}",
                 even_after.map_or("never".to_owned(), |d| format!("{}s", d.as_secs())),
                 reconnect["moves"],
                 if late.is_empty() { 0 } else { 600 },
                 reconnect["failed_attempts"],
+                reconnect["aged_out"],
                 reconnect["close_codes"],
                 timeline.join(", ")
             ),
