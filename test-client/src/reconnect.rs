@@ -151,23 +151,23 @@ async fn connection(
         () = over.cancelled() => None,
     };
     let Some(cut) = cut else {
-        if !over.is_cancelled() {
-            // Held to its maximum age: the client closes it and reconnects.
-            history.aged_out += 1;
-            history.cut_off += tally.unanswered();
-            let mut code = None;
-            if let Err(reason) = close(options, ws, &mut code).await {
-                outcome.failure.get_or_insert(reason);
-            }
-            return End::Cut;
-        }
-        // The run is over (mid-messages, or holding).
-        history.final_pod = Some(pod.to_owned());
+        // The client closes it itself: the run is over (mid-messages, or
+        // holding), or the connection was held to its maximum age and the
+        // client reconnects. Only the run's final close is the report's.
+        let aged_out = !over.is_cancelled();
         history.cut_off += tally.unanswered();
-        if let Err(reason) = close(options, ws, &mut outcome.close_code).await {
+        let mut aged_close = None;
+        let code = if aged_out {
+            history.aged_out += 1;
+            &mut aged_close
+        } else {
+            history.final_pod = Some(pod.to_owned());
+            &mut outcome.close_code
+        };
+        if let Err(reason) = close(options, ws, code).await {
             outcome.failure.get_or_insert(reason);
         }
-        return End::Over;
+        return if aged_out { End::Cut } else { End::Over };
     };
     match (tally.closed_with(), cut) {
         (Some(code), _) => {

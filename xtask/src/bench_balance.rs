@@ -148,12 +148,8 @@ pub async fn run(only: Option<&str>) -> anyhow::Result<String> {
         .filter(|_| wanted("long-lived"))
         .chain(Some(Rebalance::Steady).filter(|_| wanted("steady")))
     {
-        match mode {
-            Rebalance::Steady => {
-                println!("==> steady: 1,500 held through 2 replicas on 3 even pods, 5 min")
-            }
-            _ => println!("==> long-lived: 1,500 held through 2 replicas, 3 -> 5 pods: {mode:?}"),
-        }
+        let (scenario, rule) = mode.names();
+        println!("==> {scenario}: {rule}");
         outcomes.push(announce(long_lived_scale_up(mode).await?));
     }
     for rule in [OURS, ORIGINAL, LOCAL]
@@ -446,6 +442,59 @@ const MAX_AGE: &str = "30s";
 /// How long the steady scenario watches pods that are already even.
 const STEADY_WATCH: Duration = Duration::from_secs(300);
 
+impl Rebalance {
+    /// Pods that come up once the connections are held (none for the
+    /// steady run).
+    fn late_pods(self) -> usize {
+        match self {
+            Rebalance::Steady => 0,
+            _ => 2,
+        }
+    }
+
+    /// How long the pods are watched after that.
+    fn watch(self) -> Duration {
+        match self {
+            Rebalance::Steady => STEADY_WATCH,
+            _ => LONG_LIVED_WATCH,
+        }
+    }
+
+    /// The replicas' rebalancing options.
+    fn balancer_args(self) -> &'static [&'static str] {
+        match self {
+            Rebalance::Off | Rebalance::MaxAge => &[],
+            Rebalance::On => &["--rebalance", "true", "--rebalance-min-age", "5s"],
+            Rebalance::Steady => &["--rebalance", "true"],
+        }
+    }
+
+    /// The clients' options beside the scenario's common ones.
+    fn client_args(self) -> &'static [&'static str] {
+        match self {
+            Rebalance::MaxAge => &["--reconnect-max-age", MAX_AGE],
+            _ => &[],
+        }
+    }
+
+    /// The scenario's and the rule's names in the report.
+    fn names(self) -> (&'static str, &'static str) {
+        const SCALE_UP: &str = "long-lived: 1,500 held, 2 replicas, 3 -> 5 pods, no arrivals";
+        match self {
+            Rebalance::Off => (SCALE_UP, "wsbalancer, rebalance off"),
+            Rebalance::On => (SCALE_UP, "wsbalancer, rebalance on"),
+            Rebalance::MaxAge => (
+                SCALE_UP,
+                "wsbalancer, rebalance off, every connection recycled at 30s (max age)",
+            ),
+            Rebalance::Steady => (
+                "steady: 1,500 held, 2 replicas, 3 pods already even, 5 min",
+                "wsbalancer, rebalance on, all defaults",
+            ),
+        }
+    }
+}
+
 /// Connections held by reconnecting clients in the long-lived scenario.
 const LONG_LIVED: usize = 1500;
 
@@ -460,23 +509,15 @@ const LONG_LIVED_WATCH: Duration = Duration::from_secs(60);
 async fn long_lived_scale_up(mode: Rebalance) -> anyhow::Result<Outcome> {
     with_procs(async move |procs: &mut Procs| {
         let mut pods = three_pods(procs).await?;
-        let late: Vec<u16> = match mode {
-            Rebalance::Steady => Vec::new(),
-            _ => vec![harness::free_port()?, harness::free_port()?],
-        };
-        let watch = match mode {
-            Rebalance::Steady => STEADY_WATCH,
-            _ => LONG_LIVED_WATCH,
-        };
+        let late = (0..mode.late_pods())
+            .map(|_| harness::free_port())
+            .collect::<anyhow::Result<Vec<u16>>>()?;
+        let watch = mode.watch();
         pods.extend(late.iter().map(|&p| SocketAddr::from(([127, 0, 0, 1], p))));
         // The clients send one message and then hold their connection idle
         // (real ones ping): no idle timeout may close them meanwhile.
         let mut args = vec!["--log-level", "error", "--cache-ttl", "2s", "--read-timeout", "600s"];
-        match mode {
-            Rebalance::Off | Rebalance::MaxAge => {}
-            Rebalance::On => args.extend(["--rebalance", "true", "--rebalance-min-age", "5s"]),
-            Rebalance::Steady => args.extend(["--rebalance", "true"]),
-        }
+        args.extend(mode.balancer_args());
         let mut replicas = Vec::new();
         for _ in 0..2 {
             replicas.push(
@@ -491,10 +532,7 @@ async fn long_lived_scale_up(mode: Rebalance) -> anyhow::Result<Outcome> {
                 .args(["--url", &replicas[0].ws_url(), "--url", &replicas[1].ws_url()])
                 .args(["--connections", &LONG_LIVED.to_string(), "--concurrency", "200"])
                 .args(["--messages", "1", "--reconnect", "--timeout", "20s", "--quiet"])
-                .args(match mode {
-                    Rebalance::MaxAge => vec!["--reconnect-max-age", MAX_AGE],
-                    _ => Vec::new(),
-                })
+                .args(mode.client_args())
                 .arg("--duration")
                 .arg(format!("{}s", duration.as_secs()))
                 .arg("--json")
@@ -525,7 +563,7 @@ async fn long_lived_scale_up(mode: Rebalance) -> anyhow::Result<Outcome> {
         let counts = counts(&pods).await;
         let mut shed = 0u64;
         for replica in &replicas {
-            shed += shed_total(replica.admin).await;
+            shed += shed_total(replica.admin).await?;
         }
         // The client's own figures, once its run is over.
         harness::poll(Duration::from_secs(60), Duration::from_millis(200), async || {
@@ -538,22 +576,17 @@ async fn long_lived_scale_up(mode: Rebalance) -> anyhow::Result<Outcome> {
             .unwrap_or_default();
         let _ = std::fs::remove_file(&report);
         let reconnect = &json["reconnect"];
+        // The fewest moves that even the pods: the new pods' share.
+        let needed = LONG_LIVED * late.len() / pods.len();
+        let (scenario, rule) = mode.names();
         Ok(Outcome {
-            scenario: match mode {
-                Rebalance::Steady => "steady: 1,500 held, 2 replicas, 3 pods already even, 5 min",
-                _ => "long-lived: 1,500 held, 2 replicas, 3 -> 5 pods, no arrivals",
-            },
-            rule: match mode {
-                Rebalance::Off => "wsbalancer, rebalance off",
-                Rebalance::On => "wsbalancer, rebalance on",
-                Rebalance::MaxAge => "wsbalancer, rebalance off, every connection recycled at 30s (max age)",
-                Rebalance::Steady => "wsbalancer, rebalance on, all defaults",
-            },
+            scenario,
+            rule,
             note: format!(
                 "even (<=10%) after {}; shed by the replicas {shed}; moves {} ({} needed); failed reconnects {}; aged out {}; close codes {}; over time: {}",
                 even_after.map_or("never".to_owned(), |d| format!("{}s", d.as_secs())),
                 reconnect["moves"],
-                if late.is_empty() { 0 } else { 600 },
+                needed,
                 reconnect["failed_attempts"],
                 reconnect["aged_out"],
                 reconnect["close_codes"],
@@ -566,16 +599,23 @@ async fn long_lived_scale_up(mode: Rebalance) -> anyhow::Result<Outcome> {
 }
 
 /// Connections a replica has shed, by any reason and from any pod, read
-/// from its `/metrics` (0 when it cannot be read).
-async fn shed_total(admin: SocketAddr) -> u64 {
-    let text = harness::http_get(admin, "/metrics")
-        .await
-        .unwrap_or_default();
-    text.lines()
+/// from its `/metrics`: an error when it cannot be read, so that an
+/// unreadable replica never passes for one that shed nothing.
+async fn shed_total(admin: SocketAddr) -> anyhow::Result<u64> {
+    let text = harness::http_get(admin, "/metrics").await?;
+    let mut total = 0u64;
+    for line in text
+        .lines()
         .filter(|l| l.starts_with("wsbalancer_pod_connections_shed_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .sum()
+    {
+        let value = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .with_context(|| format!("unreadable shed counter: {line:?}"))?;
+        total += value as u64;
+    }
+    Ok(total)
 }
 
 async fn kill(rule: Rule) -> anyhow::Result<Outcome> {

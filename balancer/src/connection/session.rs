@@ -68,7 +68,7 @@ impl Session {
         // connection, its count and a maxConnections slot.
         let upgraded = tokio::select! {
             r = tokio::time::timeout(shared.handshake_timeout, on_upgrade) => r,
-            () = shared.stop.cancelled() => return,
+            () = shared.drain.stop.cancelled() => return,
         };
         match upgraded {
             Ok(Ok(io)) => self.start(&shared, ends::client_end(io)),

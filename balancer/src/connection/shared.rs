@@ -43,9 +43,8 @@ pub struct Shared {
     pub server_tls: Option<Arc<ServerTls>>,
     /// `X-Forwarded-Proto` value for this listener.
     pub scheme: &'static str,
-    /// Cancelled when the balancer stops at once.
-    pub stop: CancellationToken,
-    /// How a drain closes relayed connections.
+    /// How a drain closes relayed connections, and the stop token
+    /// (`drain.stop`) that ends everything at once.
     pub drain: DrainSignal,
     /// Counts relayed connections, so drain and shutdown can wait for them.
     pub relays: TaskTracker,
@@ -83,11 +82,10 @@ impl Shared {
             server_tls,
             drain: DrainSignal {
                 started: lifecycle.drain,
-                stop: lifecycle.stop.clone(),
+                stop: lifecycle.stop,
                 window: config.drain_window,
                 code: config.drain_close_code,
             },
-            stop: lifecycle.stop,
             relays: lifecycle.relays,
             handshake_timeout: config.handshake_timeout,
             max_header_bytes: config.max_handshake_header_bytes,
