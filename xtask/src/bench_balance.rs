@@ -84,22 +84,7 @@ struct Outcome {
 
 impl Outcome {
     fn spread(&self) -> f64 {
-        spread(&self.counts)
-    }
-}
-
-/// The figure the table ranks rules by: `(max - min) / mean` of the
-/// pods' counts (0 when they hold nothing), so that scenarios of
-/// different sizes compare.
-pub fn spread(counts: &[u64]) -> f64 {
-    let (Some(max), Some(min)) = (counts.iter().max(), counts.iter().min()) else {
-        return 0.0;
-    };
-    let mean = counts.iter().sum::<u64>() as f64 / counts.len() as f64;
-    if mean == 0.0 {
-        0.0
-    } else {
-        (max - min) as f64 / mean
+        harness::spread(&self.counts)
     }
 }
 
@@ -239,21 +224,12 @@ fn client(procs: &mut Procs, url: &str, n: usize, concurrency: usize) -> anyhow:
     Ok(())
 }
 
-/// Each pod's connection count (0 for one that does not answer).
-async fn counts(pods: &[SocketAddr]) -> Vec<u64> {
-    let mut counts = Vec::new();
-    for &pod in pods {
-        counts.push(harness::pod_connections(pod).await.unwrap_or(0));
-    }
-    counts
-}
-
 /// Waits until the pods hold `total` connections together (or [`SETTLE`]
 /// passes) and returns their counts.
 async fn settle(pods: &[SocketAddr], total: u64) -> Vec<u64> {
     let mut last = Vec::new();
     let settled = harness::poll(SETTLE, SETTLE_POLL, async || {
-        last = counts(pods).await;
+        last = harness::pod_counts(pods).await;
         (last.iter().sum::<u64>() >= total).then(|| last.clone())
     })
     .await;
@@ -262,7 +238,7 @@ async fn settle(pods: &[SocketAddr], total: u64) -> Vec<u64> {
         // The counts as they last stood, or as they stand now when time ran
         // out during the first reading.
         None if last.len() == pods.len() => last,
-        None => counts(pods).await,
+        None => harness::pod_counts(pods).await,
     }
 }
 
@@ -550,8 +526,8 @@ async fn long_lived_scale_up(mode: Rebalance) -> anyhow::Result<Outcome> {
         let mut tick = tokio::time::interval(watch / 12);
         while started.elapsed() < watch {
             tick.tick().await;
-            let counts = counts(&pods).await;
-            if even_after.is_none() && spread(&counts) <= 0.10 {
+            let counts = harness::pod_counts(&pods).await;
+            if even_after.is_none() && harness::spread(&counts) <= 0.10 {
                 even_after = Some(started.elapsed());
             }
             timeline.push(format!(
@@ -560,10 +536,10 @@ async fn long_lived_scale_up(mode: Rebalance) -> anyhow::Result<Outcome> {
                 counts.iter().map(u64::to_string).collect::<Vec<_>>().join("/")
             ));
         }
-        let counts = counts(&pods).await;
+        let counts = harness::pod_counts(&pods).await;
         let mut shed = 0u64;
         for replica in &replicas {
-            shed += shed_total(replica.admin).await?;
+            shed += replica.shed_total().await?;
         }
         // The client's own figures, once its run is over.
         harness::poll(Duration::from_secs(60), Duration::from_millis(200), async || {
@@ -596,26 +572,6 @@ async fn long_lived_scale_up(mode: Rebalance) -> anyhow::Result<Outcome> {
         })
     })
     .await
-}
-
-/// Connections a replica has shed, by any reason and from any pod, read
-/// from its `/metrics`: an error when it cannot be read, so that an
-/// unreadable replica never passes for one that shed nothing.
-async fn shed_total(admin: SocketAddr) -> anyhow::Result<u64> {
-    let text = harness::http_get(admin, "/metrics").await?;
-    let mut total = 0u64;
-    for line in text
-        .lines()
-        .filter(|l| l.starts_with("wsbalancer_pod_connections_shed_total{"))
-    {
-        let value = line
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse::<f64>().ok())
-            .with_context(|| format!("unreadable shed counter: {line:?}"))?;
-        total += value as u64;
-    }
-    Ok(total)
 }
 
 async fn kill(rule: Rule) -> anyhow::Result<Outcome> {

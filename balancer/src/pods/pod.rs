@@ -38,6 +38,13 @@ const EARLY_REFRESH_OPENS: u64 = 8;
 /// balancer's adjustment) cannot unbalance a lone balancer's burst.
 const PROBE_OPENS: u64 = 64;
 
+/// Longest a lone balancer keeps counting from an older report while every
+/// newer one was taken with its own dials in flight (see [`PollBase`]):
+/// past it, the newest report is the base again, so that connections the
+/// balancer cannot see (clients dialling the pod directly) are not ignored
+/// for longer than this.
+const ANCHOR_MAX_AGE: Duration = Duration::from_secs(10);
+
 /// The selection-related settings, taken from [`Config`].
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
@@ -145,6 +152,9 @@ struct Status {
     report: Option<(Report, Instant)>,
     /// `opened`/`closed` when the last good report was requested.
     base: PollBase,
+    /// The report the effective load counts from: the last one, except
+    /// while a lone balancer keeps an older, exact one (see [`PollBase`]).
+    anchor: Option<Anchor>,
     /// Failed polls or dials since the last success.
     consecutive_failures: u32,
     /// Whether the pod is currently ejected, so changes are logged once.
@@ -173,9 +183,58 @@ pub struct Moved {
     pub own: i128,
 }
 
+/// The count the effective load starts from, with this balancer's own
+/// counters when it was taken.
+#[derive(Debug, Clone, Copy)]
+struct Anchor {
+    count: u64,
+    base: PollBase,
+    at: Instant,
+}
+
 /// This balancer's own counters at the moment a poll was sent.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PollBase {
+    settled: u64,
+    closed: u64,
+    /// Set for a lone balancer when some of its own dials or closes were
+    /// under way while the poll was out (see [`Doubt`]).
+    doubt: Option<Doubt>,
+}
+
+/// How far a poll's count may be off from this balancer's own view for
+/// reasons of its own: its dials and closes under way while the poll was
+/// out, which the pod may or may not have counted. A lone balancer that
+/// rebased on such a report counted a handshake or two twice (or not at
+/// all), which was what kept its burst from ending exact; while the report
+/// differs from its own view by no more than this, it keeps counting from
+/// its last exact report. A wider difference is somebody else's doing
+/// (another replica the estimate has not seen yet, a direct client), and
+/// the report is the base again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Doubt {
+    /// Dials still unanswered when the answer came (counted or not).
+    in_flight: u64,
+    /// Dials answered, and connections closed, while the poll was out (in
+    /// this balancer's view; perhaps not yet in the pod's).
+    during: u64,
+}
+
+impl Anchor {
+    /// Whether `count`, reported with `base`, differs from this anchor's
+    /// count plus this balancer's own net opens since by no more than
+    /// `doubt` allows.
+    fn explains(&self, base: PollBase, doubt: Doubt, count: u64) -> bool {
+        let own = (i128::from(base.settled) - i128::from(self.base.settled))
+            - (i128::from(base.closed) - i128::from(self.base.closed));
+        let unexplained = i128::from(count) - (i128::from(self.count) + own);
+        -i128::from(doubt.during) <= unexplained && unexplained <= i128::from(doubt.in_flight)
+    }
+}
+
+/// This balancer's own counters just before a poll is sent.
+#[derive(Debug, Clone, Copy)]
+pub struct PollStart {
     settled: u64,
     closed: u64,
 }
@@ -326,19 +385,34 @@ impl Pod {
         self.opened.load(Ordering::Relaxed).saturating_sub(closed)
     }
 
-    /// Closes seen so far: taken just before a poll is sent, since a close
-    /// this balancer saw may not have reached the pod's count yet.
-    pub fn closes_before_poll(&self) -> u64 {
-        self.closed.load(Ordering::SeqCst)
+    /// Closes and settled dials so far: taken just before a poll is sent,
+    /// since a close this balancer saw may not have reached the pod's
+    /// count yet.
+    pub fn poll_start(&self) -> PollStart {
+        PollStart {
+            settled: self.settled.load(Ordering::SeqCst),
+            closed: self.closed.load(Ordering::SeqCst),
+        }
     }
 
     /// The poll base once the answer is in: dials settled by now had their
     /// 101 sent, so the pod counted them before answering (bar the few
     /// 101s still in transit); dials still in flight stay in the adjustment.
-    pub fn poll_base(&self, closes_before_poll: u64) -> PollBase {
+    /// `lone`: this balancer believes no other replica shares the pod.
+    pub fn poll_base(&self, start: PollStart, lone: bool) -> PollBase {
+        let settled = self.settled.load(Ordering::SeqCst);
+        let closed = self.closed.load(Ordering::SeqCst);
+        let opened = self.opened.load(Ordering::SeqCst);
+        let doubt = Doubt {
+            in_flight: opened.saturating_sub(settled),
+            during: settled.saturating_sub(start.settled) + closed.saturating_sub(start.closed),
+        };
+        // Nothing of ours under way: the pod counted exactly what we know.
+        let exact = doubt.in_flight == 0 && doubt.during == 0;
         PollBase {
-            settled: self.settled.load(Ordering::SeqCst),
-            closed: closes_before_poll,
+            settled,
+            closed: start.closed,
+            doubt: (lone && !exact).then_some(doubt),
         }
     }
 
@@ -361,6 +435,19 @@ impl Pod {
             own: (i128::from(base.settled) - i128::from(status.base.settled))
                 - (i128::from(base.closed) - i128::from(status.base.closed)),
         });
+        let keep = base.doubt.is_some_and(|doubt| {
+            status.anchor.is_some_and(|anchor| {
+                now.saturating_duration_since(anchor.at) < ANCHOR_MAX_AGE
+                    && anchor.explains(base, doubt, report.agents_connections)
+            })
+        });
+        if !keep {
+            status.anchor = Some(Anchor {
+                count: report.agents_connections,
+                base,
+                at: now,
+            });
+        }
         status.report = Some((report, now));
         status.base = base;
         if status.dials_failing_until.is_some_and(|until| now < until) {
@@ -495,12 +582,12 @@ impl Pod {
         let closed = self.closed.load(Ordering::Relaxed);
         let relayed = opened.saturating_sub(closed);
         let now = Instant::now();
-        let (effective, report_age, stale) = match &status.report {
-            Some((report, at)) => {
-                let net_since = i128::from(opened.saturating_sub(status.base.settled))
-                    - i128::from(closed.saturating_sub(status.base.closed));
+        let (effective, report_age, stale) = match (&status.report, &status.anchor) {
+            (Some((_, at)), Some(anchor)) => {
+                let net_since = i128::from(opened.saturating_sub(anchor.base.settled))
+                    - i128::from(closed.saturating_sub(anchor.base.closed));
                 let scaled = net_since * i128::from(settings.replicas);
-                let effective = (i128::from(report.agents_connections) + scaled).max(0);
+                let effective = (i128::from(anchor.count) + scaled).max(0);
                 let age = now.saturating_duration_since(*at);
                 (
                     u64::try_from(effective).unwrap_or(u64::MAX),
@@ -508,7 +595,7 @@ impl Pod {
                     age > settings.cache_ttl,
                 )
             }
-            None => (relayed, None, true),
+            _ => (relayed, None, true),
         };
         let health = if status.ejected {
             Health::Ejected
@@ -625,6 +712,49 @@ pub(super) mod tests {
             (Condition::Ejected, Condition::Drain)
         );
         assert_eq!(pod.condition_change(&settings), None);
+    }
+
+    fn report_of(count: u64) -> Report {
+        let body = format!(r#"{{"agentsConnections":{count}}}"#);
+        Report::parse(body.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn a_lone_balancer_counts_from_its_last_exact_report() {
+        let settings = settings(Duration::from_secs(30));
+        let pod = Arc::new(pod());
+        let poll = |count: u64, lone: bool| {
+            let start = pod.poll_start();
+            pod.record_report(pod.poll_base(start, lone), report_of(count), false);
+            pod.snapshot(&settings).effective
+        };
+        assert_eq!(poll(10, true), 10);
+
+        // Two dials: one answered before the next poll goes out, one still
+        // in flight when it comes back, which the pod has counted (its 101
+        // is on its way): 12. Taken as the base, with the dial in flight
+        // still in this balancer's adjustment, that would be 13.
+        let mut answered = pod.lease(None);
+        answered.settle();
+        let in_flight = pod.lease(None);
+        assert_eq!(poll(12, true), 12, "the exact report and its own two opens");
+        // Shared with other replicas, the newest report is the base.
+        assert_eq!(poll(12, false), 13, "12 and the dial in flight");
+        assert_eq!(
+            poll(12, true),
+            13,
+            "kept: nothing its own dial cannot explain"
+        );
+
+        // More than its own dials in flight can explain: somebody else's
+        // opens, and the report is the base again.
+        assert_eq!(poll(15, true), 16, "15 and the dial in flight");
+
+        // Once every dial settled before a poll went out, that poll is
+        // exact and becomes the base.
+        drop(in_flight);
+        assert_eq!(poll(14, true), 14);
+        drop(answered);
     }
 
     #[test]

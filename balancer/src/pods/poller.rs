@@ -177,7 +177,7 @@ async fn poll_loop(
         let eject_after = registry.settings().eject_after;
         let PollWith { client, schedule } = with.read().unwrap_or_else(|p| p.into_inner()).clone();
         let started = tokio::time::Instant::now();
-        let closes = pod.closes_before_poll();
+        let start = pod.poll_start();
         let outcome = tokio::select! {
             r = tokio::time::timeout(schedule.timeout, poll_once(&client, &pod.address.metric_url)) => r,
             () = stop.cancelled() => return,
@@ -188,7 +188,7 @@ async fn poll_loop(
         match outcome.unwrap_or(Err(PollError::Timeout)) {
             Ok(report) => {
                 tracing::trace!(pod = %pod.address.url, connections = report.agents_connections, "report");
-                let base = pod.poll_base(closes);
+                let base = pod.poll_base(start, registry.settings().replicas == 1);
                 if let Some(moved) = pod.record_report(base, report, registry.joined_late(&pod)) {
                     registry.report_moved(moved);
                 }
@@ -239,7 +239,7 @@ pub async fn poll_once(client: &reqwest::Client, url: &str) -> Result<Report, Po
     }
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await? {
-        if body.len() + chunk.len() > MAX_REPORT_BYTES {
+        if body.len().saturating_add(chunk.len()) > MAX_REPORT_BYTES {
             return Err(ReportError::TooLarge.into());
         }
         body.extend_from_slice(&chunk);

@@ -36,6 +36,26 @@ impl Balancer {
     pub fn ws_url(&self) -> String {
         format!("ws://{}/ws", self.listen)
     }
+
+    /// Connections it has shed, by any reason and from any pod, read from
+    /// its `/metrics`: an error when it cannot be read, so that an
+    /// unreadable balancer never passes for one that shed nothing.
+    pub async fn shed_total(&self) -> anyhow::Result<u64> {
+        let text = http_get(self.admin, "/metrics").await?;
+        let mut total = 0u64;
+        for line in text
+            .lines()
+            .filter(|l| l.starts_with("wsbalancer_pod_connections_shed_total{"))
+        {
+            let value = line
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .with_context(|| format!("unreadable shed counter: {line:?}"))?;
+            total += value as u64;
+        }
+        Ok(total)
+    }
 }
 
 /// Starts a `wsbalancer` named `name` in front of the pods at `pods`,

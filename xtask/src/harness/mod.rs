@@ -19,7 +19,7 @@ mod wait;
 pub use balancer::{Balancer, start_balancer};
 pub use bins::{bin, pinned, use_bin_dir, workspace_root};
 pub use net::{free_port, http_get};
-pub use pods::{Pod, pod_connections, start_pod, start_pods};
+pub use pods::{Pod, pod_connections, pod_counts, spread, start_pod, start_pods};
 pub use probes::{cpu_seconds, fd_count, rss_kib};
 pub use procs::{Procs, field, output, status, with_procs};
 pub use wait::poll;

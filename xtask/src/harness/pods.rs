@@ -76,3 +76,28 @@ pub async fn pod_connections(addr: SocketAddr) -> anyhow::Result<u64> {
         .and_then(|j| j["agentsConnections"].as_u64())
         .with_context(|| format!("no agentsConnections in {body:?}"))
 }
+
+/// Each pod's connection count, in order (0 for one that does not answer:
+/// a pod not up yet holds nothing).
+pub async fn pod_counts(pods: &[SocketAddr]) -> Vec<u64> {
+    let mut counts = Vec::with_capacity(pods.len());
+    for &pod in pods {
+        counts.push(pod_connections(pod).await.unwrap_or(0));
+    }
+    counts
+}
+
+/// How uneven pod counts are: `(max - min) / mean` (0 when they hold
+/// nothing), so that runs of different sizes compare; the figure the
+/// balance benchmark ranks rules by and the scale-up demo waits on.
+pub fn spread(counts: &[u64]) -> f64 {
+    let (Some(max), Some(min)) = (counts.iter().max(), counts.iter().min()) else {
+        return 0.0;
+    };
+    let mean = counts.iter().sum::<u64>() as f64 / counts.len() as f64;
+    if mean == 0.0 {
+        0.0
+    } else {
+        (max - min) as f64 / mean
+    }
+}

@@ -2,7 +2,10 @@
 //! binaries, starts echo pods and a balancer in front of them on free
 //! ports, runs the load client through the balancer and prints its report,
 //! then the balancer's own view once it has seen the pods emptied, and
-//! stops everything it started, also on failure or Ctrl-C.
+//! stops everything it started, also on failure or Ctrl-C. With
+//! `--scale-up`, the live-rebalancing run instead ([`scale_up`]).
+
+mod scale_up;
 
 use std::time::Duration;
 
@@ -29,6 +32,11 @@ pub struct DemoArgs {
     /// How long each connection stays open.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     hold: Duration,
+    /// Instead: the connections are held by reconnecting clients, two more
+    /// pods come up, and rebalancing moves live connections onto them
+    /// until the counts are even (--messages and --hold do not apply).
+    #[arg(long)]
+    scale_up: bool,
 }
 
 /// What a connection may take besides its hold (handshake, echoes, close),
@@ -42,7 +50,14 @@ const VIEW_TIMEOUT: Duration = Duration::from_secs(5);
 /// Runs the demo; an error when the client reported failures.
 pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     release::build().await?;
-    harness::with_procs(async |procs: &mut Procs| demo(procs, args).await).await
+    harness::with_procs(async |procs: &mut Procs| {
+        if args.scale_up {
+            scale_up::run(procs, args).await
+        } else {
+            demo(procs, args).await
+        }
+    })
+    .await
 }
 
 async fn demo(procs: &mut Procs, args: &DemoArgs) -> anyhow::Result<()> {
