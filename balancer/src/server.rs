@@ -413,7 +413,7 @@ impl PodClients {
         let tls = pod_tls::client_config(config)?;
         Ok(PodClients {
             poll: poller::http_client(tls.clone())?,
-            http: PodClient::new(tls.clone(), config.dial_timeout),
+            http: PodClient::new(tls.clone(), config),
             tls,
         })
     }

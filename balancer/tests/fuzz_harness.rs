@@ -193,7 +193,28 @@ fn fuzz_bodies_hold_on_mutated_inputs() {
         &response_seeds(),
         100_000,
     );
+    run(
+        "status_body",
+        bodies::status_body,
+        &status_body_seeds(),
+        100_000,
+    );
     run("config", bodies::config, &config_seeds(), 3_000);
+}
+
+/// Groups of (size pick, data length, shape, filler) for `status_body`:
+/// a pick below 8 is one of the edge sizes, 8 to 15 that many bytes.
+fn status_body_seeds() -> Vec<Vec<u8>> {
+    [
+        &[11, 11, 0, b'a', 12, 5, 1, b'b'][..],
+        // A small chunk, then one declaring 2^64 - 1 bytes: the overflow.
+        &[11, 11, 0, b'a', 0, 3, 0, b'x'],
+        &[4, 0, 2, b'z', 5, 0, 6, b'z'],
+        &[2, 0, 9, 0, 3, 7, 11, 1, 6, 0, 0, 0],
+    ]
+    .iter()
+    .map(|s| s.to_vec())
+    .collect()
 }
 
 /// Inputs that once broke a body (found by `cargo fuzz` or by the test
@@ -207,6 +228,12 @@ fn regressions() {
         common::Report::parse(&big),
         Err(common::report::ReportError::TooLarge)
     ));
+    // A pod's status body whose second chunk declares 2^64 - 1 bytes:
+    // `size + 2` overflowed in the chunked decoder and panicked the
+    // handshake task.
+    let chunked = b"3\r\nabc\r\nffffffffffffffff\r\nxyz\r\n0\r\n\r\n";
+    assert_eq!(wsbalancer::wire::decode_chunked(chunked), None);
+    bodies::status_body(&[11, 11, 0, b'a', 0, 3, 0, b'x']);
     // A 64-bit frame length with its top bit set.
     bodies::frame_tracker(b"\x00\x82\x7f\x80\x00\x00\x00\x00\x00\x00\x00");
     // A head of as many fields as the parser takes, all forwarded.

@@ -65,6 +65,23 @@ pub struct Config {
     #[serde(rename = "readTimeout", with = "humantime_serde")]
     pub read_timeout: Duration,
 
+    /// TCP keepalive on both sockets of every relayed connection: the
+    /// first probe after this long without a byte; 0 turns keepalive off.
+    /// With `tcpKeepaliveInterval` and `tcpKeepaliveProbes` it bounds how
+    /// long an idle connection to a host that vanished (a node failure, a
+    /// partition: no reset ever comes) is kept: 30s + 3 x 5s by default,
+    /// instead of the kernel's two hours.
+    #[serde(rename = "tcpKeepalive", with = "humantime_serde")]
+    pub tcp_keepalive: Duration,
+
+    /// Time between two unanswered keepalive probes.
+    #[serde(rename = "tcpKeepaliveInterval", with = "humantime_serde")]
+    pub tcp_keepalive_interval: Duration,
+
+    /// Unanswered keepalive probes after which the socket is dropped.
+    #[serde(rename = "tcpKeepaliveProbes")]
+    pub tcp_keepalive_probes: u32,
+
     /// Address the WebSocket listener binds.
     #[serde(rename = "listen")]
     pub listen: SocketAddr,
@@ -302,6 +319,9 @@ impl Default for Config {
             dial_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(30),
+            tcp_keepalive: Duration::from_secs(30),
+            tcp_keepalive_interval: Duration::from_secs(5),
+            tcp_keepalive_probes: 3,
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             selection: Strategy::LeastConnections,

@@ -404,6 +404,61 @@ const UPGRADE: &[u8] =
 /// pod said (one whole head, whatever the pod sent), and the dial's whole
 /// reading of a pod's answer, fed in pieces (the first byte seeds the
 /// cuts): a switch only for a proper 101, a status body within its bound.
+/// Chunk sizes a status body is built from ([`status_body`]): the
+/// integer limits and the decoder's own limit, where checked arithmetic
+/// matters, beside small ones.
+const EDGE_SIZES: [u64; 8] = [
+    u64::MAX,
+    u64::MAX - 1,
+    u64::MAX - 2,
+    (1 << 63) + 1,
+    MAX_STATUS_BODY as u64,
+    MAX_STATUS_BODY as u64 + 1,
+    0,
+    1,
+];
+
+/// A pod's chunked status body, structured rather than raw bytes: each
+/// 4-byte group of `data` picks a declared chunk size (one of
+/// [`EDGE_SIZES`], or a small one), how many data bytes follow it (as
+/// many, fewer, or more) and an optional chunk extension. Random bytes
+/// alone almost never spell a hex size near 2^64 followed by a CRLF,
+/// which is how a size overflow once reached production. The decoder
+/// must never panic, and a body it returns is within its limit.
+pub fn status_body(data: &[u8]) {
+    let mut body = Vec::new();
+    for group in data.chunks(4) {
+        let [pick, length, shape, filler] =
+            [0, 1, 2, 3].map(|i| group.get(i).copied().unwrap_or(0));
+        let declared = match EDGE_SIZES.get(usize::from(pick % 16)) {
+            Some(&edge) => edge,
+            None => u64::from(pick),
+        };
+        body.extend_from_slice(format!("{declared:x}").as_bytes());
+        if shape & 1 == 1 {
+            body.extend_from_slice(b";ext=1");
+        }
+        body.extend_from_slice(b"\r\n");
+        // Up to 255 bytes of data, whatever the size says.
+        let sent = match shape >> 1 & 3 {
+            0 => declared.min(255),
+            1 => u64::from(length),
+            2 => declared.min(255).saturating_sub(1),
+            _ => declared.min(255).saturating_add(1),
+        };
+        body.extend(std::iter::repeat_n(filler, sent as usize));
+        if shape & 8 == 0 {
+            body.extend_from_slice(b"\r\n");
+        }
+    }
+    if data.len() % 2 == 0 {
+        body.extend_from_slice(b"0\r\n\r\n");
+    }
+    if let Some(decoded) = wire::decode_chunked(&body) {
+        assert!(decoded.len() <= MAX_STATUS_BODY);
+    }
+}
+
 pub fn response_head(data: &[u8]) {
     let (seed, answer) = data.split_at(data.len().min(1));
     if let Ok(Some((head, len))) = ResponseHead::parse(answer) {

@@ -27,6 +27,7 @@ use tokio_util::either::Either;
 use common::PodAddress;
 
 use crate::connection::head::{Fields, ParsedRequest, RequestHead, ResponseError, ResponseHead};
+use crate::connection::liveness::Liveness;
 
 /// Largest body of a pod's non-101 answer passed to the client.
 pub const MAX_STATUS_BODY: usize = 64 * 1024;
@@ -224,17 +225,20 @@ fn offers(request: &[u8], protocol: &[u8]) -> bool {
 pub async fn open(
     pod: &PodAddress,
     tls: &Arc<rustls::ClientConfig>,
+    liveness: Liveness,
     head: &[u8],
     expected_accept: &str,
 ) -> Result<PodAnswer, DialError> {
-    let io = connect(pod, tls).await?;
+    let io = connect(pod, tls, liveness).await?;
     handshake(io, head, expected_accept).await
 }
 
-/// Opens the TCP (and TLS) connection to `pod`.
+/// Opens the TCP (and TLS) connection to `pod`, finding a dead pod host
+/// as `liveness` says.
 pub async fn connect(
     pod: &PodAddress,
     tls: &Arc<rustls::ClientConfig>,
+    liveness: Liveness,
 ) -> Result<PodStream, DialError> {
     // An owned address keeps this future `Send` for any caller lifetime.
     let target = format!("{}:{}", pod.authority_host(), pod.port);
@@ -242,6 +246,7 @@ pub async fn connect(
         .await
         .map_err(DialError::Connect)?;
     let _ = tcp.set_nodelay(true);
+    liveness.apply(&tcp);
     if !pod.tls {
         return Ok(Either::Left(tcp));
     }
@@ -368,17 +373,33 @@ pub fn decode_chunked(mut buf: &[u8]) -> Option<Vec<u8>> {
         if size == 0 {
             return Some(body);
         }
-        if buf.len() < size + 2 || body.len() + size > MAX_STATUS_BODY {
+        // Sizes come from the pod: checked, so that one near `usize::MAX`
+        // is refused rather than overflowing.
+        let with_crlf = size.checked_add(2)?;
+        if buf.len() < with_crlf || body.len().checked_add(size)? > MAX_STATUS_BODY {
             return None;
         }
         body.extend_from_slice(&buf[..size]);
-        buf = &buf[size + 2..];
+        buf = &buf[with_crlf..];
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chunk_size_near_the_integer_limit_is_refused_not_a_panic() {
+        // The second chunk declares 2^64 - 1 bytes: `size + 2` overflowed.
+        let body = b"3\r\nabc\r\nffffffffffffffff\r\nxyz\r\n0\r\n\r\n";
+        assert_eq!(decode_chunked(body), None);
+        assert_eq!(decode_chunked(b"fffffffffffffffe\r\n"), None);
+        assert_eq!(decode_chunked(b"10000000000000000\r\n"), None, "past u64");
+        assert_eq!(
+            decode_chunked(b"3\r\nabc\r\n0\r\n\r\n").as_deref(),
+            Some(&b"abc"[..])
+        );
+    }
 
     #[test]
     fn accept_key_matches_rfc_example() {

@@ -79,7 +79,13 @@ pub async fn dial_pods(
         let mut lease = pod.lease(early_refresh);
         let forwarded =
             forward::pod_upgrade_head(head, &pod.address, shared.origin(client), &settings.forward);
-        let dial = dial::open(&pod.address, &settings.tls, &forwarded, &accept);
+        let dial = dial::open(
+            &pod.address,
+            &settings.tls,
+            settings.liveness,
+            &forwarded,
+            &accept,
+        );
         let answer = match tokio::time::timeout(settings.dial_timeout, dial).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(error)) => {

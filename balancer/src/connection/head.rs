@@ -30,8 +30,14 @@ pub struct Fields {
 
 /// The position of `part` inside `whole` (which must contain it).
 fn span(whole: &[u8], part: &[u8]) -> (u32, u32) {
-    let start = part.as_ptr() as usize - whole.as_ptr() as usize;
-    (start as u32, (start + part.len()) as u32)
+    let start = (part.as_ptr() as usize).saturating_sub(whole.as_ptr() as usize);
+    // Heads are bounded far below 4 GiB (`maxHandshakeHeaderBytes`, the
+    // response head limit): saturating, never wrapping, all the same.
+    let end = start.saturating_add(part.len());
+    (
+        u32::try_from(start).unwrap_or(u32::MAX),
+        u32::try_from(end).unwrap_or(u32::MAX),
+    )
 }
 
 fn range((start, end): (u32, u32)) -> Range<usize> {

@@ -74,6 +74,7 @@ pub async fn accept_loop(
             () = stop.cancelled() => return,
         };
         shared.metrics.accepted();
+        shared.settings().liveness.apply(&tcp);
         // Inherited from the listener on Linux (see `bind`).
         #[cfg(not(target_os = "linux"))]
         let _ = tcp.set_nodelay(true);

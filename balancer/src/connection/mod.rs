@@ -29,6 +29,7 @@ pub mod head;
 pub mod http_proxy;
 pub mod listener;
 pub mod listener_tls;
+pub mod liveness;
 pub mod pod_client;
 pub mod pod_tls;
 pub mod rate_limit;

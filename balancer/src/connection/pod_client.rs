@@ -61,12 +61,19 @@ impl HttpProxyError {
 
 impl PodClient {
     /// A client using the same TLS settings as WebSocket dials, with
-    /// `dial_timeout` on connecting.
-    pub fn new(tls: Arc<rustls::ClientConfig>, dial_timeout: Duration) -> Self {
+    /// `dial_timeout` on connecting, and the same keepalive and
+    /// `TCP_USER_TIMEOUT` as relayed sockets (`config`).
+    pub fn new(tls: Arc<rustls::ClientConfig>, config: &common::Config) -> Self {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
-        http.set_connect_timeout(Some(dial_timeout));
+        http.set_connect_timeout(Some(config.dial_timeout));
+        if !config.tcp_keepalive.is_zero() {
+            http.set_keepalive(Some(config.tcp_keepalive));
+            http.set_keepalive_interval(Some(config.tcp_keepalive_interval));
+            http.set_keepalive_retries(Some(config.tcp_keepalive_probes));
+        }
+        http.set_tcp_user_timeout(Some(config.write_timeout));
         // hyper-rustls sets ALPN itself (http/1.1 here) and refuses a
         // config that already has it.
         let mut tls = (*tls).clone();

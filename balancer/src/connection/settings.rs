@@ -9,6 +9,7 @@ use common::{Config, HttpMode};
 
 use crate::connection::forward;
 use crate::connection::head::Fields;
+use crate::connection::liveness::Liveness;
 use crate::connection::pod_client::PodClient;
 use crate::connection::relay::RelayLimits;
 
@@ -22,6 +23,8 @@ pub struct ConnectionSettings {
     pub dial_timeout: std::time::Duration,
     /// Idle and write limits of relayed connections.
     pub limits: RelayLimits,
+    /// Keepalive and `TCP_USER_TIMEOUT` on both of its sockets.
+    pub liveness: Liveness,
     /// Headers added to forwarded requests.
     pub forward: forward::ForwardPolicy,
     /// `allowedOrigins`, lowercased; empty allows all.
@@ -49,6 +52,7 @@ impl ConnectionSettings {
                 idle: config.read_timeout,
                 write: config.write_timeout,
             },
+            liveness: Liveness::from_config(config),
             forward: forward::ForwardPolicy::from_config(config),
             allowed_origins: config
                 .allowed_origins

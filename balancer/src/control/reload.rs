@@ -80,13 +80,18 @@ pub fn keep_running(running: &Config, new: &mut Config) -> Vec<&'static str> {
 }
 
 /// Whether the clients toward pods (dials' TLS, polls, plain HTTP) must be
-/// built again for `new`: their TLS settings or `dialTimeout` changed, or
-/// they trust a `caFile`, whose content may have changed behind its name.
+/// built again for `new`: their TLS settings, `dialTimeout` or socket
+/// liveness settings changed, or they trust a `caFile`, whose content may
+/// have changed behind its name.
 pub fn pod_clients_change(running: &Config, new: &Config) -> bool {
     running.tls_verify != new.tls_verify
         || running.ca_file != new.ca_file
         || new.ca_file.is_some()
         || running.dial_timeout != new.dial_timeout
+        || running.write_timeout != new.write_timeout
+        || running.tcp_keepalive != new.tcp_keepalive
+        || running.tcp_keepalive_interval != new.tcp_keepalive_interval
+        || running.tcp_keepalive_probes != new.tcp_keepalive_probes
 }
 
 /// Watches `path` and sends a message each time its content changes,

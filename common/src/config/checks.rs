@@ -28,6 +28,7 @@ pub(super) const CHECKS: &[Check] = &[
     dial_timeout,
     write_timeout,
     read_timeout,
+    tcp_keepalive,
     tls_cert_and_key,
     max_handshake_header_bytes,
     handshake_timeout,
@@ -165,6 +166,41 @@ fn write_timeout(config: &Config) -> Result<(), ConfigError> {
 /// `readTimeout` in range.
 fn read_timeout(config: &Config) -> Result<(), ConfigError> {
     between("readTimeout", config.read_timeout, MIN_TIMEOUT)
+}
+
+/// Longest keepalive time or interval Linux takes (`TCP_KEEPIDLE`,
+/// `TCP_KEEPINTVL`, in whole seconds).
+const MAX_KEEPALIVE_SECS: u64 = 32_767;
+
+/// Most keepalive probes Linux takes (`TCP_KEEPCNT`).
+const MAX_KEEPALIVE_PROBES: u32 = 127;
+
+/// `tcpKeepalive` (0 or 1s up to Linux's limit, whole seconds: the kernel
+/// counts in seconds, and a silently rounded value would surprise),
+/// `tcpKeepaliveInterval` (the same, not 0) and `tcpKeepaliveProbes`
+/// (1 to 127).
+fn tcp_keepalive(config: &Config) -> Result<(), ConfigError> {
+    let seconds = |key: &str, value: Duration, zero_ok: bool| {
+        let whole = value.subsec_nanos() == 0;
+        let secs = value.as_secs();
+        if whole && (secs >= 1 || zero_ok && secs == 0) && secs <= MAX_KEEPALIVE_SECS {
+            return Ok(());
+        }
+        let low = if zero_ok { "0s (off) or 1s" } else { "1s" };
+        Err(ConfigError::invalid(
+            key,
+            format!("must be whole seconds, {low} to {MAX_KEEPALIVE_SECS}s"),
+        ))
+    };
+    seconds("tcpKeepalive", config.tcp_keepalive, true)?;
+    seconds("tcpKeepaliveInterval", config.tcp_keepalive_interval, false)?;
+    if (1..=MAX_KEEPALIVE_PROBES).contains(&config.tcp_keepalive_probes) {
+        return Ok(());
+    }
+    Err(ConfigError::invalid(
+        "tcpKeepaliveProbes",
+        format!("must be 1 to {MAX_KEEPALIVE_PROBES}"),
+    ))
 }
 
 /// `tlsCert` and `tlsKey`: both or neither, and both readable files.
@@ -471,6 +507,21 @@ mod tests {
                 Box::new(|c| c.slow_start = CENTURY),
                 "slowStart",
                 format!("must be at most {year}"),
+            ),
+            (
+                Box::new(|c| c.tcp_keepalive = Duration::from_millis(1500)),
+                "tcpKeepalive",
+                "must be whole seconds, 0s (off) or 1s to 32767s".into(),
+            ),
+            (
+                Box::new(|c| c.tcp_keepalive_interval = Duration::ZERO),
+                "tcpKeepaliveInterval",
+                "must be whole seconds, 1s to 32767s".into(),
+            ),
+            (
+                Box::new(|c| c.tcp_keepalive_probes = 128),
+                "tcpKeepaliveProbes",
+                "must be 1 to 127".into(),
             ),
             (
                 Box::new(|c| c.eject_after = 0),
