@@ -40,6 +40,9 @@ mod server;
 pub use connection::failover::MAX_ATTEMPTS;
 pub use connection::relay::CLOSE_LINGER;
 pub use control::cli::{CheckConfigError, Cli, REDACTED, check_config, effective_config_yaml};
+pub use control::descriptors::{
+    DescriptorError, Descriptors, raise_to_hard as raise_descriptor_limit,
+};
 pub use control::logging::{LogFormat, init as init_logging};
 pub use control::reload::{ReloadError, ReloadReport, file_changes};
 pub use pods::condition::Condition;

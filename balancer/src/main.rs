@@ -36,6 +36,15 @@ fn main() -> ExitCode {
         eprintln!("wsbalancer: invalid --log-level or RUST_LOG: {error}");
         return ExitCode::from(2);
     }
+    match wsbalancer::raise_descriptor_limit() {
+        Ok(limit) => tracing::info!(
+            soft = limit.soft,
+            hard = limit.hard,
+            was = limit.was,
+            "file descriptor limit"
+        ),
+        Err(error) => tracing::warn!(%error, "file descriptor limit not raised"),
+    }
     match run(config, cli.sources()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -5,5 +5,6 @@
 
 pub mod cert_reload;
 pub mod cli;
+pub mod descriptors;
 pub mod logging;
 pub mod reload;
