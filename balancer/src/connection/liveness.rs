@@ -41,6 +41,17 @@ impl Liveness {
         }
     }
 
+    /// Sets them on the sockets `http` opens (the pooled plain-HTTP client
+    /// toward pods).
+    pub fn configure(&self, http: &mut hyper_util::client::legacy::connect::HttpConnector) {
+        if let Some((time, interval, retries)) = self.keepalive {
+            http.set_keepalive(Some(time));
+            http.set_keepalive_interval(Some(interval));
+            http.set_keepalive_retries(Some(retries));
+        }
+        http.set_tcp_user_timeout(Some(self.user_timeout));
+    }
+
     /// Sets them on `socket`. A failure is logged and otherwise ignored:
     /// the connection still works, as it would without them.
     pub fn apply<S>(&self, socket: &S)

@@ -16,6 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::connection::forward;
 use crate::connection::handshake::Body;
+use crate::connection::liveness::Liveness;
 
 /// What is sent to a pod: the client's body, or nothing (then the request
 /// can be sent again to the next pod if the first cannot be reached).
@@ -68,12 +69,7 @@ impl PodClient {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(config.dial_timeout));
-        if !config.tcp_keepalive.is_zero() {
-            http.set_keepalive(Some(config.tcp_keepalive));
-            http.set_keepalive_interval(Some(config.tcp_keepalive_interval));
-            http.set_keepalive_retries(Some(config.tcp_keepalive_probes));
-        }
-        http.set_tcp_user_timeout(Some(config.write_timeout));
+        Liveness::from_config(config).configure(&mut http);
         // hyper-rustls sets ALPN itself (http/1.1 here) and refuses a
         // config that already has it.
         let mut tls = (*tls).clone();

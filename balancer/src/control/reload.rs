@@ -16,6 +16,7 @@ use common::{Config, ConfigError};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::connection::liveness::Liveness;
 use crate::connection::pod_tls::TlsSetupError;
 
 /// Why a reload was rejected; the running config stays in force.
@@ -88,10 +89,7 @@ pub fn pod_clients_change(running: &Config, new: &Config) -> bool {
         || running.ca_file != new.ca_file
         || new.ca_file.is_some()
         || running.dial_timeout != new.dial_timeout
-        || running.write_timeout != new.write_timeout
-        || running.tcp_keepalive != new.tcp_keepalive
-        || running.tcp_keepalive_interval != new.tcp_keepalive_interval
-        || running.tcp_keepalive_probes != new.tcp_keepalive_probes
+        || Liveness::from_config(running) != Liveness::from_config(new)
 }
 
 /// Watches `path` and sends a message each time its content changes,

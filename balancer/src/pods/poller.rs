@@ -174,7 +174,8 @@ async fn poll_loop(
     let mut last_error: Option<String> = None;
     loop {
         // Read each round: a reload may change them.
-        let eject_after = registry.settings().eject_after;
+        let settings = registry.settings();
+        let eject_after = settings.eject_after;
         let PollWith { client, schedule } = with.read().unwrap_or_else(|p| p.into_inner()).clone();
         let started = tokio::time::Instant::now();
         let start = pod.poll_start();
@@ -188,7 +189,7 @@ async fn poll_loop(
         match outcome.unwrap_or(Err(PollError::Timeout)) {
             Ok(report) => {
                 tracing::trace!(pod = %pod.address.url, connections = report.agents_connections, "report");
-                let base = pod.poll_base(start, registry.settings().replicas == 1);
+                let base = pod.poll_base(start, settings.replicas == 1);
                 if let Some(moved) = pod.record_report(base, report, registry.joined_late(&pod)) {
                     registry.report_moved(moved);
                 }
@@ -206,7 +207,7 @@ async fn poll_loop(
             }
         }
         // Ejected, back, draining, stale...: logged once per change.
-        if let Some(change) = pod.condition_change(&registry.settings()) {
+        if let Some(change) = pod.condition_change(&settings) {
             change.log(&pod.address.url);
         }
         let (failures, ejected) = pod.failures();

@@ -78,11 +78,7 @@ async fn demo(procs: &mut Procs, args: &DemoArgs) -> anyhow::Result<()> {
         ["--cache-ttl", "1s", "--log-level", "warn"],
     )
     .await?;
-    println!(
-        "    listen {}  admin http://{}/balancer-metrics",
-        balancer.ws_url(),
-        balancer.admin
-    );
+    announce(&balancer);
 
     println!(
         "==> {} connections through the balancer ({} at a time, {} messages each)",
@@ -107,6 +103,15 @@ async fn demo(procs: &mut Procs, args: &DemoArgs) -> anyhow::Result<()> {
     }
     println!("==> demo ok");
     Ok(())
+}
+
+/// Where the demo's balancer listens, for a reader who wants to look.
+fn announce(balancer: &Balancer) {
+    println!(
+        "    listen {}  admin http://{}/balancer-metrics",
+        balancer.ws_url(),
+        balancer.admin
+    );
 }
 
 /// The balancer's `/balancer-metrics` once it counts no connection on any

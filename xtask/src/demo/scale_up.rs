@@ -72,11 +72,7 @@ pub async fn run(procs: &mut Procs, args: &DemoArgs) -> anyhow::Result<()> {
         ],
     )
     .await?;
-    println!(
-        "    listen {}  admin http://{}/balancer-metrics",
-        balancer.ws_url(),
-        balancer.admin
-    );
+    super::announce(&balancer);
 
     println!(
         "==> {} reconnecting clients hold their connections for {}s",
