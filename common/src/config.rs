@@ -56,6 +56,13 @@ pub struct Config {
     #[serde(rename = "dialTimeout", with = "humantime_serde")]
     pub dial_timeout: Duration,
 
+    /// A dial whose TCP connect has not completed after this long starts
+    /// the next pod in rank beside it (a hedged dial), and the first pod to
+    /// answer wins: a silent pod host costs a new connection this long, not
+    /// `dialTimeout`. 0 turns hedging off (pods are tried one at a time).
+    #[serde(rename = "hedgeDelay", with = "humantime_serde")]
+    pub hedge_delay: Duration,
+
     /// Bound on one blocked write toward either side of a relayed connection.
     #[serde(rename = "writeTimeout", with = "humantime_serde")]
     pub write_timeout: Duration,
@@ -297,6 +304,11 @@ pub const MIN_CACHE_TTL: Duration = Duration::from_millis(100);
 /// (the relay's close linger).
 pub const DRAIN_CLOSE_GRACE: Duration = Duration::from_secs(2);
 
+/// Default `hedgeDelay`: far above any connect time inside a cluster
+/// (sub-millisecond, a few milliseconds across zones; a lost SYN is only
+/// resent after a second), far below `dialTimeout`.
+pub const DEFAULT_HEDGE_DELAY: Duration = Duration::from_millis(250);
+
 /// Shortest dial, read and write timeout.
 pub const MIN_TIMEOUT: Duration = Duration::from_millis(1);
 
@@ -317,6 +329,7 @@ impl Default for Config {
             ca_file: None,
             cache_ttl: Duration::from_secs(30),
             dial_timeout: Duration::from_secs(10),
+            hedge_delay: DEFAULT_HEDGE_DELAY,
             write_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(30),
             tcp_keepalive: Duration::from_secs(30),

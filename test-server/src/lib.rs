@@ -21,6 +21,7 @@
 #![warn(missing_docs)]
 
 mod metrics;
+pub mod netns;
 pub mod self_signed;
 
 use std::net::SocketAddr;

@@ -12,6 +12,7 @@
 //! client. The caller bounds the whole dial with `dialTimeout`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use base64::Engine;
 use bytes::Bytes;
@@ -97,6 +98,10 @@ pub enum DialFailure {
     connect,
     /// Connect, TLS and handshake took longer than `dialTimeout`.
     timeout,
+    /// The TCP connect was still pending after `hedgeDelay` when a pod
+    /// dialled beside it answered first (a hedged dial): abandoned, and
+    /// held against the pod like a timeout.
+    slow_connect,
     /// The TLS handshake failed.
     tls,
     /// The HTTP exchange broke, or the 101 was not a proper switch.
@@ -117,10 +122,11 @@ pub enum DialFailure {
 
 impl DialFailure {
     /// Every reason, in label order.
-    pub const ALL: [DialFailure; 11] = [
+    pub const ALL: [DialFailure; 12] = [
         DialFailure::refused,
         DialFailure::connect,
         DialFailure::timeout,
+        DialFailure::slow_connect,
         DialFailure::tls,
         DialFailure::handshake,
         DialFailure::status_1xx,
@@ -221,15 +227,18 @@ fn offers(request: &[u8], protocol: &[u8]) -> bool {
 }
 
 /// Connects to `pod` and sends it `head`, the upgrade request; the pod
-/// must switch with `expected_accept`.
+/// must switch with `expected_accept`. `connected` is set once the TCP
+/// connection is up: a hedged dial tells a silent pod host (never
+/// connected) from a slow application (connected, not yet answering).
 pub async fn open(
     pod: &PodAddress,
     tls: &Arc<rustls::ClientConfig>,
     liveness: Liveness,
     head: &[u8],
     expected_accept: &str,
+    connected: &AtomicBool,
 ) -> Result<PodAnswer, DialError> {
-    let io = connect(pod, tls, liveness).await?;
+    let io = connect(pod, tls, liveness, connected).await?;
     handshake(io, head, expected_accept).await
 }
 
@@ -239,12 +248,14 @@ pub async fn connect(
     pod: &PodAddress,
     tls: &Arc<rustls::ClientConfig>,
     liveness: Liveness,
+    connected: &AtomicBool,
 ) -> Result<PodStream, DialError> {
     // An owned address keeps this future `Send` for any caller lifetime.
     let target = format!("{}:{}", pod.authority_host(), pod.port);
     let tcp = TcpStream::connect(target)
         .await
         .map_err(DialError::Connect)?;
+    connected.store(true, Ordering::Relaxed);
     let _ = tcp.set_nodelay(true);
     liveness.apply(&tcp);
     if !pod.tls {

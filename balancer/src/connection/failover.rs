@@ -7,7 +7,11 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use http::StatusCode;
 
 use crate::connection::dial::{self, DialFailure, PodAnswer};
@@ -43,8 +47,27 @@ pub enum Dialled {
     Status(http::Response<Body>),
 }
 
+/// One dial in flight.
+struct Attempt {
+    pod: Arc<Pod>,
+    /// Dropped unsettled when the dial loses or fails: the count is undone.
+    lease: Lease,
+    /// Set by the dial once its TCP connection is up.
+    connected: Arc<AtomicBool>,
+    started: Instant,
+}
+
 /// Dials the ranked pods for the upgrade `head` of `client` until one
 /// answers; a refusal when none can take it or none could be reached.
+///
+/// Pods are dialled in rank, one at a time, except that a dial whose TCP
+/// connect has not completed after `hedgeDelay` gets the next pod dialled
+/// beside it (a hedged dial: a silent pod host costs a new connection that
+/// delay, not `dialTimeout`). The first pod to answer wins; the others are
+/// dropped, their leases undone, and one abandoned before it even connected
+/// is held against its pod, so a pod whose connects keep stalling is
+/// ejected. A failed dial starts the next pod at once. At most
+/// [`MAX_ATTEMPTS`] pods are dialled in all.
 pub async fn dial_pods(
     shared: &Shared,
     settings: &ConnectionSettings,
@@ -67,54 +90,109 @@ pub async fn dial_pods(
         .single("sec-websocket-key")
         .unwrap_or_default();
     let accept = dial::accept_key(key);
-    // The pod whose dial failed last: the next dial is a failover.
-    let mut failed: Option<Arc<Pod>> = None;
     // Read once per connection, not once per attempt: it takes the
     // registry's settings lock and the replica estimate's.
     let early_refresh = shared.registry.settings().early_refresh();
-    for pod in candidates.pods.into_iter().take(MAX_ATTEMPTS) {
-        if let Some(previous) = failed.take() {
-            previous.metrics.failed_over();
-        }
-        let mut lease = pod.lease(early_refresh);
-        let forwarded =
-            forward::pod_upgrade_head(head, &pod.address, shared.origin(client), &settings.forward);
-        let dial = dial::open(
-            &pod.address,
-            &settings.tls,
-            settings.liveness,
-            &forwarded,
-            &accept,
-        );
-        let answer = match tokio::time::timeout(settings.dial_timeout, dial).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(error)) => {
+    let origin = shared.origin(client);
+    let mut ranked = candidates.pods.into_iter().take(MAX_ATTEMPTS);
+    // Indexed by the dials' futures, which yield their index.
+    let mut attempts: Vec<Option<Attempt>> = Vec::with_capacity(MAX_ATTEMPTS);
+    let mut in_flight = FuturesUnordered::new();
+    let mut start_next = |attempts: &mut Vec<Option<Attempt>>| {
+        let pod = ranked.next()?;
+        let lease = pod.lease(early_refresh);
+        let forwarded = forward::pod_upgrade_head(head, &pod.address, origin, &settings.forward);
+        let connected = Arc::new(AtomicBool::new(false));
+        let index = attempts.len();
+        let dial = {
+            let pod = pod.clone();
+            let connected = connected.clone();
+            let accept = &accept;
+            async move {
+                let dial = dial::open(
+                    &pod.address,
+                    &settings.tls,
+                    settings.liveness,
+                    &forwarded,
+                    accept,
+                    &connected,
+                );
+                (
+                    index,
+                    tokio::time::timeout(settings.dial_timeout, dial).await,
+                )
+            }
+        };
+        attempts.push(Some(Attempt {
+            pod,
+            lease,
+            connected,
+            started: Instant::now(),
+        }));
+        Some(dial)
+    };
+    // When to dial the next pod beside the last one, if that one has not
+    // connected by then (`None`: no hedge due).
+    let hedge_after =
+        |now: Instant| (!settings.hedge_delay.is_zero()).then(|| now + settings.hedge_delay);
+    in_flight.extend(start_next(&mut attempts));
+    let mut hedge_at = hedge_after(Instant::now());
+    loop {
+        let hedge_due = hedge_at.filter(|_| attempts.len() < MAX_ATTEMPTS);
+        let (index, outcome) = tokio::select! {
+            biased;
+            done = in_flight.next() => match done {
+                Some(done) => done,
+                None => break,
+            },
+            () = sleep_until(hedge_due), if hedge_due.is_some() => {
+                hedge_at = None;
+                let last = attempts.iter().flatten().last();
+                if let Some(slow) = last.filter(|a| !a.connected.load(Ordering::Relaxed)) {
+                    let slow = slow.pod.clone();
+                    if let Some(dial) = start_next(&mut attempts) {
+                        slow.metrics.failed_over();
+                        tracing::debug!(conn_id, %client, pod = %slow.address.url, "pod not connected after hedgeDelay, dialling the next beside it");
+                        in_flight.push(dial);
+                        hedge_at = hedge_after(Instant::now());
+                    }
+                }
+                continue;
+            }
+        };
+        let Some(mut attempt) = attempts.get_mut(index).and_then(Option::take) else {
+            continue;
+        };
+        let (reason, error, fault): (DialFailure, &dyn std::fmt::Display, Fault) = match outcome {
+            Ok(Ok(answer)) => {
+                attempt.lease.settle();
+                abandon(shared, settings, attempts, conn_id, client);
+                return Ok(answered(
+                    shared,
+                    attempt.pod,
+                    attempt.lease,
+                    answer,
+                    conn_id,
+                    client,
+                ));
+            }
+            Ok(Err(ref error)) => {
                 let fault = if error.pod_answered() {
                     Fault::Misbehaved
                 } else {
                     Fault::Unreachable
                 };
-                unreachable(shared, &pod, conn_id, client, error.reason(), &error, fault);
-                failed = Some(pod);
-                continue;
+                (error.reason(), error, fault)
             }
-            Err(_) => {
-                let fault = Fault::Unreachable;
-                unreachable(
-                    shared,
-                    &pod,
-                    conn_id,
-                    client,
-                    DialFailure::timeout,
-                    &"dial timed out",
-                    fault,
-                );
-                failed = Some(pod);
-                continue;
-            }
+            Err(_) => (DialFailure::timeout, &"dial timed out", Fault::Unreachable),
         };
-        lease.settle();
-        return Ok(answered(shared, pod, lease, answer, conn_id, client));
+        unreachable(shared, &attempt.pod, conn_id, client, reason, error, fault);
+        if let Some(dial) = start_next(&mut attempts) {
+            attempt.pod.metrics.failed_over();
+            in_flight.push(dial);
+            hedge_at = hedge_after(Instant::now());
+        }
+        // The failed dial's lease goes with it: its count is undone.
     }
     Err(if candidates.usable == 0 {
         Refused::unavailable(Refusal::Unreachable, "no healthy pod")
@@ -125,6 +203,44 @@ pub async fn dial_pods(
             "no pod could be reached",
         )
     })
+}
+
+/// Sleeps until `at` (forever when `None`; the caller's guard keeps that
+/// branch off then).
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The dials that lost to another pod's answer: dropped, their leases
+/// undone. One whose TCP connect was still pending after `hedgeDelay` is
+/// held against its pod, as a timed-out dial would have been.
+fn abandon(
+    shared: &Shared,
+    settings: &ConnectionSettings,
+    attempts: Vec<Option<Attempt>>,
+    conn_id: u64,
+    client: SocketAddr,
+) {
+    for attempt in attempts.into_iter().flatten() {
+        let stalled = !attempt.connected.load(Ordering::Relaxed)
+            && attempt.started.elapsed() >= settings.hedge_delay;
+        if stalled {
+            let error = &"not connected after hedgeDelay";
+            let (pod, reason) = (&attempt.pod, DialFailure::slow_connect);
+            unreachable(
+                shared,
+                pod,
+                conn_id,
+                client,
+                reason,
+                error,
+                Fault::Unreachable,
+            );
+        }
+    }
 }
 
 /// `pod` could not be dialled: counted, logged, and held against it.

@@ -21,6 +21,9 @@ pub struct ConnectionSettings {
     pub tls: Arc<rustls::ClientConfig>,
     /// Bound on connect + TLS + handshake to one pod.
     pub dial_timeout: std::time::Duration,
+    /// `hedgeDelay`: a dial not connected after this long has the next pod
+    /// dialled beside it (zero: one pod at a time).
+    pub hedge_delay: std::time::Duration,
     /// Idle and write limits of relayed connections.
     pub limits: RelayLimits,
     /// Keepalive and `TCP_USER_TIMEOUT` on both of its sockets.
@@ -48,6 +51,7 @@ impl ConnectionSettings {
         ConnectionSettings {
             tls,
             dial_timeout: config.dial_timeout,
+            hedge_delay: config.hedge_delay,
             limits: RelayLimits {
                 idle: config.read_timeout,
                 write: config.write_timeout,

@@ -374,6 +374,14 @@ impl Pod {
         }
     }
 
+    /// Asks for an early poll: a dial could not reach the pod, and its
+    /// poller finds out at once whether the pod itself is gone (a silent
+    /// host is then ejected within a few poll timeouts, not at its next
+    /// scheduled poll).
+    pub fn recheck(&self) {
+        self.refresh.notify_one();
+    }
+
     /// Resolves when an early poll is wanted.
     pub async fn refresh_wanted(&self) {
         self.refresh.notified().await;

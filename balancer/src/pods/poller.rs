@@ -46,6 +46,9 @@ pub struct PollSchedule {
     pub interval: Duration,
     /// Bound on one whole poll (connect, headers and body).
     pub timeout: Duration,
+    /// Time between the starts of two polls of a pod whose last poll
+    /// failed (a poll that timed out is followed at once).
+    pub retry: Duration,
     /// Shortest gap between two polls of one pod (early refreshes included).
     pub min_gap: Duration,
     /// Longest wait between two probes of an ejected pod: `cacheTTL`, so a
@@ -53,29 +56,42 @@ pub struct PollSchedule {
     pub max_backoff: Duration,
 }
 
+/// The shortest poll timeout: below it a loaded node's pods would be
+/// ejected for answering slowly rather than for being gone.
+const MIN_POLL_TIMEOUT: Duration = Duration::from_secs(1);
+
 impl PollSchedule {
     /// Derives the schedule from `cacheTTL` and `dialTimeout`.
+    ///
+    /// A silent pod host (packets vanish, no reset) must be ejected without
+    /// traffic within about `cacheTTL / 2` of its first missed poll: each
+    /// poll times out after `cacheTTL / 20` (at least a second, at most
+    /// `dialTimeout`) and a failed poll is retried after `cacheTTL / 40`,
+    /// so `ejectAfter` (3) failures take about `0.15 × cacheTTL`
+    /// (4.5 s at the default 30 s), where they took up to `1.2 × cacheTTL`
+    /// with the poll bounded by `dialTimeout` alone.
     pub fn from_ttl(cache_ttl: Duration, dial_timeout: Duration) -> Self {
         let interval = cache_ttl / 2;
         PollSchedule {
             interval,
-            timeout: dial_timeout.min(cache_ttl),
+            timeout: (cache_ttl / 20).max(MIN_POLL_TIMEOUT).min(dial_timeout),
+            retry: cache_ttl / 40,
             min_gap: (interval / 10).min(Duration::from_millis(25)),
             max_backoff: cache_ttl,
         }
     }
 
-    /// Delay before the next poll. A pod that just failed is re-checked four
-    /// times as often, so it is ejected within `cacheTTL`; an ejected pod is
-    /// probed with exponential backoff from a quarter interval up to
-    /// `max_backoff`.
+    /// Delay before the next poll, from the start of the last one. A pod
+    /// whose poll just failed is re-checked after [`PollSchedule::retry`];
+    /// an ejected pod is probed with exponential backoff from a quarter
+    /// interval up to `max_backoff`.
     pub fn next_delay(&self, failures: u32, ejected: bool, eject_after: u32) -> Duration {
-        let quick = self.interval / 4;
         let base = if ejected {
+            let quick = self.interval / 4;
             let doublings = failures.saturating_sub(eject_after).min(16);
             quick.saturating_mul(1 << doublings).min(self.max_backoff)
         } else if failures > 0 {
-            quick
+            self.retry
         } else {
             self.interval
         };
@@ -261,4 +277,64 @@ pub fn http_client(tls: Arc<rustls::ClientConfig>) -> Result<reqwest::Client, re
         .pool_max_idle_per_host(1)
         .user_agent(concat!("wsbalancer/", env!("CARGO_PKG_VERSION")))
         .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The longest time from a silent pod's first missed poll to its
+    /// ejection: `eject_after` polls that each time out, every retry
+    /// starting at the latest moment its jitter allows.
+    fn worst_ejection(schedule: &PollSchedule, eject_after: u32) -> Duration {
+        let mut total = Duration::ZERO;
+        for failures in 1..=eject_after {
+            total += schedule.timeout;
+            if failures < eject_after {
+                let gap = schedule.retry.mul_f64(1.1);
+                total += gap.saturating_sub(schedule.timeout);
+            }
+        }
+        total
+    }
+
+    #[test]
+    fn a_silent_pod_is_ejected_within_half_the_ttl_of_its_first_missed_poll() {
+        // Above 20 s (below it the one-second floor on the timeout binds).
+        for ttl_secs in [20, 30, 120, 600] {
+            let ttl = Duration::from_secs(ttl_secs);
+            let schedule = PollSchedule::from_ttl(ttl, Duration::from_secs(10));
+            let worst = worst_ejection(&schedule, 3);
+            assert!(
+                worst <= ttl / 2,
+                "cacheTTL {ttl:?}: ejected after {worst:?}"
+            );
+        }
+        let default = PollSchedule::from_ttl(Duration::from_secs(30), Duration::from_secs(10));
+        assert_eq!(default.timeout, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn the_poll_timeout_stays_between_a_second_and_the_dial_timeout() {
+        let short = PollSchedule::from_ttl(Duration::from_secs(2), Duration::from_secs(10));
+        assert_eq!(short.timeout, MIN_POLL_TIMEOUT);
+        let long = PollSchedule::from_ttl(Duration::from_secs(600), Duration::from_secs(10));
+        assert_eq!(long.timeout, Duration::from_secs(10));
+        // A dial timeout under a second wins over the floor (no panic).
+        let quick = PollSchedule::from_ttl(Duration::from_secs(30), Duration::from_millis(300));
+        assert_eq!(quick.timeout, Duration::from_millis(300));
+    }
+
+    #[test]
+    fn failed_pods_are_retried_sooner_and_ejected_ones_backed_off() {
+        let schedule = PollSchedule::from_ttl(Duration::from_secs(30), Duration::from_secs(10));
+        let healthy = schedule.next_delay(0, false, 3);
+        let failing = schedule.next_delay(1, false, 3);
+        assert!(healthy >= schedule.interval.mul_f64(0.9));
+        assert!(failing <= schedule.retry.mul_f64(1.1));
+        let first = schedule.next_delay(3, true, 3);
+        let later = schedule.next_delay(20, true, 3);
+        assert!(first < later);
+        assert!(later <= schedule.max_backoff.mul_f64(1.1));
+    }
 }

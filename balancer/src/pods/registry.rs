@@ -235,12 +235,17 @@ impl PodRegistry {
     /// Counts a failure against `pod` toward its ejection, and logs the
     /// ejection. A pod that answered, but not with a WebSocket switch,
     /// stays out past its next good poll; one that could not be reached
-    /// (down, restarting) is back as soon as it reports again.
+    /// (down, restarting) is back as soon as it reports again, and is
+    /// re-polled at once (so a silent host is ejected within a few poll
+    /// timeouts).
     pub fn record_fault(&self, pod: &Pod, fault: Fault) {
         let settings = self.settings();
         let ejected = match fault {
             Fault::Misbehaved => pod.record_dial_failure(settings.eject_after, settings.cache_ttl),
-            Fault::Unreachable => pod.record_failure(settings.eject_after),
+            Fault::Unreachable => {
+                pod.recheck();
+                pod.record_failure(settings.eject_after)
+            }
         };
         if ejected {
             self.log_condition(pod);

@@ -323,3 +323,14 @@ impl Process {
 /// A hand-written pod's whole answer to `GET /metric`: no connections.
 pub const EMPTY_REPORT: &str =
     "HTTP/1.1 200 OK\r\ncontent-length: 23\r\nconnection: close\r\n\r\n{\"agentsConnections\":0}";
+
+/// A masked client text frame carrying `text` (at most 125 bytes), for raw
+/// clients.
+pub fn masked_text(text: &str) -> Vec<u8> {
+    assert!(text.len() <= 125, "a short frame");
+    let mask = [0x5a, 0x1f, 0x33, 0xc4];
+    let mut frame = vec![0x81, 0x80 | text.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}

@@ -26,6 +26,7 @@ pub(super) const CHECKS: &[Check] = &[
     distinct_pods,
     cache_ttl,
     dial_timeout,
+    hedge_delay,
     write_timeout,
     read_timeout,
     tcp_keepalive,
@@ -156,6 +157,14 @@ fn cache_ttl(config: &Config) -> Result<(), ConfigError> {
 /// `dialTimeout` in range.
 fn dial_timeout(config: &Config) -> Result<(), ConfigError> {
     between("dialTimeout", config.dial_timeout, MIN_TIMEOUT)
+}
+
+/// `hedgeDelay` in range. Not tied to `dialTimeout`: one at or past it
+/// never fires (the dial times out first), which is what a short
+/// `dialTimeout` with the default `hedgeDelay` should do, not an error
+/// about a key the user never set.
+fn hedge_delay(config: &Config) -> Result<(), ConfigError> {
+    at_most_max("hedgeDelay", config.hedge_delay)
 }
 
 /// `writeTimeout` in range.
@@ -522,6 +531,11 @@ mod tests {
                 Box::new(|c| c.tcp_keepalive_probes = 128),
                 "tcpKeepaliveProbes",
                 "must be 1 to 127".into(),
+            ),
+            (
+                Box::new(|c| c.hedge_delay = CENTURY),
+                "hedgeDelay",
+                format!("must be at most {year}"),
             ),
             (
                 Box::new(|c| c.eject_after = 0),

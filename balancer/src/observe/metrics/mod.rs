@@ -145,7 +145,7 @@ impl Metrics {
         );
         registry.register(
             "pod_failovers",
-            "Dials that moved on to the next pod after this pod failed",
+            "Dials that moved on to the next pod after this pod failed, or was not connected after hedgeDelay",
             pods.failovers.clone(),
         );
         registry.register(
