@@ -1,11 +1,12 @@
 //! `cargo xtask`: orchestration written in Rust instead of shell scripts.
 //! This file is only the command line and its dispatch; each task is a
 //! module of its own ([`demo`], [`bench_relay`], [`bench_balance`],
-//! [`soak`]) written on [`harness`], and [`release`] builds the binaries
+//! [`bench_silent`], [`soak`]) written on [`harness`], and [`release`] builds the binaries
 //! they start.
 
 mod bench_balance;
 mod bench_relay;
+mod bench_silent;
 mod demo;
 mod harness;
 mod release;
@@ -81,6 +82,10 @@ enum Bench {
         #[arg(long)]
         only: Option<String>,
     },
+    /// A pod host that goes silent (network namespaces; needs root):
+    /// when its clients are told, how long new connections wait, for
+    /// wsbalancer with and without hedged dials, HAProxy and NGINX.
+    SilentPod,
     /// The comparison (the default): same as `cargo xtask bench`.
     Relay {
         #[command(flatten)]
@@ -101,6 +106,7 @@ async fn main() -> anyhow::Result<()> {
             let table = match bench {
                 Some(Bench::Balance { only }) => bench_balance::run(only.as_deref()).await?,
                 Some(Bench::Relay { compare }) => bench_relay::run(compare).await?,
+                Some(Bench::SilentPod) => bench_silent::run().await?,
                 None => bench_relay::run(compare).await?,
             };
             print_table(&table, out.as_deref())

@@ -10,7 +10,7 @@
 mod args;
 mod docs;
 pub mod floor;
-mod peers;
+pub mod peers;
 mod plan;
 mod table;
 
@@ -176,7 +176,7 @@ async fn start_fresh(
         None => start_wsbalancer(procs, IDLE_PROXY, pod).await,
         Some(peer) => {
             let (addr, pid) = peer
-                .start(procs, IDLE_PROXY, dir, pod.addr, PROXY_CORE)
+                .start(procs, IDLE_PROXY, dir, &[pod.addr], PROXY_CORE)
                 .await?;
             Ok((ws_url(addr), pid))
         }
@@ -327,7 +327,7 @@ async fn measure(procs: &mut Procs, plan: &Plan) -> anyhow::Result<String> {
             continue;
         }
         let (addr, pid) = peer
-            .start(procs, peer.program(), &dir, pod.addr, PROXY_CORE)
+            .start(procs, peer.program(), &dir, &[pod.addr], PROXY_CORE)
             .await?;
         notes.push(format!("{}: {}.", peer.name(), peer.version().await));
         targets.push(Target {

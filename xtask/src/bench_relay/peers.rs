@@ -102,8 +102,14 @@ impl Peer {
         }
     }
 
-    /// Writes the config for relaying to `pod` on `port`.
-    fn config(self, dir: &Path, port: u16, pod: SocketAddr) -> anyhow::Result<PathBuf> {
+    /// Writes the config for relaying to `pods` on `port`.
+    fn config(self, dir: &Path, port: u16, pods: &[SocketAddr]) -> anyhow::Result<PathBuf> {
+        let haproxy_servers: String = pods
+            .iter()
+            .enumerate()
+            .map(|(i, pod)| format!("  server pod{i} {pod}\n"))
+            .collect();
+        let nginx_servers: String = pods.iter().map(|pod| format!(" server {pod};")).collect();
         let (file, text) = match self {
             Peer::Haproxy => (
                 "haproxy.cfg",
@@ -112,7 +118,7 @@ impl Peer {
                      defaults\n  mode http\n  timeout connect 10s\n  timeout client 10m\n  \
                      timeout server 10m\n  timeout tunnel 10m\n\n\
                      frontend ws\n  bind 127.0.0.1:{port}\n  default_backend pods\n\n\
-                     backend pods\n  balance leastconn\n  server pod0 {pod}\n"
+                     backend pods\n  balance leastconn\n{haproxy_servers}"
                 ),
             ),
             Peer::Nginx => (
@@ -124,12 +130,12 @@ impl Peer {
                      http {{\n  access_log off;\n  client_body_temp_path {dir}/body;\n  \
                      proxy_temp_path {dir}/proxy;\n  \
                      map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}\n  \
-                     upstream pods {{ least_conn; server {pod}; }}\n  \
+                     upstream pods {{ least_conn;{nginx_servers} }}\n  \
                      server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      \
                      proxy_pass http://pods;\n      proxy_http_version 1.1;\n      \
                      proxy_set_header Upgrade $http_upgrade;\n      \
                      proxy_set_header Connection $connection_upgrade;\n      \
-                     proxy_read_timeout 10m;\n      proxy_send_timeout 10m;\n    }}\n  }}\n}}\n",
+                     proxy_connect_timeout 10s;\n      proxy_read_timeout 10m;\n      proxy_send_timeout 10m;\n    }}\n  }}\n}}\n",
                     dir = dir.display()
                 ),
             ),
@@ -139,7 +145,7 @@ impl Peer {
         Ok(path)
     }
 
-    /// Starts the peer in front of `pod` as process `name` (its files
+    /// Starts the peer in front of `pods` as process `name` (its files
     /// under `dir/name`), pinned to `core`, and waits until it accepts
     /// connections. Returns its listen address and pid.
     pub async fn start(
@@ -147,7 +153,7 @@ impl Peer {
         procs: &mut Procs,
         name: &str,
         dir: &Path,
-        pod: SocketAddr,
+        pods: &[SocketAddr],
         core: Option<u32>,
     ) -> anyhow::Result<(SocketAddr, u32)> {
         let binary = self
@@ -156,7 +162,7 @@ impl Peer {
         let dir = &dir.join(name);
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let port = harness::free_port()?;
-        let config = self.config(dir, port, pod)?;
+        let config = self.config(dir, port, pods)?;
         let mut cmd = pinned(core, binary);
         match self {
             Peer::Haproxy => cmd.arg("-db").arg("-f").arg(&config),
