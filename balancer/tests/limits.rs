@@ -223,3 +223,67 @@ async fn a_client_past_rate_limit_gets_429_before_any_dial_and_others_do_not() {
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert_eq!(pods[0].accepted(), 2);
 }
+
+/// The status line of an upgrade from 127.0.0.1 (a proxy, when trusted)
+/// that carries `X-Forwarded-For: forwarded_for`.
+async fn upgrade_forwarded_for(forwarded_for: &str, balancer: &Balancer) -> String {
+    use tokio::io::AsyncWriteExt;
+    let addr = balancer.listen_addr();
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         X-Forwarded-For: {forwarded_for}\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let head = support::read_response_head(&mut tcp).await;
+    head.lines().next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_rate_limit_follows_the_last_forwarded_address() {
+    init_logs();
+    let pods = pods(1).await;
+    let mut cfg = config(pods.iter().map(Pod::url).collect());
+    cfg.rate_limit = 1;
+    cfg.trust_forwarded_headers = true;
+    let balancer = Balancer::start(cfg).await.unwrap();
+    // Every request comes from the proxy at 127.0.0.1; the proxy appended
+    // the client's address last, after whatever the client sent.
+    let ok = "HTTP/1.1 101 Switching Protocols";
+    let limited = "HTTP/1.1 429 Too Many Requests";
+    assert_eq!(
+        upgrade_forwarded_for("6.6.6.6, 203.0.113.1", &balancer).await,
+        ok
+    );
+    assert_eq!(
+        upgrade_forwarded_for("7.7.7.7, 203.0.113.1", &balancer).await,
+        limited,
+        "a forged first entry does not make a new client"
+    );
+    assert_eq!(
+        upgrade_forwarded_for("6.6.6.6, 203.0.113.2", &balancer).await,
+        ok
+    );
+    assert_eq!(
+        upgrade_forwarded_for("::ffff:203.0.113.2", &balancer).await,
+        limited,
+        "IPv4-mapped IPv6 is the same client"
+    );
+    // IPv6 clients by their /64.
+    assert_eq!(
+        upgrade_forwarded_for("2001:db8:0:7::1", &balancer).await,
+        ok
+    );
+    assert_eq!(
+        upgrade_forwarded_for("2001:db8:0:7:ffff::2", &balancer).await,
+        limited,
+        "the same /64"
+    );
+    assert_eq!(
+        upgrade_forwarded_for("2001:db8:0:8::1", &balancer).await,
+        ok
+    );
+    wait_until("4 upgrades reached the pod", || pods[0].accepted() == 4).await;
+    balancer.shutdown(DEADLINE).await;
+}

@@ -89,7 +89,7 @@ impl Shared {
             relays: lifecycle.relays,
             handshake_timeout: config.handshake_timeout,
             max_header_bytes: config.max_handshake_header_bytes,
-            admission: Admission::new(metrics.active().clone()),
+            admission: Admission::new(metrics.active().clone(), metrics.http_active().clone()),
             metrics,
             next_id: AtomicU64::new(1),
         }

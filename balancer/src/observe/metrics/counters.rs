@@ -99,8 +99,8 @@ pub(super) struct RefusedLabels {
     pub(super) reason: &'static str,
 }
 
-/// Why the balancer itself refused an upgrade (a pod's own answer is
-/// counted per pod instead).
+/// Why the balancer itself refused an upgrade or a plain HTTP request (a
+/// pod's own answer is counted per pod instead).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     /// Not a valid WebSocket upgrade (400, 405, 426...).
@@ -113,8 +113,10 @@ pub enum Refusal {
     Origin,
     /// `maxConnections` reached (503).
     MaxConnections,
-    /// The client IP is past `rateLimit` (429).
+    /// The client address is past `rateLimit` (429).
     RateLimited,
+    /// `maxHttpRequests` plain requests are in flight (503).
+    MaxHttpRequests,
     /// Every accepting pod is at its limit (503).
     PodsFull,
     /// No pod accepts new connections (503).
@@ -134,6 +136,7 @@ impl Refusal {
             Refusal::Origin => "origin",
             Refusal::MaxConnections => "max_connections",
             Refusal::RateLimited => "rate_limited",
+            Refusal::MaxHttpRequests => "max_http_requests",
             Refusal::PodsFull => "pods_full",
             Refusal::NoPod => "no_pod",
             Refusal::Unreachable => "unreachable",

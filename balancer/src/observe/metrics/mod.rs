@@ -71,6 +71,11 @@ pub struct Metrics {
     accepted: Counter,
     /// Upgrades the balancer refused itself.
     refused: Family<RefusedLabels, Counter>,
+    /// Plain HTTP requests being proxied now: what `maxHttpRequests`
+    /// counts.
+    http_active: Gauge<u64, AtomicU64>,
+    /// Plain HTTP requests the balancer refused itself.
+    http_refused: Family<RefusedLabels, Counter>,
     /// Bytes and messages relayed.
     traffic: Arc<Traffic>,
     /// Failed lookups of `discovery.dns`.
@@ -126,8 +131,23 @@ impl Metrics {
         registry.register(
             "handshakes_refused",
             "Upgrades the balancer answered itself with an error status, by status and reason \
-             (invalid, too_large, draining, origin, max_connections, pods_full, no_pod, unreachable)",
+             (invalid, too_large, draining, origin, rate_limited, max_connections, pods_full, \
+             no_pod, unreachable)",
             refused.clone(),
+        );
+        let http_active = Gauge::default();
+        registry.register(
+            "http_requests_active",
+            "Plain HTTP requests (httpMode: proxy) being proxied now, until their response is \
+             sent whole (what maxHttpRequests counts)",
+            http_active.clone(),
+        );
+        let http_refused = Family::default();
+        registry.register(
+            "http_requests_refused",
+            "Plain HTTP requests the balancer answered itself before any pod, by status and reason \
+             (rate_limited: 429 past rateLimit; max_http_requests: 503 past maxHttpRequests)",
+            http_refused.clone(),
         );
         let pods = PodFamilies::default();
         registry.register(
@@ -179,6 +199,8 @@ impl Metrics {
             active,
             accepted,
             refused,
+            http_active,
+            http_refused,
             traffic: Arc::new(Traffic::default()),
             discovery_errors,
             watched: None,
@@ -225,6 +247,21 @@ impl Metrics {
     /// The balancer refused an upgrade with `status`.
     pub fn refused(&self, status: u16, why: Refusal) {
         self.refused
+            .get_or_create(&RefusedLabels {
+                status,
+                reason: why.as_str(),
+            })
+            .inc();
+    }
+
+    /// The live count of plain HTTP requests being proxied.
+    pub fn http_active(&self) -> &Gauge<u64, AtomicU64> {
+        &self.http_active
+    }
+
+    /// The balancer refused a plain HTTP request with `status`.
+    pub fn http_refused(&self, status: u16, why: Refusal) {
+        self.http_refused
             .get_or_create(&RefusedLabels {
                 status,
                 reason: why.as_str(),
