@@ -76,6 +76,9 @@ pub struct Metrics {
     http_active: Gauge<u64, AtomicU64>,
     /// Plain HTTP requests the balancer refused itself.
     http_refused: Family<RefusedLabels, Counter>,
+    /// Client connections answered 503 at accept because the process had
+    /// run out of file descriptors.
+    out_of_descriptors: Counter,
     /// Bytes and messages relayed.
     traffic: Arc<Traffic>,
     /// Failed lookups of `discovery.dns`.
@@ -149,6 +152,14 @@ impl Metrics {
              (rate_limited: 429 past rateLimit; max_http_requests: 503 past maxHttpRequests)",
             http_refused.clone(),
         );
+        let out_of_descriptors = Counter::default();
+        registry.register(
+            "out_of_descriptors_refusals",
+            "Client connections answered 503 as soon as accepted, before their request was read, \
+             because the process had run out of file descriptors (EMFILE or ENFILE; a spare \
+             descriptor kept for this lets the balancer accept and refuse them)",
+            out_of_descriptors.clone(),
+        );
         let pods = PodFamilies::default();
         registry.register(
             "pod_connections_opened",
@@ -201,6 +212,7 @@ impl Metrics {
             refused,
             http_active,
             http_refused,
+            out_of_descriptors,
             traffic: Arc::new(Traffic::default()),
             discovery_errors,
             watched: None,
@@ -267,6 +279,12 @@ impl Metrics {
                 reason: why.as_str(),
             })
             .inc();
+    }
+
+    /// A client connection was accepted with the spare descriptor and
+    /// answered 503: the process had run out of descriptors.
+    pub fn refused_out_of_descriptors(&self) {
+        self.out_of_descriptors.inc();
     }
 
     /// A client got its 101 `took` after its request arrived.
