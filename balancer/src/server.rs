@@ -154,7 +154,12 @@ impl Balancer {
             registry: registry.clone(),
             draining: drain.clone(),
             metrics,
+            out_of_descriptors: shared.out_of_descriptors.clone(),
         });
+        let admin_listener = admin::AdminListener {
+            listener: admin_listener,
+            out_of_descriptors: shared.out_of_descriptors.clone(),
+        };
         tasks.spawn(serve_admin(admin_listener, admin, stop.clone()));
 
         tracing::info!(listen = %listen_addr, admin = %admin_addr, pods = config.pods.len(), "wsbalancer started");
@@ -385,7 +390,7 @@ fn server_tls(
 }
 
 /// Serves the admin endpoints until `stop`.
-async fn serve_admin(listener: TcpListener, admin: axum::Router, stop: CancellationToken) {
+async fn serve_admin(listener: admin::AdminListener, admin: axum::Router, stop: CancellationToken) {
     let serve = axum::serve(listener, admin).with_graceful_shutdown(stop.cancelled_owned());
     if let Err(error) = serve.await {
         tracing::error!(%error, "admin listener failed");

@@ -156,3 +156,109 @@ async fn an_upgrade_after_a_plain_request_on_the_same_connection_is_relayed() {
     assert_eq!(support::raw_frame(&mut tcp).await, (1, b"again".to_vec()));
     balancer.shutdown(DEADLINE).await;
 }
+
+/// The value of `series` (a name with its labels) in the balancer's
+/// `/metrics`, if it is there.
+async fn metric(balancer: &Balancer, series: &str) -> Option<u64> {
+    let text = support::plain_get(balancer.admin_addr(), "/metrics").await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Waits until `series` reads `value`.
+async fn wait_for_metric(balancer: &Balancer, series: &str, value: u64) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let now = metric(balancer, series).await;
+        if now == Some(value) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{series} is {now:?}, not {value}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn plain_requests_past_max_http_requests_get_503_until_one_is_sent_whole() {
+    init_logs();
+    let pods = pods(1).await;
+    let mut cfg = config(vec![pods[0].url()]);
+    cfg.max_http_requests = 2;
+    let balancer = Balancer::start(cfg).await.unwrap();
+    let addr = balancer.listen_addr();
+    // Two requests whose bodies, and so the pod's echoed responses, stay
+    // open: their heads went out long ago, and they still count.
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n",
+        )
+        .await
+        .unwrap();
+        let mut seen = Vec::new();
+        read_until(&mut tcp, &mut seen, "first").await;
+        streams.push((tcp, seen));
+    }
+    let active = "wsbalancer_http_requests_active";
+    assert_eq!(metric(&balancer, active).await, Some(2));
+    let refused = support::plain_get(addr, "/metric").await;
+    assert!(
+        refused.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+        "{refused}"
+    );
+    assert!(
+        refused.to_ascii_lowercase().contains("retry-after: 1\r\n"),
+        "{refused}"
+    );
+    assert!(
+        refused.ends_with("\r\n\r\ntoo many plain HTTP requests in flight (maxHttpRequests)\n"),
+        "{refused}"
+    );
+    let series =
+        r#"wsbalancer_http_requests_refused_total{status="503",reason="max_http_requests"}"#;
+    assert_eq!(metric(&balancer, series).await, Some(1));
+    // Upgrades are not plain requests.
+    let (_ws, response) = support::connect(&support::ws_url(&balancer, "/ws")).await;
+    assert_eq!(response.status(), 101);
+
+    // One ends: its place is free once its response has been sent whole.
+    let (mut tcp, mut seen) = streams.pop().unwrap();
+    tcp.write_all(b"0\r\n\r\n").await.unwrap();
+    read_until(&mut tcp, &mut seen, "0\r\n\r\n").await;
+    wait_for_metric(&balancer, active, 1).await;
+    let answer = support::plain_get(addr, "/metric").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // A client that goes away mid-response frees its place too.
+    drop(streams);
+    wait_for_metric(&balancer, active, 0).await;
+    assert_eq!(metric(&balancer, series).await, Some(1));
+    balancer.shutdown(DEADLINE).await;
+}
+
+#[tokio::test]
+async fn plain_requests_take_from_the_same_rate_limit_as_upgrades() {
+    init_logs();
+    let pods = pods(1).await;
+    let mut cfg = config(vec![pods[0].url()]);
+    // Two a second: the three requests below must come within a second.
+    cfg.rate_limit = 2;
+    let balancer = Balancer::start(cfg).await.unwrap();
+    let addr = balancer.listen_addr();
+    let answer = support::plain_get(addr, "/metric").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let (_ws, head) = support::raw_upgrade(addr, "/ws").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let limited = support::plain_get(addr, "/metric").await;
+    assert!(limited.starts_with("HTTP/1.1 429"), "{limited}");
+    assert!(
+        limited.to_ascii_lowercase().contains("retry-after: 1\r\n"),
+        "{limited}"
+    );
+    let series = r#"wsbalancer_http_requests_refused_total{status="429",reason="rate_limited"}"#;
+    assert_eq!(metric(&balancer, series).await, Some(1));
+    balancer.shutdown(DEADLINE).await;
+}

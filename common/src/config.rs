@@ -117,9 +117,12 @@ pub struct Config {
     #[serde(rename = "maxConnections")]
     pub max_connections: u64,
 
-    /// New connections per second one client IP address may open (a burst
-    /// of one second's worth, then this rate); 0 means unlimited. Past it
-    /// clients get 429 with `Retry-After`, before any pod is dialled.
+    /// New connections (and plain HTTP requests) per second one client
+    /// address may open (a burst of one second's worth, then this rate); 0
+    /// means unlimited. Past it clients get 429 with `Retry-After`, before
+    /// any pod is dialled. An address is an IPv4 address or an IPv6 /64;
+    /// with `trustForwardedHeaders`, the one the proxy in front appended to
+    /// `X-Forwarded-For`.
     #[serde(rename = "rateLimit")]
     pub rate_limit: u32,
 
@@ -221,6 +224,14 @@ pub struct Config {
     /// What happens to plain HTTP requests (no `Upgrade` header).
     #[serde(rename = "httpMode")]
     pub http_mode: HttpMode,
+
+    /// Most plain HTTP requests (`httpMode: proxy`) proxied at once, each
+    /// counted until its response has been sent whole; 0 means unlimited.
+    /// Past it requests get 503 with `Retry-After`, so that a flood of
+    /// plain requests cannot take every pod connection and descriptor the
+    /// WebSocket connections need.
+    #[serde(rename = "maxHttpRequests")]
+    pub max_http_requests: u64,
 
     /// Reload the config file when its content changes (checked every
     /// second; a Kubernetes ConfigMap update is seen too), as SIGHUP does.
@@ -360,6 +371,7 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             http_mode: HttpMode::Proxy,
+            max_http_requests: 1024,
             watch_config: false,
             discovery: None,
         }

@@ -85,6 +85,12 @@ pub enum ShedReason {
     drain,
 }
 
+impl ShedReason {
+    /// Every reason, so that a departed pod's series of each can be
+    /// removed.
+    pub const ALL: [ShedReason; 2] = [ShedReason::imbalance, ShedReason::drain];
+}
+
 /// Close `count` of this replica's movable connections to pod `pod`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shed {

@@ -7,7 +7,7 @@
 //! Hop-by-hop headers (RFC 9110 §7.6.1) are dropped, including any the
 //! `Connection` header names, and `X-Forwarded-*` is set by the balancer.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -115,6 +115,41 @@ pub struct Origin {
     pub addr: SocketAddr,
     /// `http` or `https`: how the client reached the balancer.
     pub scheme: &'static str,
+}
+
+/// The address a client is known by, for the per-client limit
+/// (`rateLimit`): the peer's, or with `trustForwardedHeaders` the last
+/// address of the incoming `X-Forwarded-For` (`forwarded_for`: its values,
+/// in order), the one the trusted proxy in front appended; the entries
+/// before it are whatever the client sent. The trust is the one
+/// [`forwarded_fields`] gives: the hop in front of the balancer, no
+/// further. A missing or unreadable last entry leaves the peer's address.
+pub fn client_ip<'a>(
+    peer: IpAddr,
+    policy: &ForwardPolicy,
+    forwarded_for: impl Iterator<Item = &'a [u8]>,
+) -> IpAddr {
+    if !policy.trust_incoming {
+        return peer;
+    }
+    forwarded_for
+        .flat_map(|value| value.split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|entry| !entry.is_empty())
+        .last()
+        .and_then(forwarded_address)
+        .unwrap_or(peer)
+}
+
+/// One `X-Forwarded-For` entry's address: `192.0.2.1`, `2001:db8::1`, or
+/// with a port (`192.0.2.1:4711`, `[2001:db8::1]:4711`) as some proxies
+/// write it.
+fn forwarded_address(entry: &[u8]) -> Option<IpAddr> {
+    let text = std::str::from_utf8(entry).ok()?.trim_matches('"');
+    text.parse::<IpAddr>()
+        .ok()
+        .or_else(|| text.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| text.strip_prefix('[')?.strip_suffix(']')?.parse().ok())
 }
 
 /// The fields of a request forwarded to `pod`, in order, each given to
@@ -450,5 +485,51 @@ mod tests {
             written.fields().single("sec-websocket-accept"),
             Some(&b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="[..])
         );
+    }
+
+    #[test]
+    fn the_client_address_is_the_peer_or_the_last_trusted_hop() {
+        let peer: IpAddr = "192.0.2.9".parse().unwrap();
+        let trusted = ForwardPolicy {
+            trust_incoming: true,
+            ..ForwardPolicy::default()
+        };
+        let ip = |policy: &ForwardPolicy, values: &[&str]| {
+            client_ip(peer, policy, values.iter().map(|v| v.as_bytes()))
+        };
+        let forged = ["6.6.6.6, 203.0.113.7"];
+        assert_eq!(ip(&ForwardPolicy::default(), &forged), peer, "not trusted");
+        // What the proxy in front appended is last, across field lines;
+        // what the client put before it is not believed.
+        assert_eq!(
+            ip(&trusted, &forged),
+            "203.0.113.7".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            ip(&trusted, &["6.6.6.6", "7.7.7.7, 2001:db8::5 "]),
+            "2001:db8::5".parse::<IpAddr>().unwrap()
+        );
+        for (entry, expected) in [
+            ("203.0.113.7:4711", "203.0.113.7"),
+            ("[2001:db8::5]:4711", "2001:db8::5"),
+            ("[2001:db8::5]", "2001:db8::5"),
+            ("\"203.0.113.7\"", "203.0.113.7"),
+        ] {
+            assert_eq!(
+                ip(&trusted, &[entry]),
+                expected.parse::<IpAddr>().unwrap(),
+                "{entry}"
+            );
+        }
+        // An empty entry is skipped; nothing usable last leaves the peer.
+        let listed: IpAddr = "1.2.3.4".parse().unwrap();
+        for (values, expected) in [
+            (&["1.2.3.4, "][..], listed),
+            (&[], peer),
+            (&["unknown"], peer),
+            (&["1.2.3.4, bogus"], peer),
+        ] {
+            assert_eq!(ip(&trusted, values), expected, "{values:?}");
+        }
     }
 }

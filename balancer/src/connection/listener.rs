@@ -19,6 +19,7 @@ use crate::connection::ends::End;
 use crate::connection::first_request::{self, FirstRequest};
 use crate::connection::forward;
 use crate::connection::handshake::plain_response;
+use crate::connection::out_of_descriptors::{self, Refused, Spare};
 use crate::connection::session::Session;
 use crate::connection::shared::Shared;
 use crate::connection::upgrade::{self, Answer};
@@ -49,9 +50,16 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// Pause after an accept that failed for another reason than a client
+/// that went away, or for lack of descriptors with no spare left: the
+/// listener stays readable, and retrying at once would spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
 /// Accepts until `drain` (or `stop`) is cancelled; the listening socket is
 /// closed then, so new clients are refused at once. Connections are tracked
-/// by `tasks` and dropped when `stop` is cancelled.
+/// by `tasks` and dropped when `stop` is cancelled. Out of file
+/// descriptors, waiting clients are answered 503 through a spare one (see
+/// [`out_of_descriptors`]).
 pub async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
@@ -59,20 +67,20 @@ pub async fn accept_loop(
     drain: CancellationToken,
     stop: CancellationToken,
 ) {
+    let mut spare = Spare::open();
     loop {
         let (tcp, client) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(error) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    refuse_or_back_off(&listener, &mut spare, &shared, &error).await;
                     continue;
                 }
             },
             () = drain.cancelled() => return,
             () = stop.cancelled() => return,
         };
+        shared.out_of_descriptors.accepted();
         shared.metrics.accepted();
         shared.settings().liveness.apply(&tcp);
         // Inherited from the listener on Linux (see `bind`).
@@ -85,6 +93,41 @@ pub async fn accept_loop(
             Some(tls) => tasks.spawn(serve_tls(tcp, tls, shared, client, stopped)),
         };
     }
+}
+
+/// After a failed accept: out of descriptors, the waiting client gets its
+/// 503 through the spare descriptor (or, without one, the loop backs off);
+/// another error is logged and the loop backs off, unless it was only a
+/// client that went away before it was accepted.
+async fn refuse_or_back_off(
+    listener: &TcpListener,
+    spare: &mut Spare,
+    shared: &Shared,
+    error: &std::io::Error,
+) {
+    use std::io::ErrorKind;
+    if out_of_descriptors::is_out_of_descriptors(error) {
+        shared.out_of_descriptors.ran_out(error);
+        match spare.refuse(listener).await {
+            Refused::Answered(client) => {
+                shared.out_of_descriptors.refused();
+                shared.metrics.refused_out_of_descriptors();
+                tracing::debug!(%client, reason = "out_of_descriptors", status = 503, "connection failed");
+            }
+            Refused::NoneWaiting => {}
+            Refused::NoSpare => tokio::time::sleep(ACCEPT_BACKOFF).await,
+        }
+        return;
+    }
+    if matches!(
+        error.kind(),
+        ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset
+    ) {
+        tracing::debug!(%error, "client gone before its accept");
+        return;
+    }
+    tracing::warn!(%error, "accept failed");
+    tokio::time::sleep(ACCEPT_BACKOFF).await;
 }
 
 /// Serves one TLS connection: the handshake, then HTTP/1.1 with upgrades.

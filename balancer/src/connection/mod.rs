@@ -2,7 +2,9 @@
 //! are listed in the order a connection meets them:
 //!
 //! 1. [`listener`] accepts the TCP connection ([`listener_tls`] terminates
-//!    TLS when configured) and runs the per-connection task.
+//!    TLS when configured) and runs the per-connection task; out of file
+//!    descriptors, it answers 503 through a spare one
+//!    ([`out_of_descriptors`]).
 //! 2. [`first_request`] reads the request head ([`head`] keeps it as the
 //!    bytes that arrived); anything but a WebSocket upgrade goes to hyper.
 //! 3. [`upgrade`] answers the upgrade: [`handshake`] checks it is valid,
@@ -30,6 +32,7 @@ pub mod http_proxy;
 pub mod listener;
 pub mod listener_tls;
 pub mod liveness;
+pub mod out_of_descriptors;
 pub mod pod_client;
 pub mod pod_tls;
 pub mod rate_limit;

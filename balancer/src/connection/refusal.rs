@@ -1,7 +1,8 @@
-//! The balancer's own answer when it refuses an upgrade (a pod's own answer
-//! is passed on instead): why, so that it is counted in
-//! `wsbalancer_handshakes_refused_total` and logged as the connection's one
-//! event the same way wherever on the path it was decided, and the
+//! The balancer's own answer when it refuses an upgrade or a plain HTTP
+//! request (a pod's own answer is passed on instead): why, so that it is
+//! counted in `wsbalancer_handshakes_refused_total` (or
+//! `wsbalancer_http_requests_refused_total`) and logged as the request's
+//! one event the same way wherever on the path it was decided, and the
 //! response the client gets, built only then.
 
 use std::net::SocketAddr;
@@ -48,25 +49,47 @@ impl Refused {
         }
     }
 
-    /// Counts and logs the refusal, and returns what the client gets.
+    /// Counts and logs the refusal of an upgrade, and returns what the
+    /// client gets.
     pub fn answer(self, metrics: &Metrics, conn_id: u64, client: SocketAddr) -> Response<Body> {
-        let status = self.status.as_u16();
-        metrics.refused(status, self.why);
-        let reason = self.why.as_str();
+        metrics.refused(self.status.as_u16(), self.why);
+        self.log(conn_id, client, "connection failed");
+        self.response()
+    }
+
+    /// Counts and logs the refusal of a plain HTTP request, and returns
+    /// what the client gets.
+    pub fn answer_request(
+        self,
+        metrics: &Metrics,
+        conn_id: u64,
+        client: SocketAddr,
+    ) -> Response<Body> {
+        metrics.http_refused(self.status.as_u16(), self.why);
+        self.log(conn_id, client, "http request refused");
+        self.response()
+    }
+
+    /// Logs the refusal as `message`, at the level its reason deserves.
+    fn log(self, conn_id: u64, client: SocketAddr, message: &str) {
+        let (status, reason) = (self.status.as_u16(), self.why.as_str());
         match self.why {
             // Routine while draining; a client's choice for the origin.
             Refusal::Draining | Refusal::Invalid | Refusal::TooLarge => {
-                tracing::debug!(conn_id, %client, reason, status, "connection failed");
+                tracing::debug!(conn_id, %client, reason, status, "{message}");
             }
             // A client's doing, worth seeing but not a fault of ours.
             Refusal::Origin | Refusal::RateLimited => {
-                tracing::info!(conn_id, %client, reason, status, "connection failed")
+                tracing::info!(conn_id, %client, reason, status, "{message}")
             }
-            Refusal::MaxConnections | Refusal::PodsFull | Refusal::NoPod | Refusal::Unreachable => {
-                tracing::warn!(conn_id, %client, reason, status, "connection failed");
+            Refusal::MaxConnections
+            | Refusal::MaxHttpRequests
+            | Refusal::PodsFull
+            | Refusal::NoPod
+            | Refusal::Unreachable => {
+                tracing::warn!(conn_id, %client, reason, status, "{message}");
             }
         }
-        self.response()
     }
 
     /// The response the client gets.

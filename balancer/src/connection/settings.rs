@@ -34,10 +34,14 @@ pub struct ConnectionSettings {
     pub allowed_origins: Vec<String>,
     /// `maxConnections` (0 = unlimited).
     pub max_connections: u64,
-    /// `rateLimit`: new connections per second per client IP (0 = none).
+    /// `rateLimit`: new connections and plain requests per second per
+    /// client address (0 = none).
     pub rate_limit: u32,
     /// What plain HTTP requests get.
     pub http_mode: HttpMode,
+    /// `maxHttpRequests`: plain HTTP requests proxied at once (0 =
+    /// unlimited).
+    pub max_http_requests: u64,
     /// Pooled client for plain HTTP requests, with the same TLS settings
     /// and `dialTimeout` as the WebSocket dials (a reload that changes them
     /// builds a new one, so both always agree).
@@ -66,6 +70,7 @@ impl ConnectionSettings {
             max_connections: config.max_connections,
             rate_limit: config.rate_limit,
             http_mode: config.http_mode,
+            max_http_requests: config.max_http_requests,
             http,
         }
     }

@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::connection::admission::Admission;
 use crate::connection::forward;
 use crate::connection::listener_tls::ServerTls;
+use crate::connection::out_of_descriptors::Exhaustion;
 use crate::connection::relay::DrainSignal;
 use crate::connection::settings::ConnectionSettings;
 use crate::observe::metrics::Metrics;
@@ -56,6 +57,9 @@ pub struct Shared {
     pub admission: Admission,
     /// Counters, histograms, and what `/metrics` shows.
     pub metrics: Arc<Metrics>,
+    /// Whether accepts are failing for lack of file descriptors, for
+    /// `/readyz`.
+    pub out_of_descriptors: Arc<Exhaustion>,
     /// Source of connection ids for logs.
     next_id: AtomicU64,
 }
@@ -89,8 +93,9 @@ impl Shared {
             relays: lifecycle.relays,
             handshake_timeout: config.handshake_timeout,
             max_header_bytes: config.max_handshake_header_bytes,
-            admission: Admission::new(metrics.active().clone()),
+            admission: Admission::new(metrics.active().clone(), metrics.http_active().clone()),
             metrics,
+            out_of_descriptors: Arc::default(),
             next_id: AtomicU64::new(1),
         }
     }

@@ -18,7 +18,7 @@ use crate::connection::failover::{self, Dialled};
 use crate::connection::forward;
 use crate::connection::handshake::{self, Body};
 use crate::connection::head::{RequestHead, ResponseHead};
-use crate::connection::http_proxy;
+use crate::connection::http_proxy::{self, InFlight};
 use crate::connection::session::Session;
 use crate::connection::shared::Shared;
 use crate::observe::metrics::counters::Refusal;
@@ -43,7 +43,7 @@ pub async fn serve_request(
     shared: Arc<Shared>,
     client: SocketAddr,
     mut request: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
+) -> Result<Response<InFlight>, Infallible> {
     let conn_id = shared.next_conn_id();
     if shared.settings().http_mode == HttpMode::Proxy
         && !request.headers().contains_key(http::header::UPGRADE)
@@ -53,14 +53,15 @@ pub async fn serve_request(
     let on_upgrade = hyper::upgrade::on(&mut request);
     let (parts, _) = request.into_parts();
     let head = RequestHead::from_parts(&parts);
-    Ok(match answer(&shared, conn_id, client, &head).await {
+    let response = match answer(&shared, conn_id, client, &head).await {
         Answer::Respond(response) => response,
         Answer::Switch { pod_head, session } => {
             // Counted as relayed by the token the session holds.
             tokio::spawn(session.after_upgrade(shared.clone(), on_upgrade));
             forward::switching_protocols(&pod_head)
         }
-    })
+    };
+    Ok(response.map(InFlight::free))
 }
 
 /// Checks an upgrade request, admits it, and dials pods in order until one

@@ -2,8 +2,9 @@
 //! original plugin's JSON status and a live HTML view of it, on an address
 //! of its own so it is never exposed with the WebSocket port by accident.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::extract::State;
@@ -11,11 +12,13 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use serde::Serialize;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use common::PodState;
 use common::selection::Health;
 
+use crate::connection::out_of_descriptors::{self, Exhaustion};
 use crate::observe::metrics::{self, Metrics};
 use crate::pods::registry::PodRegistry;
 
@@ -28,6 +31,9 @@ pub struct AdminState {
     pub draining: CancellationToken,
     /// What `/metrics` encodes.
     pub metrics: Arc<Metrics>,
+    /// Whether the listener is failing to accept for lack of file
+    /// descriptors: readiness turns 503.
+    pub out_of_descriptors: Arc<Exhaustion>,
 }
 
 /// The live dashboard: one self-contained page that polls
@@ -42,6 +48,54 @@ const DASHBOARD_HTML: &str = include_str!("dashboard.html");
 const DASHBOARD_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; \
      style-src 'unsafe-inline'; connect-src 'self'; base-uri 'none'; \
      form-action 'none'; frame-ancestors 'none'";
+
+/// Pause after the admin listener failed to accept for lack of file
+/// descriptors: a probe waits that much longer once they are back.
+const OUT_OF_DESCRIPTORS_BACKOFF: Duration = Duration::from_millis(250);
+
+/// Pause after another failed accept.
+const ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The admin listener as axum serves it. An accept that fails for lack of
+/// file descriptors is reported to readiness and logged once per streak
+/// (axum's own listener logs an error every second), and retried after a
+/// pause; it has no spare descriptor of its own, so a new admin connection
+/// waits until one is free, while open ones keep working.
+#[derive(Debug)]
+pub struct AdminListener {
+    /// The bound `adminListen` socket.
+    pub listener: TcpListener,
+    /// What readiness reads.
+    pub out_of_descriptors: Arc<Exhaustion>,
+}
+
+impl axum::serve::Listener for AdminListener {
+    type Io = TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
+        loop {
+            let error = match self.listener.accept().await {
+                Ok(accepted) => return accepted,
+                Err(error) => error,
+            };
+            if out_of_descriptors::is_out_of_descriptors(&error) {
+                self.out_of_descriptors.ran_out(&error);
+                tokio::time::sleep(OUT_OF_DESCRIPTORS_BACKOFF).await;
+            } else if !matches!(
+                error.kind(),
+                std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset
+            ) {
+                tracing::warn!(%error, "admin accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
 
 /// Routes of the admin listener.
 pub fn router(state: AdminState) -> Router {
@@ -73,6 +127,12 @@ async fn dashboard() -> Response {
 async fn readyz(State(state): State<AdminState>) -> Response {
     if state.draining.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready: draining\n").into_response()
+    } else if state.out_of_descriptors.is_out() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: out of file descriptors (new clients get 503)\n",
+        )
+            .into_response()
     } else if !state.registry.has_usable_pod() {
         (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -2,10 +2,15 @@
 //! new connection.
 //!
 //! The set changes while connections run ([`PodRegistry::set_pods`], from a
-//! config reload or discovery). Failures and successes of dials are
-//! recorded here too ([`PodRegistry::record_fault`],
-//! [`PodRegistry::record_success`]), so that ejection and its logging are
-//! one rule whichever path (WebSocket dial or plain HTTP) saw them.
+//! config reload or discovery). A pod that leaves is remembered until
+//! nothing holds it any more (its last connection ended, its poller
+//! stopped); then its metric series are removed, so that the scrape and
+//! memory follow the pods of now, not every pod ever discovered.
+//!
+//! Failures and successes of dials are recorded here too
+//! ([`PodRegistry::record_fault`], [`PodRegistry::record_success`]), so
+//! that ejection and its logging are one rule whichever path (WebSocket
+//! dial or plain HTTP) saw them.
 
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Instant;
@@ -16,7 +21,7 @@ use common::selection::{self, Health, PodLoad};
 use super::pod::{Moved, Pod, PodSnapshot, Settings};
 use super::replicas::ReplicaEstimate;
 use super::shed::Imbalance;
-use crate::observe::metrics::counters::PodFamilies;
+use crate::observe::metrics::counters::{PodCounters, PodFamilies};
 
 /// How a dial or request to a pod failed, for ejection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,9 +54,9 @@ pub struct PodRegistry {
     /// The pods new connections may go to, in configuration order.
     pods: RwLock<Vec<Arc<Pod>>>,
     /// Pods that left the set, so that metrics still count the
-    /// connections relayed to them; weak, so a pod is still freed with its
-    /// last connection.
-    leaving: Mutex<Vec<Weak<Pod>>>,
+    /// connections relayed to them, and remove their series once they are
+    /// gone; weak, so a pod is still freed with its last connection.
+    leaving: Mutex<Vec<Departed>>,
     /// Selection settings; replaced whole by a reload, read once per
     /// decision.
     settings: RwLock<Settings>,
@@ -62,6 +67,23 @@ pub struct PodRegistry {
     /// The imbalance the last rebalancing round saw.
     imbalance: Imbalance,
     started: Instant,
+}
+
+/// A pod that left the set, as the registry remembers it until its series
+/// are removed.
+#[derive(Debug)]
+struct Departed {
+    /// The pod, while anything (a connection's lease, its poller) holds it.
+    pod: Weak<Pod>,
+    /// Its counters: what [`PodFamilies::retire`] removes, and its URL.
+    counters: PodCounters,
+}
+
+impl Departed {
+    /// The pod while something holds it.
+    fn alive(&self) -> Option<Arc<Pod>> {
+        self.pod.upgrade()
+    }
 }
 
 /// What [`PodRegistry::set_pods`] changed.
@@ -137,11 +159,14 @@ impl PodRegistry {
             }
         }
         *pods = next;
-        drop(pods);
         let mut leaving = self.leaving.lock().unwrap_or_else(|p| p.into_inner());
-        leaving.extend(change.removed.iter().map(Arc::downgrade));
-        leaving.retain(|pod| pod.upgrade().is_some_and(|pod| pod.relayed() > 0));
+        leaving.extend(change.removed.iter().map(|pod| Departed {
+            pod: Arc::downgrade(pod),
+            counters: pod.metrics.clone(),
+        }));
+        self.forget_gone(&pods, &mut leaving);
         drop(leaving);
+        drop(pods);
         for pod in &change.added {
             tracing::info!(pod = %pod.address.url, "pod added");
         }
@@ -192,21 +217,53 @@ impl PodRegistry {
         self.pods().iter().map(|p| p.snapshot(&settings)).collect()
     }
 
-    /// Pods that left the set and still have connections relayed to them
-    /// (the others are forgotten here as they are found): not candidates
-    /// for anything, listed for metrics only.
+    /// Pods that left the set and still have connections relayed to them:
+    /// not candidates for anything, listed for metrics only.
     pub fn leaving_snapshots(&self) -> Vec<PodSnapshot> {
-        let mut leaving = self.leaving.lock().unwrap_or_else(|p| p.into_inner());
         let settings = self.settings();
-        let mut snapshots = Vec::new();
-        leaving.retain(|pod| match pod.upgrade() {
-            Some(pod) if pod.relayed() > 0 => {
-                snapshots.push(pod.snapshot(&settings));
-                true
+        let leaving = self.leaving.lock().unwrap_or_else(|p| p.into_inner());
+        leaving
+            .iter()
+            .filter_map(Departed::alive)
+            .filter(|pod| pod.relayed() > 0)
+            .map(|pod| pod.snapshot(&settings))
+            .collect()
+    }
+
+    /// Removes the series of departed pods that nothing holds any more
+    /// (their last connection ended), and forgets them. Run on every pod
+    /// set change and before every scrape, so a scrape never shows a pod
+    /// that is gone.
+    pub fn sweep_departed(&self) {
+        let pods = self.pods.read().unwrap_or_else(|p| p.into_inner());
+        let mut leaving = self.leaving.lock().unwrap_or_else(|p| p.into_inner());
+        self.forget_gone(&pods, &mut leaving);
+    }
+
+    /// [`PodRegistry::sweep_departed`], under the caller's locks: the pod
+    /// set's, so that no pod of the same URL joins meanwhile.
+    fn forget_gone(&self, pods: &[Arc<Pod>], leaving: &mut Vec<Departed>) {
+        let (gone, kept): (Vec<Departed>, Vec<Departed>) = std::mem::take(leaving)
+            .into_iter()
+            .partition(|d| d.alive().is_none());
+        *leaving = kept;
+        // A URL still in use shares its series (the counters of a URL are
+        // one set, whichever pod of that URL counts into them): the pod set
+        // or a departed pod still held keep them.
+        let in_use = |url: &str| {
+            pods.iter().any(|p| p.address.url == url)
+                || leaving
+                    .iter()
+                    .any(|d| d.alive().is_some_and(|p| p.address.url == url))
+        };
+        for departed in gone {
+            let url = departed.counters.url();
+            if in_use(url) {
+                continue;
             }
-            _ => false,
-        });
-        snapshots
+            self.metrics.retire(&departed.counters);
+            tracing::debug!(pod = %url, "departed pod's metric series removed");
+        }
     }
 
     /// Whether at least one pod can take a new connection.

@@ -291,16 +291,32 @@ impl Process {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        use tokio::io::{AsyncBufReadExt, BufReader};
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsbalancer"))
+        Process::spawn(Process::command(args)).await
+    }
+
+    /// The command [`Process::start`] runs, for a test to adjust before
+    /// [`Process::spawn`].
+    pub fn command<I, S>(args: I) -> tokio::process::Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_wsbalancer"));
+        command
             .args(args)
             .env_clear()
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("wsbalancer starts");
+            .kill_on_drop(true);
+        command
+    }
+
+    /// Starts `command` (from [`Process::command`]) and waits for its
+    /// ready line.
+    pub async fn spawn(mut command: tokio::process::Command) -> Process {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let mut child = command.spawn().expect("wsbalancer starts");
         let stdout = child.stdout.take().expect("stdout");
         let ready = tokio::time::timeout(DEADLINE, BufReader::new(stdout).lines().next_line())
             .await

@@ -7,11 +7,14 @@
 //! ([`PodCounters`], kept in its `Pod`), so a connection never looks a
 //! label up, and the bytes and messages the relay moves go to per-thread
 //! stripes ([`Traffic`]), so relays on different threads rarely share a
-//! cache line.
+//! cache line. A pod that has left the registry, once nothing holds it any
+//! more, has its series removed ([`PodFamilies::retire`]): with DNS
+//! discovery every restarted pod is a new URL, and the scrape must not
+//! grow with each.
 
 use std::cell::Cell;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -96,8 +99,8 @@ pub(super) struct RefusedLabels {
     pub(super) reason: &'static str,
 }
 
-/// Why the balancer itself refused an upgrade (a pod's own answer is
-/// counted per pod instead).
+/// Why the balancer itself refused an upgrade or a plain HTTP request (a
+/// pod's own answer is counted per pod instead).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     /// Not a valid WebSocket upgrade (400, 405, 426...).
@@ -110,8 +113,10 @@ pub enum Refusal {
     Origin,
     /// `maxConnections` reached (503).
     MaxConnections,
-    /// The client IP is past `rateLimit` (429).
+    /// The client address is past `rateLimit` (429).
     RateLimited,
+    /// `maxHttpRequests` plain requests are in flight (503).
+    MaxHttpRequests,
     /// Every accepting pod is at its limit (503).
     PodsFull,
     /// No pod accepts new connections (503).
@@ -131,6 +136,7 @@ impl Refusal {
             Refusal::Origin => "origin",
             Refusal::MaxConnections => "max_connections",
             Refusal::RateLimited => "rate_limited",
+            Refusal::MaxHttpRequests => "max_http_requests",
             Refusal::PodsFull => "pods_full",
             Refusal::NoPod => "no_pod",
             Refusal::Unreachable => "unreachable",
@@ -253,7 +259,45 @@ impl PodFamilies {
                 shed_family: self.shed.clone(),
                 failed: std::array::from_fn(|_| OnceLock::new()),
                 closed: std::array::from_fn(|_| OnceLock::new()),
+                retired: AtomicBool::new(false),
             }),
+        }
+    }
+
+    /// Removes every series of the pod `counters` belong to, of every
+    /// family, and keeps them from coming back: a late use of `counters`
+    /// counts into nothing. For a pod that left the registry and that
+    /// nothing holds any more; never for a URL still in the pod set, whose
+    /// pod shares these series.
+    pub fn retire(&self, counters: &PodCounters) {
+        let lazy = &*counters.lazy;
+        // First, so that a lazy counter created meanwhile is not exported.
+        lazy.retired.store(true, Ordering::SeqCst);
+        let pod = lazy.pod.clone();
+        let label = PodLabel { pod: pod.clone() };
+        self.opened.remove(&label);
+        self.failovers.remove(&label);
+        self.poll_errors.remove(&label);
+        for reason in DialFailure::ALL {
+            self.failed.remove(&FailedLabels {
+                pod: pod.clone(),
+                reason,
+            });
+        }
+        for code in CODE_LABELS {
+            for side in SIDE_LABELS {
+                self.closed.remove(&ClosedLabels {
+                    pod: pod.clone(),
+                    code,
+                    side,
+                });
+            }
+        }
+        for reason in ShedReason::ALL {
+            self.shed.remove(&ShedLabels {
+                pod: pod.clone(),
+                reason,
+            });
         }
     }
 }
@@ -285,6 +329,23 @@ struct LazyCounters {
     failed: [OnceLock<Counter>; DialFailure::ALL.len()],
     /// By [`CODE_LABELS`] index times 3 plus side index.
     closed: [OnceLock<Counter>; CODE_LABELS.len() * SIDE_LABELS.len()],
+    /// Set once the pod's series were removed ([`PodFamilies::retire`]):
+    /// a counter first used after that is not added to its family.
+    retired: AtomicBool,
+}
+
+impl LazyCounters {
+    /// `labels`' counter of `family`, or a detached one once retired.
+    fn counter<L>(&self, family: &Family<L, Counter>, labels: &L) -> Counter
+    where
+        L: Clone + std::hash::Hash + Eq,
+    {
+        if self.retired.load(Ordering::SeqCst) {
+            Counter::default()
+        } else {
+            family.get_or_create_owned(labels)
+        }
+    }
 }
 
 impl fmt::Debug for LazyCounters {
@@ -297,6 +358,11 @@ impl fmt::Debug for LazyCounters {
 }
 
 impl PodCounters {
+    /// The URL of the pod these count for: their `pod` label.
+    pub fn url(&self) -> &str {
+        &self.lazy.pod
+    }
+
     /// A connection to the pod is relayed (its 101 reached the client).
     pub fn opened(&self) {
         self.opened.inc();
@@ -319,10 +385,11 @@ impl PodCounters {
         // `ALL` lists every variant in declaration order.
         lazy.failed[reason as usize]
             .get_or_init(|| {
-                lazy.failed_family.get_or_create_owned(&FailedLabels {
+                let labels = FailedLabels {
                     pod: lazy.pod.clone(),
                     reason,
-                })
+                };
+                lazy.counter(&lazy.failed_family, &labels)
             })
             .inc();
     }
@@ -330,12 +397,11 @@ impl PodCounters {
     /// Rebalancing closed a relayed connection, for `reason`.
     pub fn shed(&self, reason: ShedReason) {
         let lazy = &*self.lazy;
-        lazy.shed_family
-            .get_or_create(&ShedLabels {
-                pod: lazy.pod.clone(),
-                reason,
-            })
-            .inc();
+        let labels = ShedLabels {
+            pod: lazy.pod.clone(),
+            reason,
+        };
+        lazy.counter(&lazy.shed_family, &labels).inc();
     }
 
     /// A relayed connection ended: `code` is the ending Close's code (see
@@ -345,11 +411,12 @@ impl PodCounters {
         let (code, side) = (code_index(code), side_index(closer));
         lazy.closed[code * SIDE_LABELS.len() + side]
             .get_or_init(|| {
-                lazy.closed_family.get_or_create_owned(&ClosedLabels {
+                let labels = ClosedLabels {
                     pod: lazy.pod.clone(),
                     code: CODE_LABELS[code],
                     side: SIDE_LABELS[side],
-                })
+                };
+                lazy.counter(&lazy.closed_family, &labels)
             })
             .inc();
     }

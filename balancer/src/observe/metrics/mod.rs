@@ -9,9 +9,11 @@
 //! `/balancer-metrics` shows. [`Metrics`] owns the Prometheus registry that
 //! holds both and encodes them.
 //!
-//! Cardinality is bounded: labels carry pod URLs (from the configuration),
-//! pod names (one per pod), and values from fixed sets (close-code classes,
-//! failure reasons, sides, states), never anything a client chooses.
+//! Cardinality is bounded: labels carry pod URLs (from the configuration
+//! or discovery: the pods of now, plus those that left and still carry
+//! connections), pod names (one per pod), and values from fixed sets
+//! (close-code classes, failure reasons, sides, states), never anything a
+//! client chooses.
 
 pub mod counters;
 mod scrape;
@@ -69,10 +71,21 @@ pub struct Metrics {
     accepted: Counter,
     /// Upgrades the balancer refused itself.
     refused: Family<RefusedLabels, Counter>,
+    /// Plain HTTP requests being proxied now: what `maxHttpRequests`
+    /// counts.
+    http_active: Gauge<u64, AtomicU64>,
+    /// Plain HTTP requests the balancer refused itself.
+    http_refused: Family<RefusedLabels, Counter>,
+    /// Client connections answered 503 at accept because the process had
+    /// run out of file descriptors.
+    out_of_descriptors: Counter,
     /// Bytes and messages relayed.
     traffic: Arc<Traffic>,
     /// Failed lookups of `discovery.dns`.
     discovery_errors: Counter,
+    /// The registry [`Metrics::watch`] reads, swept of departed pods before
+    /// every scrape.
+    watched: Option<Arc<PodRegistry>>,
 }
 
 impl Default for Metrics {
@@ -121,8 +134,31 @@ impl Metrics {
         registry.register(
             "handshakes_refused",
             "Upgrades the balancer answered itself with an error status, by status and reason \
-             (invalid, too_large, draining, origin, max_connections, pods_full, no_pod, unreachable)",
+             (invalid, too_large, draining, origin, rate_limited, max_connections, pods_full, \
+             no_pod, unreachable)",
             refused.clone(),
+        );
+        let http_active = Gauge::default();
+        registry.register(
+            "http_requests_active",
+            "Plain HTTP requests (httpMode: proxy) being proxied now, until their response is \
+             sent whole (what maxHttpRequests counts)",
+            http_active.clone(),
+        );
+        let http_refused = Family::default();
+        registry.register(
+            "http_requests_refused",
+            "Plain HTTP requests the balancer answered itself before any pod, by status and reason \
+             (rate_limited: 429 past rateLimit; max_http_requests: 503 past maxHttpRequests)",
+            http_refused.clone(),
+        );
+        let out_of_descriptors = Counter::default();
+        registry.register(
+            "out_of_descriptors_refusals",
+            "Client connections answered 503 as soon as accepted, before their request was read, \
+             because the process had run out of file descriptors (EMFILE or ENFILE; a spare \
+             descriptor kept for this lets the balancer accept and refuse them)",
+            out_of_descriptors.clone(),
         );
         let pods = PodFamilies::default();
         registry.register(
@@ -174,8 +210,12 @@ impl Metrics {
             active,
             accepted,
             refused,
+            http_active,
+            http_refused,
+            out_of_descriptors,
             traffic: Arc::new(Traffic::default()),
             discovery_errors,
+            watched: None,
         }
     }
 
@@ -193,6 +233,7 @@ impl Metrics {
     /// draining flag (`draining` is cancelled when the balancer drains),
     /// and the relayed bytes and messages.
     pub fn watch(&mut self, registry: Arc<PodRegistry>, draining: CancellationToken) {
+        self.watched = Some(registry.clone());
         self.registry.register_collector(Box::new(ScrapeTime {
             registry,
             draining,
@@ -225,6 +266,27 @@ impl Metrics {
             .inc();
     }
 
+    /// The live count of plain HTTP requests being proxied.
+    pub fn http_active(&self) -> &Gauge<u64, AtomicU64> {
+        &self.http_active
+    }
+
+    /// The balancer refused a plain HTTP request with `status`.
+    pub fn http_refused(&self, status: u16, why: Refusal) {
+        self.http_refused
+            .get_or_create(&RefusedLabels {
+                status,
+                reason: why.as_str(),
+            })
+            .inc();
+    }
+
+    /// A client connection was accepted with the spare descriptor and
+    /// answered 503: the process had run out of descriptors.
+    pub fn refused_out_of_descriptors(&self) {
+        self.out_of_descriptors.inc();
+    }
+
     /// A client got its 101 `took` after its request arrived.
     pub fn handshake_done(&self, took: Duration) {
         self.handshake.observe(took.as_secs_f64());
@@ -237,6 +299,10 @@ impl Metrics {
 
     /// Everything, in the Prometheus text format ([`CONTENT_TYPE`]).
     pub fn encode(&self) -> Result<String, fmt::Error> {
+        // Pods gone since the last scrape leave no series behind.
+        if let Some(registry) = &self.watched {
+            registry.sweep_departed();
+        }
         let mut text = String::with_capacity(16 * 1024);
         prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry)?;
         Ok(text)
@@ -289,5 +355,121 @@ mod tests {
             .filter(|l| l.starts_with("wsbalancer_pod_connections_closed_total{"))
             .count();
         assert_eq!(closed_series, 2, "no zero series for what never happened");
+    }
+
+    /// The `pod` label values of every series in `text`.
+    fn pods_in(text: &str) -> std::collections::BTreeSet<String> {
+        text.lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| line.split_once("pod=\"")?.1.split_once('"'))
+            .map(|(pod, _)| pod.to_owned())
+            .collect()
+    }
+
+    /// Every kind of per-pod series: each family, lazy ones included.
+    fn use_every_counter(pod: &crate::pods::pod::Pod) {
+        let counters = &pod.metrics;
+        counters.opened();
+        counters.failed_over();
+        counters.poll_failed();
+        counters.dial_failed(DialFailure::timeout);
+        counters.closed(Some(1000), Closer::Client);
+        counters.shed(common::rebalance::ShedReason::imbalance);
+    }
+
+    #[test]
+    fn departed_pods_series_go_with_their_last_connection() {
+        use common::PodAddress;
+        use std::collections::BTreeSet;
+
+        let url = |i: usize| format!("http://10.1.{}.{}:8080", i / 250, i % 250 + 1);
+        let set = |urls: &[String]| -> Vec<PodAddress> {
+            urls.iter()
+                .map(|u| PodAddress::parse(u, "/metric").unwrap())
+                .collect()
+        };
+        let mut metrics = Metrics::new();
+        let registry = Arc::new(PodRegistry::new(
+            set(&[url(0), url(1)]),
+            crate::pods::pod::Settings::from_config(&common::Config::default()),
+            metrics.pod_families(),
+        ));
+        metrics.watch(registry.clone(), CancellationToken::new());
+
+        // A hundred changes of the pod set, as discovery sees pods restart
+        // with new addresses: each time one pod leaves and one joins. Two of
+        // those that leave still carry a connection.
+        let mut held = Vec::new();
+        for i in 0..100 {
+            for pod in registry.pods() {
+                use_every_counter(&pod);
+            }
+            let leaving = registry.pods()[0].clone();
+            if i == 10 || i == 60 {
+                let mut lease = leaving.lease(None);
+                lease.settle();
+                held.push(lease);
+            }
+            drop(leaving);
+            let change = registry.set_pods(set(&[url(i + 1), url(i + 2)]));
+            assert_eq!((change.added.len(), change.removed.len()), (1, 1));
+        }
+        let text = metrics.encode().unwrap();
+        let expected: BTreeSet<String> = [url(10), url(60), url(100), url(101)].into();
+        assert_eq!(pods_in(&text), expected, "in\n{text}");
+        // The departed pods with a connection still show every series.
+        for family in [
+            "wsbalancer_pod_connections_opened_total",
+            "wsbalancer_pod_connections_failed_total",
+            "wsbalancer_pod_connections_closed_total",
+            "wsbalancer_pod_failovers_total",
+            "wsbalancer_pod_poll_errors_total",
+            "wsbalancer_pod_connections_shed_total",
+            "wsbalancer_pod_connections_active",
+        ] {
+            let series = format!("{family}{{pod=\"{}\"", url(10));
+            assert!(text.contains(&series), "{series} missing in\n{text}");
+        }
+
+        // Its connection closes: its series go with the next scrape.
+        let lease = held.remove(0);
+        assert_eq!(lease.pod_url(), url(10));
+        drop(lease);
+        let text = metrics.encode().unwrap();
+        let expected: BTreeSet<String> = [url(60), url(100), url(101)].into();
+        assert_eq!(pods_in(&text), expected, "in\n{text}");
+
+        // A URL that leaves and comes back counts from zero in fresh
+        // series; one still in the set keeps its own across changes.
+        registry.pods()[1].metrics.opened();
+        registry.set_pods(set(&[url(10), url(101)]));
+        let back = registry.pods()[0].clone();
+        back.metrics.opened();
+        drop(back);
+        let text = metrics.encode().unwrap();
+        let line = |pod: &str| format!("wsbalancer_pod_connections_opened_total{{pod=\"{pod}\"}}");
+        assert!(text.contains(&format!("{} 1\n", line(&url(10)))), "{text}");
+        assert!(text.contains(&format!("{} 1\n", line(&url(101)))), "{text}");
+        let expected: BTreeSet<String> = [url(10), url(60), url(101)].into();
+        assert_eq!(pods_in(&text), expected, "url(100) left with nothing held");
+
+        // A URL that comes back while its departed pod still has a
+        // connection shares that pod's series: they stay when it goes.
+        registry.set_pods(set(&[url(10), url(60), url(101)]));
+        drop(held);
+        let rejoined = registry.pods()[1].clone();
+        assert_eq!(rejoined.address.url, url(60));
+        rejoined.metrics.opened();
+        drop(rejoined);
+        let text = metrics.encode().unwrap();
+        let expected: BTreeSet<String> = [url(10), url(60), url(101)].into();
+        assert_eq!(pods_in(&text), expected, "in\n{text}");
+        // Opened twice while it was first in the set, once since.
+        assert!(text.contains(&format!("{} 3\n", line(&url(60)))), "{text}");
+
+        registry.set_pods(set(&[url(10), url(101)]));
+        let text = metrics.encode().unwrap();
+        let expected: BTreeSet<String> = [url(10), url(101)].into();
+        assert_eq!(pods_in(&text), expected, "in\n{text}");
     }
 }
