@@ -48,7 +48,7 @@ async fn drain_closes_both_sides_with_the_configured_code_within_the_window() {
     for ws in &mut clients {
         assert_eq!(close_code(ws).await, 1012);
     }
-    let report = drain.await.unwrap();
+    let report = support::within("the drain's report", drain).await.unwrap();
     assert_eq!(report.left_open, 0);
     assert!(
         started.elapsed() < Duration::from_secs(5),

@@ -41,9 +41,11 @@ async fn tls_connect(
         .with_no_client_auth();
     let tcp = TcpStream::connect(addr).await?;
     let name = ServerName::try_from("127.0.0.1").unwrap();
-    let stream = TlsConnector::from(Arc::new(config))
-        .connect(name, tcp)
-        .await?;
+    let stream = support::within(
+        "a TLS handshake with the balancer",
+        TlsConnector::from(Arc::new(config)).connect(name, tcp),
+    )
+    .await?;
     let presented = stream
         .get_ref()
         .1
