@@ -66,12 +66,66 @@ pub fn config(pods: Vec<String>) -> Config {
     }
 }
 
-/// Sends the balancer's logs to the test output (shown for failing tests).
+/// Sends the balancer's logs to the test output (shown for failing tests),
+/// and keeps its warnings and errors for [`logged`].
 pub fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("wsbalancer=debug,info")
-        .with_test_writer()
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let _ = tracing_subscriber::registry()
+        .with(tracing_subscriber::EnvFilter::new("wsbalancer=debug,info"))
+        .with(tracing_subscriber::fmt::layer().with_test_writer())
+        .with(Warnings)
         .try_init();
+}
+
+/// Every warning and error logged in this test process, each as its
+/// message followed by ` field=value` pairs.
+static WARNINGS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Whether a warning or error logged since [`init_logs`] (by any test of
+/// this process: match on something of your own, a path or an address)
+/// contains every one of `parts`.
+pub fn logged(parts: &[&str]) -> bool {
+    WARNINGS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .any(|line| parts.iter().all(|part| line.contains(part)))
+}
+
+/// The layer that fills [`WARNINGS`]: a log line is the one observable
+/// sign of some events (a certificate reload that failed).
+struct Warnings;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if *event.metadata().level() > tracing::Level::WARN {
+            return;
+        }
+        struct Line(String);
+        impl tracing::field::Visit for Line {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                use std::fmt::Write;
+                match field.name() {
+                    "message" => {
+                        let _ = write!(self.0, "{value:?}");
+                    }
+                    name => {
+                        let _ = write!(self.0, " {name}={value:?}");
+                    }
+                }
+            }
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                self.record_debug(field, &format_args!("{value}"));
+            }
+        }
+        let mut line = Line(String::new());
+        event.record(&mut line);
+        WARNINGS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(line.0);
+    }
 }
 
 /// Starts a balancer in front of `pods`.
