@@ -23,10 +23,7 @@ async fn output(args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> (i32, String
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = tokio::time::timeout(DEADLINE, cmd.output())
-        .await
-        .expect("exits in time")
-        .expect("runs");
+    let out = support::output_within(&mut cmd, DEADLINE, &format!("wsbalancer {args:?}")).await;
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -144,13 +141,7 @@ async fn serves_then_stops_on_sigterm() {
     assert!(status.contains("\"totalConnections\""), "{status}");
     assert!(status.contains(&urls[0]), "{status}");
 
-    let pid = process.child.id().expect("running").to_string();
-    let killed = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap();
-    assert!(killed.success());
+    process.signal(libc::SIGTERM);
     // The drain closed the relayed connection with 1001 (going away).
     let closed = tokio::time::timeout(Duration::from_secs(5), async {
         while let Some(Ok(message)) = ws.next().await {
@@ -165,7 +156,7 @@ async fn serves_then_stops_on_sigterm() {
     drop(ws);
     let status = tokio::time::timeout(DEADLINE, process.child.wait())
         .await
-        .expect("exits after the drain")
+        .unwrap_or_else(|_| panic!("wsbalancer still running {DEADLINE:?} after SIGTERM"))
         .unwrap();
     assert!(status.success(), "{status:?}");
 }

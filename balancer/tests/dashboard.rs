@@ -401,9 +401,11 @@ async fn run_with_deadline(
         Err(_) => {
             // The timed-out future dropped the child, which killed it; its
             // helpers share its process group.
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", "--", &format!("-{group}")])
-                .status();
+            if let Ok(group) = libc::pid_t::try_from(group) {
+                // SAFETY: kill(2) takes plain integers; a negative pid
+                // names the process group the child led.
+                unsafe { libc::kill(-group, libc::SIGKILL) };
+            }
             panic!("{what} ran over {deadline:?} and was killed");
         }
     }

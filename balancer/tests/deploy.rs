@@ -279,7 +279,7 @@ fn effective_config(docs: &[Doc]) -> Effective {
             command.env(name, value);
         }
     }
-    let out = command.output().expect("wsbalancer runs");
+    let out = support::run_within(&mut command, support::DEADLINE, "wsbalancer --check-config");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),

@@ -7,10 +7,11 @@
 
 #[path = "../../fuzz/src/lib.rs"]
 mod bodies;
+mod support;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use common::frame::{OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_TEXT, encode_frame};
 
@@ -259,6 +260,11 @@ fn a_refused_key_with_a_line_break_stays_on_one_line() {
     bodies::config(b"\x02{\"a\\nb\": 1}");
 }
 
+/// Bound on `cargo check` of the fuzz crate: a first build of its
+/// dependencies on a busy two-core machine takes minutes, a later one
+/// seconds.
+const FUZZ_CHECK_WITHIN: Duration = Duration::from_secs(15 * 60);
+
 /// The fuzz crate lives outside the workspace (libFuzzer wants nightly):
 /// this checks on stable that it still builds against the code it fuzzes.
 /// Its own target directory, so the check never waits on this test run's
@@ -269,12 +275,14 @@ fn the_fuzz_crate_builds() {
         .parent()
         .expect("workspace root");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let output = Command::new(cargo)
-        .args(["check", "--quiet", "--bins", "--lib", "--manifest-path"])
-        .arg(root.join("fuzz/Cargo.toml"))
-        .env("CARGO_TARGET_DIR", root.join("target/fuzz-check"))
-        .output()
-        .expect("run cargo");
+    let output = support::run_within(
+        Command::new(cargo)
+            .args(["check", "--quiet", "--bins", "--lib", "--manifest-path"])
+            .arg(root.join("fuzz/Cargo.toml"))
+            .env("CARGO_TARGET_DIR", root.join("target/fuzz-check")),
+        FUZZ_CHECK_WITHIN,
+        "cargo check of fuzz/",
+    );
     assert!(
         output.status.success(),
         "cargo check of fuzz/ failed:\n{}",

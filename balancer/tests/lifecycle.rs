@@ -1,15 +1,16 @@
 //! How relayed connections end, with real pods and clients: a drain closes
-//! both sides with 1001 (or 1012) within the window, a pod that vanishes
+//! both sides with 1001 (or 1012) at moments spread across the window, a pod that vanishes
 //! gives the client 1014, a client that vanishes gives the pod 1001, an idle
 //! connection is closed with 1001 on both sides.
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use support::{DEADLINE, config, connect, init_logs, pods, wait_until, ws_url};
 use test_server::Pod;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use wsbalancer::Balancer;
 
@@ -28,38 +29,76 @@ async fn close_code(ws: &mut support::Ws) -> u16 {
     }
 }
 
+/// Clients in the drain test: enough that 20 uniform close moments all
+/// falling within 40 % of the window (probability 20·0.4^19 − 19·0.4^20,
+/// about 6·10⁻⁷) does not happen by chance.
+const DRAINED_CLIENTS: usize = 20;
+
+/// How late past `drainWindow` a drained client's Close may arrive on a
+/// busy machine.
+const DRAIN_SLACK: Duration = Duration::from_millis(1000);
+
 #[tokio::test]
-async fn drain_closes_both_sides_with_the_configured_code_within_the_window() {
+async fn drain_spreads_the_closes_across_the_window_with_the_configured_code() {
     init_logs();
     let pods = pods(2).await;
+    let window = Duration::from_millis(1500);
     let mut cfg = config(pods.iter().map(Pod::url).collect());
-    cfg.drain_window = Duration::from_millis(500);
+    cfg.drain_window = window;
     cfg.drain_close_code = 1012;
     let balancer = Balancer::start(cfg).await.unwrap();
     let url = ws_url(&balancer, "/ws");
     let mut clients = Vec::new();
-    for _ in 0..10 {
+    for _ in 0..DRAINED_CLIENTS {
         clients.push(connect(&url).await.0);
     }
-    wait_until("10 relayed", || balancer.relayed() == 10).await;
+    wait_until("every client relayed", || {
+        balancer.relayed() == DRAINED_CLIENTS
+    })
+    .await;
 
+    // Each client waits for its Close on its own task, and notes when it
+    // arrived.
+    let closes: Vec<_> = clients
+        .into_iter()
+        .map(|mut ws| {
+            tokio::spawn(async move {
+                let code = close_code(&mut ws).await;
+                (code, Instant::now())
+            })
+        })
+        .collect();
     let started = Instant::now();
     let drain = tokio::spawn(balancer.drain());
-    for ws in &mut clients {
-        assert_eq!(close_code(ws).await, 1012);
+    let mut arrivals = Vec::new();
+    for close in closes {
+        let (code, at) = support::within("a drained client's Close", close)
+            .await
+            .expect("the client task ends");
+        assert_eq!(code, 1012, "the configured drainCloseCode");
+        arrivals.push(at - started);
     }
-    let report = drain.await.unwrap();
-    assert_eq!(report.left_open, 0);
+    arrivals.sort_unstable();
+    let (first, last) = (arrivals[0], arrivals[DRAINED_CLIENTS - 1]);
     assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        started.elapsed()
+        last <= window + DRAIN_SLACK,
+        "a Close came {last:?} into a {window:?} drain: {arrivals:?}"
     );
+    assert!(
+        last - first >= window.mul_f64(0.4),
+        "the Closes came within {:?} of each other, not spread across the \
+         {window:?} window: {arrivals:?}",
+        last - first
+    );
+    let report = support::within("the drain's report", drain)
+        .await
+        .expect("the drain task ends");
+    assert_eq!(report.left_open, 0);
     wait_until("pods saw 1012 from the balancer", || {
         pods.iter()
             .map(|p| p.close_codes().iter().filter(|&&c| c == 1012).count())
             .sum::<usize>()
-            == 10
+            == DRAINED_CLIENTS
     })
     .await;
     // The listener is closed: new clients are refused.

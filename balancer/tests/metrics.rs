@@ -512,23 +512,33 @@ async fn the_status_json_keeps_the_originals_fields_and_order() {
     assert_eq!(status, 200, "{head}");
     assert!(head.contains("content-type: application/json"), "{head}");
     let json: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-    // The original's fields, and nothing else at the top level.
-    let mut top: Vec<&str> = json
-        .as_object()
-        .expect("an object")
-        .keys()
-        .map(String::as_str)
-        .collect();
-    top.sort_unstable();
+    // The original's fields, nothing else at the top level, in the order
+    // the original wrote them (its Go struct's order: `timestamp`,
+    // `services`, `totalConnections`, `agentsConnections`; each service
+    // `url` then `connections`). serde_json's `Value` sorts keys, so the
+    // order is read from the body itself.
+    let written = Written::parse(&body);
     assert_eq!(
-        top,
+        written.keys(),
         [
-            "agentsConnections",
-            "services",
             "timestamp",
-            "totalConnections"
-        ]
+            "services",
+            "totalConnections",
+            "agentsConnections"
+        ],
+        "{body}"
     );
+    let Written::Array(written_services) = written.get("services") else {
+        panic!("services is not an array: {body}");
+    };
+    assert_eq!(written_services.len(), pods.len(), "{body}");
+    for service in written_services {
+        assert_eq!(
+            service.keys()[..2],
+            ["url", "connections"],
+            "the original's fields first: {body}"
+        );
+    }
     assert!(
         humantime::parse_rfc3339(json["timestamp"].as_str().expect("a string")).is_ok(),
         "{body}"
@@ -554,5 +564,86 @@ async fn the_status_json_keeps_the_originals_fields_and_order() {
         if service["podName"] == landed.as_str() {
             assert_eq!(service["relayed"], 1, "{body}");
         }
+    }
+}
+
+/// A JSON document as written: objects keep their keys in the order they
+/// came (serde_json's `Value` sorts them), values other than objects and
+/// arrays are not kept.
+enum Written {
+    Object(Vec<(String, Written)>),
+    Array(Vec<Written>),
+    Scalar,
+}
+
+impl Written {
+    fn parse(body: &str) -> Self {
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+    }
+
+    /// An object's keys, in order.
+    fn keys(&self) -> Vec<&str> {
+        match self {
+            Written::Object(entries) => entries.iter().map(|(k, _)| k.as_str()).collect(),
+            _ => panic!("not an object"),
+        }
+    }
+
+    /// An object's value for `key`.
+    fn get(&self, key: &str) -> &Written {
+        match self {
+            Written::Object(entries) => entries
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v)
+                .unwrap_or_else(|| panic!("no {key}")),
+            _ => panic!("not an object"),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Written {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::{MapAccess, SeqAccess, Visitor};
+        struct Kept;
+        impl<'de> Visitor<'de> for Kept {
+            type Value = Written;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("JSON")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Written, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry::<String, Written>()? {
+                    entries.push(entry);
+                }
+                Ok(Written::Object(entries))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Written, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(Written::Array(items))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Written, E> {
+                Ok(Written::Scalar)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Written, E> {
+                Ok(Written::Scalar)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Written, E> {
+                Ok(Written::Scalar)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Written, E> {
+                Ok(Written::Scalar)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Written, E> {
+                Ok(Written::Scalar)
+            }
+            fn visit_unit<E>(self) -> Result<Written, E> {
+                Ok(Written::Scalar)
+            }
+        }
+        deserializer.deserialize_any(Kept)
     }
 }

@@ -7,7 +7,6 @@ mod support;
 
 use futures_util::{SinkExt, StreamExt};
 use support::{DEADLINE, Ws, config, connect, init_logs, landed_on, pods, wait_until, ws_url};
-use tokio::process::Command;
 use tokio_tungstenite::tungstenite::Message;
 use wsbalancer::Balancer;
 
@@ -117,13 +116,7 @@ async fn reload_a_real_process(trigger: Trigger) {
 
     write(&b.url());
     if trigger == Trigger::Hangup {
-        let pid = process.child.id().expect("running").to_string();
-        let hup = Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .await
-            .unwrap();
-        assert!(hup.success());
+        process.signal(libc::SIGHUP);
     }
 
     let deadline = tokio::time::Instant::now() + DEADLINE;

@@ -152,7 +152,9 @@ async fn scenario(
     let mut busy = Vec::new();
     let mut idle = Vec::new();
     for n in 0..BUSY + IDLE {
-        let client = Client::open(listen).await.with_context(|| format!("client {n}"))?;
+        let client = Client::open(listen)
+            .await
+            .with_context(|| format!("client {n}"))?;
         if n < BUSY {
             busy.push(client);
         } else {
@@ -299,7 +301,13 @@ fn masked_text(payload: &[u8]) -> Vec<u8> {
     let mask = [0x37, 0xfa, 0x21, 0x3d];
     let mut out = vec![0x81, 0x80 | (payload.len().min(125) as u8)];
     out.extend_from_slice(&mask);
-    out.extend(payload.iter().take(125).enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out.extend(
+        payload
+            .iter()
+            .take(125)
+            .enumerate()
+            .map(|(i, b)| b ^ mask[i % 4]),
+    );
     out
 }
 
@@ -365,14 +373,25 @@ fn report(outcomes: &[(Subject, Outcome)], missing: &[&str]) -> String {
             told(&o.idle),
             o.idle.len(),
             slowest(&o.idle),
-            if codes.is_empty() { "none".into() } else { codes.join(", ") },
+            if codes.is_empty() {
+                "none".into()
+            } else {
+                codes.join(", ")
+            },
             o.new.len(),
             slowest_new.as_secs_f64(),
             o.new_failed,
         );
     }
     if let [(_, ours), (_, off), ..] = outcomes {
-        let max = |o: &Outcome| o.new.iter().max().copied().unwrap_or_default().as_secs_f64();
+        let max = |o: &Outcome| {
+            o.new
+                .iter()
+                .max()
+                .copied()
+                .unwrap_or_default()
+                .as_secs_f64()
+        };
         if max(off) > 0.0 {
             let _ = writeln!(
                 out,

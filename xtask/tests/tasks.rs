@@ -4,9 +4,17 @@
 //! skipped, and prints the table), and a two-minute `cargo xtask soak`.
 //! Debug binaries stand in for release ones, so the suite does not build a
 //! second profile.
+//!
+//! Every test here is heavy (minutes of load on every core): each holds
+//! [`HeavyLock`] while it runs, so they run one after another, also under
+//! a runner that starts test binaries in parallel processes. Every child
+//! runs within a deadline and is killed with what it started when the test
+//! ends, however it ends.
 
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +32,138 @@ const READY_WITHIN: Duration = Duration::from_secs(20);
 
 /// How long xtask may take to stop its children after SIGINT.
 const INTERRUPT_GRACE: Duration = Duration::from_secs(30);
+
+/// How long a heavy test may wait for the others: each of them holds the
+/// lock for at most its own bound and grace.
+const HEAVY_QUEUE: Duration = Duration::from_secs(
+    SOAK_WITHIN.as_secs()
+        + BENCH_WITHIN.as_secs()
+        + CROWD_WITHIN.as_secs()
+        + 3 * INTERRUPT_GRACE.as_secs(),
+);
+
+/// Held by a heavy test for as long as it runs, so that no two heavy tests
+/// run at once: an exclusive `flock` on a file in the target directory
+/// (shared by every test binary of this workspace), released when the
+/// file is closed, also when the process dies.
+struct HeavyLock {
+    /// The open lock file: closing it releases the lock.
+    _file: std::fs::File,
+}
+
+impl HeavyLock {
+    /// Waits, for at most [`HEAVY_QUEUE`], until no other heavy test runs.
+    fn take(what: &str) -> HeavyLock {
+        let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("heavy-tests.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let deadline = Instant::now() + HEAVY_QUEUE;
+        loop {
+            // SAFETY: flock(2) on a descriptor `file` owns and keeps open.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return HeavyLock { _file: file };
+            }
+            let error = std::io::Error::last_os_error();
+            assert_eq!(
+                error.raw_os_error(),
+                Some(libc::EWOULDBLOCK),
+                "flock {}: {error}",
+                path.display()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "{what}: another heavy test still holds {} after {HEAVY_QUEUE:?}",
+                path.display()
+            );
+            // Polling the lock, with the deadline above.
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Sends `signal` to `pid`, or to the process group `pid` leads when
+/// `group` is set.
+fn signal(pid: u32, group: bool, signal: libc::c_int) {
+    let pid = libc::pid_t::try_from(pid).expect("a pid fits pid_t");
+    // SAFETY: kill(2) takes plain integers.
+    unsafe { libc::kill(if group { -pid } else { pid }, signal) };
+}
+
+/// A started child, in a process group of its own (where whatever it
+/// starts stays), which is killed whole when this is dropped: a failed
+/// assertion or a deadline leaves no process behind. Should the test
+/// process itself die (Ctrl-C), the child gets SIGINT, which makes xtask
+/// stop its own children.
+struct Started {
+    /// The child (the group's leader).
+    child: Child,
+    /// Its pid, which names the group.
+    pid: u32,
+}
+
+impl Started {
+    /// Spawns `cmd` with stdin closed, as the leader of a new group.
+    fn spawn(cmd: &mut Command, what: &str) -> Started {
+        cmd.stdin(Stdio::null()).process_group(0);
+        // SAFETY: prctl(2) is async-signal-safe, as a pre_exec hook must
+        // be; it only marks the child.
+        #[cfg(target_os = "linux")]
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT);
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("{what} does not start: {e}"));
+        let pid = child.id();
+        Started { child, pid }
+    }
+
+    /// Waits for the child to exit, for at most `limit`; `None` past it.
+    fn wait_within(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for a child") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            // Polling the child's exit, with the deadline above.
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        // The group outlives its leader while anything it started runs;
+        // once empty, its id names nothing (kill fails, harmlessly).
+        signal(self.pid, true, libc::SIGKILL);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads `pipe` to its end on a thread of its own, so that the child never
+/// blocks on a full pipe; the bytes come on the returned channel.
+fn read_on_thread(pipe: Option<impl std::io::Read + Send + 'static>) -> mpsc::Receiver<Vec<u8>> {
+    let (sender, received) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut out);
+        }
+        let _ = sender.send(out);
+    });
+    received
+}
 
 /// The directory of this test's own binaries (target/debug).
 fn bin_dir() -> PathBuf {
@@ -49,11 +189,13 @@ fn assert_binaries_built() {
 #[test]
 fn a_two_minute_soak_leaves_nothing_behind_and_loses_nothing() {
     assert_binaries_built();
+    let _heavy = HeavyLock::take("the soak");
     let out = output_within(
         Command::new(env!("CARGO_BIN_EXE_xtask"))
             .args(["soak", "--minutes", "2", "--bin-dir"])
             .arg(bin_dir()),
         SOAK_WITHIN,
+        "xtask soak",
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -86,6 +228,7 @@ fn a_two_minute_soak_leaves_nothing_behind_and_loses_nothing() {
 #[test]
 fn quick_bench_runs_and_says_when_peers_are_missing() {
     assert_binaries_built();
+    let _heavy = HeavyLock::take("the quick bench");
     let no_peers = tempfile_dir();
     let started = Instant::now();
     let out = output_within(
@@ -94,6 +237,7 @@ fn quick_bench_runs_and_says_when_peers_are_missing() {
             .arg(bin_dir())
             .env("XTASK_PEER_DIRS", &no_peers),
         BENCH_WITHIN,
+        "xtask bench --quick",
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -136,63 +280,51 @@ fn tempfile_dir() -> PathBuf {
     dir
 }
 
-/// A started child, killed when dropped (a failed assertion must not leave
-/// processes behind).
-struct Started(std::process::Child);
-
-impl Drop for Started {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Runs `cmd` to its end and returns what it printed. Past `limit` the
-/// test fails: the child gets SIGINT (xtask then stops its own children)
-/// and, [`INTERRUPT_GRACE`] later, SIGKILL.
-fn output_within(cmd: &mut Command, limit: Duration) -> Output {
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starts");
-    let pid = child.id().to_string();
-    let (done, finished) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = done.send(child.wait_with_output());
-    });
-    if let Ok(out) = finished.recv_timeout(limit) {
-        return out.expect("its output");
-    }
-    let signal = |name: &str| {
-        let _ = Command::new("kill").args([name, &pid]).status();
+/// test fails, naming `what`: the child gets SIGINT (xtask then stops its
+/// own children) and, [`INTERRUPT_GRACE`] later, its whole group SIGKILL.
+fn output_within(cmd: &mut Command, limit: Duration, what: &str) -> Output {
+    let mut started = Started::spawn(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()), what);
+    let stdout = read_on_thread(started.child.stdout.take());
+    let stderr = read_on_thread(started.child.stderr.take());
+    let Some(status) = started.wait_within(limit) else {
+        signal(started.pid, false, libc::SIGINT);
+        let stopped = started.wait_within(INTERRUPT_GRACE).is_some();
+        drop(started);
+        let printed = stdout
+            .recv_timeout(Duration::from_secs(5))
+            .map(|o| String::from_utf8_lossy(&o).into_owned())
+            .unwrap_or_default();
+        panic!(
+            "{what} still running after {limit:?}: interrupted{}. It printed:\n{printed}",
+            if stopped { "" } else { ", then killed" }
+        );
     };
-    signal("-INT");
-    let late = finished.recv_timeout(INTERRUPT_GRACE);
-    if late.is_err() {
-        signal("-KILL");
+    // Its pipes close when it and everything it started are gone.
+    let collect = |pipe: mpsc::Receiver<Vec<u8>>, name: &str| {
+        pipe.recv_timeout(INTERRUPT_GRACE).unwrap_or_else(|_| {
+            panic!("{what} exited, but its {name} is still open {INTERRUPT_GRACE:?} later: a process it started is still running")
+        })
+    };
+    Output {
+        status,
+        stdout: collect(stdout, "stdout"),
+        stderr: collect(stderr, "stderr"),
     }
-    let printed = late
-        .ok()
-        .and_then(Result::ok)
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    panic!("{cmd:?} still running after {limit:?}: interrupted. It printed:\n{printed}");
 }
 
 /// Starts `program` with `args` and returns it with its first stdout line
 /// (the `ready ...` line), which must come within [`READY_WITHIN`].
 fn start(program: &str, args: &[&str]) -> (Started, String) {
     use std::io::BufRead;
-    let mut child = Command::new(bin_dir().join(program))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let started = Started(child);
+    let mut started = Started::spawn(
+        Command::new(bin_dir().join(program))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+        program,
+    );
+    let stdout = started.child.stdout.take().expect("stdout");
     let (ready, first_line) = mpsc::channel();
     // Reads on past the first line until the child exits, so that it never
     // blocks on a full pipe.
@@ -219,6 +351,7 @@ fn field(line: &str, key: &str) -> String {
 #[test]
 fn ten_thousand_at_once_through_max_connections_5000() {
     assert_binaries_built();
+    let _heavy = HeavyLock::take("the 10,000-client flood");
     let (_pod, pod_line) = start("test-server", &["--pods", "1", "--base-port", "0"]);
     let (_balancer, ready) = start(
         "wsbalancer",
@@ -247,6 +380,7 @@ fn ten_thousand_at_once_through_max_connections_5000() {
             .args(["--hold", "10m", "--duration", "30s", "--timeout", "30s"])
             .args(["--bind", "127.0.0.2,127.0.0.3", "--json", "-"]),
         CROWD_WITHIN,
+        "test-client with 10,000 connections",
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|_| panic!("no report: {}", String::from_utf8_lossy(&out.stderr)));

@@ -66,12 +66,66 @@ pub fn config(pods: Vec<String>) -> Config {
     }
 }
 
-/// Sends the balancer's logs to the test output (shown for failing tests).
+/// Sends the balancer's logs to the test output (shown for failing tests),
+/// and keeps its warnings and errors for [`logged`].
 pub fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("wsbalancer=debug,info")
-        .with_test_writer()
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let _ = tracing_subscriber::registry()
+        .with(tracing_subscriber::EnvFilter::new("wsbalancer=debug,info"))
+        .with(tracing_subscriber::fmt::layer().with_test_writer())
+        .with(Warnings)
         .try_init();
+}
+
+/// Every warning and error logged in this test process, each as its
+/// message followed by ` field=value` pairs.
+static WARNINGS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Whether a warning or error logged since [`init_logs`] (by any test of
+/// this process: match on something of your own, a path or an address)
+/// contains every one of `parts`.
+pub fn logged(parts: &[&str]) -> bool {
+    WARNINGS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+        .any(|line| parts.iter().all(|part| line.contains(part)))
+}
+
+/// The layer that fills [`WARNINGS`]: a log line is the one observable
+/// sign of some events (a certificate reload that failed).
+struct Warnings;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if *event.metadata().level() > tracing::Level::WARN {
+            return;
+        }
+        struct Line(String);
+        impl tracing::field::Visit for Line {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                use std::fmt::Write;
+                match field.name() {
+                    "message" => {
+                        let _ = write!(self.0, "{value:?}");
+                    }
+                    name => {
+                        let _ = write!(self.0, " {name}={value:?}");
+                    }
+                }
+            }
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                self.record_debug(field, &format_args!("{value}"));
+            }
+        }
+        let mut line = Line(String::new());
+        event.record(&mut line);
+        WARNINGS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(line.0);
+    }
 }
 
 /// Starts a balancer in front of `pods`.
@@ -276,7 +330,8 @@ pub async fn plain_get(addr: SocketAddr, path: &str) -> String {
 }
 
 /// A `wsbalancer` process started with `args` (and no inherited `WSB_*`
-/// environment), killed when dropped, with its `ready` line's fields.
+/// environment), killed when dropped (`kill_on_drop`: a failed assertion
+/// leaves nothing running), with its `ready` line's fields.
 pub struct Process {
     /// The running child.
     pub child: tokio::process::Child,
@@ -320,9 +375,9 @@ impl Process {
         let stdout = child.stdout.take().expect("stdout");
         let ready = tokio::time::timeout(DEADLINE, BufReader::new(stdout).lines().next_line())
             .await
-            .expect("ready in time")
+            .unwrap_or_else(|_| panic!("no ready line from wsbalancer within {DEADLINE:?}"))
             .expect("stdout readable")
-            .expect("a ready line");
+            .expect("wsbalancer exited before its ready line");
         Process { child, ready }
     }
 
@@ -333,6 +388,125 @@ impl Process {
             .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
             .unwrap_or_else(|| panic!("no {name} in {:?}", self.ready))
             .to_owned()
+    }
+
+    /// Sends `signal` (`libc::SIGTERM`, `libc::SIGHUP`) to the process.
+    pub fn signal(&self, signal: libc::c_int) {
+        let pid = self.child.id().expect("wsbalancer is running");
+        let pid = libc::pid_t::try_from(pid).expect("a pid fits pid_t");
+        // SAFETY: kill(2) takes plain integers; the pid is our own child,
+        // not yet reaped (`child.id()` is `None` once it is).
+        let sent = unsafe { libc::kill(pid, signal) };
+        assert_eq!(
+            sent,
+            0,
+            "signal {signal} to wsbalancer: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Runs `command` to its end with stdin closed and its output captured. It
+/// is killed (`kill_on_drop`) and the test fails, naming `what`, when it
+/// runs longer than `limit`.
+pub async fn output_within(
+    command: &mut tokio::process::Command,
+    limit: Duration,
+    what: &str,
+) -> std::process::Output {
+    let child = command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what} does not start: {e}"));
+    // At the deadline the future, and with it the child, is dropped:
+    // killed.
+    tokio::time::timeout(limit, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("{what} still running after {limit:?}: killed"))
+        .unwrap_or_else(|e| panic!("waiting for {what}: {e}"))
+}
+
+/// A child process killed (and reaped) when dropped, so that a failed
+/// assertion leaves nothing running; for tests without a runtime.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// [`output_within`] for tests without a runtime: stdout and stderr are
+/// read on threads of their own (a full pipe never blocks the child), the
+/// child is polled until it exits, and past `limit` it is killed and the
+/// test fails naming `what`, with what it printed so far.
+pub fn run_within(
+    command: &mut std::process::Command,
+    limit: Duration,
+    what: &str,
+) -> std::process::Output {
+    use std::io::Read;
+    let mut child = KillOnDrop(
+        command
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{what} does not start: {e}")),
+    );
+    let read = |pipe: Option<Box<dyn Read + Send>>| {
+        let (sender, received) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut out);
+            }
+            let _ = sender.send(out);
+        });
+        received
+    };
+    let stdout = read(child.0.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = read(child.0.stderr.take().map(|p| Box::new(p) as _));
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        match child.0.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) => {}
+            Err(e) => panic!("waiting for {what}: {e}"),
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.0.kill();
+            let _ = child.0.wait();
+            let printed = |r: std::sync::mpsc::Receiver<Vec<u8>>| {
+                let out = r.recv_timeout(Duration::from_secs(1)).unwrap_or_default();
+                String::from_utf8_lossy(&out).into_owned()
+            };
+            panic!(
+                "{what} still running after {limit:?}: killed. stdout:\n{}\nstderr:\n{}",
+                printed(stdout),
+                printed(stderr)
+            );
+        }
+        // Polling the child's exit, with the deadline above.
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    // The pipes close when the child exits, unless a process it started
+    // still holds them.
+    let collect = |r: std::sync::mpsc::Receiver<Vec<u8>>, pipe: &str| {
+        r.recv_timeout(DEADLINE).unwrap_or_else(|_| {
+            panic!("{what} exited but its {pipe} is still open {DEADLINE:?} later")
+        })
+    };
+    std::process::Output {
+        status,
+        stdout: collect(stdout, "stdout"),
+        stderr: collect(stderr, "stderr"),
     }
 }
 
