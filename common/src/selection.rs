@@ -11,7 +11,6 @@
 use std::cmp::Ordering;
 
 use rand::Rng;
-use rand::seq::index::sample;
 
 use crate::config::Strategy;
 
@@ -93,93 +92,160 @@ pub struct Ranking {
     pub all_full: bool,
 }
 
-/// Ranks the pods for one new connection with `strategy`.
+/// Ranks the pods for one new connection with `strategy`: every pod, in
+/// order (what tests and tools want; connections use [`rank_top`]).
 pub fn rank(pods: &[PodLoad], strategy: Strategy, rng: &mut impl Rng) -> Ranking {
-    let accepting: Vec<usize> = (0..pods.len()).filter(|&i| pods[i].accepting).collect();
-    let open: Vec<usize> = accepting
-        .iter()
-        .copied()
-        .filter(|&i| !pods[i].is_full())
-        .collect();
-    let (mut usable, mut ejected): (Vec<usize>, Vec<usize>) = open
-        .iter()
-        .partition(|&&i| pods[i].health != Health::Ejected);
-    let share = shares(pods);
+    let fallback = fallback_share(pods.iter().map(|p| p.capacity));
+    rank_top(pods.len(), |i| pods[i], fallback, pods.len(), strategy, rng)
+}
 
-    match strategy {
-        Strategy::LeastConnections => {
-            sort_by_score(&mut usable, |i| score(&pods[i], share[i]), rng)
-        }
-        Strategy::PowerOfTwo => {
-            sort_by_score(&mut usable, |i| score(&pods[i], share[i]), rng);
-            if usable.len() > 2 {
-                // Take two at random; the better one first, then the other,
-                // then everything else (already sorted) for failover.
-                let picked = sample(rng, usable.len(), 2);
-                let (a, b) = (usable[picked.index(0)], usable[picked.index(1)]);
-                let (first, second) = if score(&pods[b], share[b]) < score(&pods[a], share[a]) {
-                    (b, a)
-                } else {
-                    (a, b)
-                };
-                usable.retain(|&i| i != first && i != second);
-                usable.splice(0..0, [first, second]);
-            }
-        }
-        Strategy::Cached => usable.sort_by_key(|&i| (pods[i].reported, i)),
-        Strategy::Local => sort_by_score(&mut usable, |i| pods[i].local as f64, rng),
-    }
-    ejected.sort_by_key(|&i| (pods[i].last_failure, i));
-
-    let count = usable.len();
-    usable.extend(ejected);
-    Ranking {
-        all_full: usable.is_empty() && !accepting.is_empty(),
-        order: usable,
-        usable: count,
+/// The share of a pod that reports no capacity: the mean capacity of the
+/// pods that do (1 when none do), so the two kinds mix fairly.
+pub fn fallback_share(capacities: impl Iterator<Item = Option<u64>>) -> f64 {
+    let (sum, count) = capacities
+        .flatten()
+        .filter(|&c| c > 0)
+        .fold((0u128, 0u64), |(sum, count), c| {
+            (sum + u128::from(c), count + 1)
+        });
+    if count == 0 {
+        1.0
+    } else {
+        sum as f64 / count as f64
     }
 }
 
-/// Each pod's share: its capacity, or for pods that report none, the mean
-/// capacity of those that do (1 when none do), so the two kinds mix fairly.
-fn shares(pods: &[PodLoad]) -> Vec<f64> {
-    let reported: Vec<u64> = pods
-        .iter()
-        .filter_map(|p| p.capacity)
-        .filter(|&c| c > 0)
-        .collect();
-    let fallback = if reported.is_empty() {
-        1.0
-    } else {
-        reported.iter().sum::<u64>() as f64 / reported.len() as f64
-    };
-    pods.iter()
-        .map(|p| match p.capacity {
+/// The first `k` pods of the order [`rank`] would give, without ranking
+/// the others: one pass over the `n` pods (`load(i)` is pod `i`'s load),
+/// keeping the best `k` as it goes, so a new connection costs the same at
+/// 1,000 pods as at 3 but for that pass. `fallback` is
+/// [`fallback_share`] of the pods' capacities.
+///
+/// The order is the same as a full sort's: usable pods by score (ties at
+/// random), then ejected ones least recently failed first; pods that do
+/// not accept or are full are left out.
+pub fn rank_top(
+    n: usize,
+    load: impl Fn(usize) -> PodLoad,
+    fallback: f64,
+    k: usize,
+    strategy: Strategy,
+    rng: &mut impl Rng,
+) -> Ranking {
+    let mut best = Best::new(k);
+    let mut ejected = Best::new(k);
+    // Power of two: two usable pods sampled uniformly (a reservoir).
+    let mut sampled: [Option<(f64, usize)>; 2] = [None, None];
+    let (mut accepting, mut open, mut usable) = (0usize, 0usize, 0usize);
+    for i in 0..n {
+        let pod = load(i);
+        if !pod.accepting {
+            continue;
+        }
+        accepting += 1;
+        if pod.is_full() {
+            continue;
+        }
+        open += 1;
+        if pod.health == Health::Ejected {
+            ejected.offer(pod.last_failure as f64, i, |_| i as u32);
+            continue;
+        }
+        usable += 1;
+        let share = match pod.capacity {
             Some(c) if c > 0 => c as f64,
             _ => fallback,
-        })
-        .collect()
+        };
+        match strategy {
+            Strategy::LeastConnections => best.offer(score(&pod, share), i, |_| rng.random()),
+            Strategy::PowerOfTwo => {
+                let score = score(&pod, share);
+                if usable <= 2 {
+                    sampled[usable - 1] = Some((score, i));
+                } else {
+                    let slot = rng.random_range(0..usable);
+                    if slot < 2 {
+                        sampled[slot] = Some((score, i));
+                    }
+                }
+                best.offer(score, i, |_| rng.random());
+            }
+            Strategy::Cached => best.offer(pod.reported as f64, i, |_| i as u32),
+            Strategy::Local => best.offer(pod.local as f64, i, |_| rng.random()),
+        }
+    }
+    let mut order = best.into_order();
+    if let [Some(a), Some(b)] = sampled
+        && usable > 2
+    {
+        // The better of the two first, then the other, then the rest by
+        // score for failover.
+        let (first, second) = if b.0 < a.0 { (b.1, a.1) } else { (a.1, b.1) };
+        order.retain(|&i| i != first && i != second);
+        order.splice(0..0, [first, second]);
+        order.truncate(k);
+    }
+    let in_order = order.len();
+    order.extend(ejected.into_order());
+    order.truncate(k);
+    Ranking {
+        all_full: open == 0 && accepting > 0,
+        usable: in_order.min(order.len()),
+        order,
+    }
+}
+
+/// The `k` lowest `(key, tiebreak)` offered so far, lowest first.
+struct Best {
+    k: usize,
+    entries: Vec<(f64, u32, usize)>,
+}
+
+impl Best {
+    fn new(k: usize) -> Self {
+        Best {
+            k,
+            entries: Vec::with_capacity(k.min(16)),
+        }
+    }
+
+    /// Offers pod `i` with `key`; `tiebreak` is asked only when the pod
+    /// could be kept (most pods of a large set are not even that).
+    fn offer(&mut self, key: f64, i: usize, tiebreak: impl FnOnce(usize) -> u32) {
+        if self.k == 0 {
+            return;
+        }
+        let full = self.entries.len() == self.k;
+        if full && self.entries.last().is_some_and(|worst| key > worst.0) {
+            return;
+        }
+        let entry = (key, tiebreak(i), i);
+        let before = |a: &(f64, u32, usize), b: &(f64, u32, usize)| {
+            a.0.partial_cmp(&b.0)
+                .unwrap_or(Ordering::Equal)
+                .then(a.1.cmp(&b.1))
+                == Ordering::Less
+        };
+        if full {
+            match self.entries.last() {
+                Some(worst) if before(&entry, worst) => {
+                    self.entries.pop();
+                }
+                _ => return,
+            }
+        }
+        let at = self.entries.partition_point(|e| !before(&entry, e));
+        self.entries.insert(at, entry);
+    }
+
+    fn into_order(self) -> Vec<usize> {
+        self.entries.into_iter().map(|(_, _, i)| i).collect()
+    }
 }
 
 /// Load per unit of share; lower is better.
 fn score(pod: &PodLoad, share: f64) -> f64 {
     pod.load as f64 / (share * pod.warmup.clamp(f64::MIN_POSITIVE, 1.0))
-}
-
-/// Sorts by score, breaking exact ties at random.
-fn sort_by_score(indexes: &mut [usize], score: impl Fn(usize) -> f64, rng: &mut impl Rng) {
-    let mut keyed: Vec<(f64, u32, usize)> = indexes
-        .iter()
-        .map(|&i| (score(i), rng.random(), i))
-        .collect();
-    keyed.sort_by(|a, b| {
-        a.0.partial_cmp(&b.0)
-            .unwrap_or(Ordering::Equal)
-            .then(a.1.cmp(&b.1))
-    });
-    for (slot, (_, _, i)) in indexes.iter_mut().zip(keyed) {
-        *slot = i;
-    }
 }
 
 #[cfg(test)]
@@ -362,5 +428,110 @@ mod tests {
         };
         let r = rank(&[a, b], Strategy::Local, &mut rng());
         assert_eq!(r.order, vec![1, 0]);
+    }
+
+    /// A pod drawn from `(load, capacity, state)`: `state` 0 healthy, 1
+    /// unknown, 2 ejected, 3 draining, 4 full.
+    fn drawn(load: u64, capacity: Option<u64>, state: u8, at: u64) -> PodLoad {
+        PodLoad {
+            capacity,
+            health: match state {
+                1 => Health::Unknown,
+                2 => Health::Ejected,
+                _ => Health::Healthy,
+            },
+            accepting: state != 3,
+            limit: if state == 4 { load.max(1) } else { 0 },
+            last_failure: at,
+            local: load,
+            ..pod(if state == 4 { load.max(1) } else { load })
+        }
+    }
+
+    /// The order a full sort gives (keys distinct: no tie), written
+    /// independently of [`rank_top`].
+    fn sorted(pods: &[PodLoad], strategy: Strategy) -> Vec<usize> {
+        let fallback = fallback_share(pods.iter().map(|p| p.capacity));
+        let open: Vec<usize> = (0..pods.len())
+            .filter(|&i| pods[i].accepting && !pods[i].is_full())
+            .collect();
+        let key = |i: usize| match strategy {
+            Strategy::Cached => pods[i].reported as f64,
+            Strategy::Local => pods[i].local as f64,
+            _ => {
+                let share = pods[i]
+                    .capacity
+                    .filter(|&c| c > 0)
+                    .map_or(fallback, |c| c as f64);
+                score(&pods[i], share)
+            }
+        };
+        let mut usable: Vec<usize> = open
+            .iter()
+            .copied()
+            .filter(|&i| pods[i].health != Health::Ejected)
+            .collect();
+        usable.sort_by(|&a, &b| key(a).partial_cmp(&key(b)).unwrap_or(Ordering::Equal));
+        let mut ejected: Vec<usize> = open
+            .iter()
+            .copied()
+            .filter(|&i| pods[i].health == Health::Ejected)
+            .collect();
+        ejected.sort_by_key(|&i| (pods[i].last_failure, i));
+        usable.extend(ejected);
+        usable
+    }
+
+    proptest::proptest! {
+        /// The first `k` of a one-pass ranking are the first `k` of a full
+        /// sort, whatever the pods (distinct loads: no tie to break at
+        /// random), and the flags agree.
+        #[test]
+        fn the_top_k_are_the_first_k_of_a_full_sort(
+            pods in proptest::collection::vec(
+                (0u64..1000, proptest::option::of(1u64..50), 0u8..5),
+                0..40,
+            ),
+            k in 1usize..6,
+        ) {
+            let pods: Vec<PodLoad> = pods
+                .iter()
+                .enumerate()
+                .map(|(i, &(load, cap, state))| drawn(load * 64 + i as u64, cap.map(|c| c * 1000 + i as u64), state, i as u64))
+                .collect();
+            for strategy in [Strategy::LeastConnections, Strategy::Cached, Strategy::Local] {
+                let fallback = fallback_share(pods.iter().map(|p| p.capacity));
+                let top = rank_top(pods.len(), |i| pods[i], fallback, k, strategy, &mut rng());
+                let want: Vec<usize> = sorted(&pods, strategy).into_iter().take(k).collect();
+                proptest::prop_assert_eq!(&top.order, &want, "{:?}", strategy);
+                let usable = want.iter().filter(|&&i| pods[i].health != Health::Ejected).count();
+                proptest::prop_assert_eq!(top.usable, usable);
+                let accepting = pods.iter().any(|p| p.accepting);
+                let open = pods.iter().any(|p| p.accepting && !p.is_full());
+                proptest::prop_assert_eq!(top.all_full, accepting && !open);
+            }
+        }
+    }
+
+    #[test]
+    fn the_top_k_breaks_ties_at_random_among_all_tied_pods() {
+        let pods = vec![pod(3); 10];
+        let mut rng = rng();
+        let mut firsts = [0usize; 10];
+        for _ in 0..5000 {
+            let top = rank_top(
+                pods.len(),
+                |i| pods[i],
+                1.0,
+                3,
+                Strategy::LeastConnections,
+                &mut rng,
+            );
+            assert_eq!(top.order.len(), 3);
+            firsts[top.order[0]] += 1;
+        }
+        for count in firsts {
+            assert!((350..650).contains(&count), "{firsts:?}");
+        }
     }
 }

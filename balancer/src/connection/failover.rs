@@ -75,7 +75,7 @@ pub async fn dial_pods(
     client: SocketAddr,
     head: &RequestHead,
 ) -> Result<Dialled, Refused> {
-    let candidates = shared.registry.candidates();
+    let candidates = shared.registry.candidates(MAX_ATTEMPTS);
     if candidates.all_full {
         let text = "every pod is at its connection limit";
         return Err(Refused::unavailable(Refusal::PodsFull, text));
@@ -90,11 +90,9 @@ pub async fn dial_pods(
         .single("sec-websocket-key")
         .unwrap_or_default();
     let accept = dial::accept_key(key);
-    // Read once per connection, not once per attempt: it takes the
-    // registry's settings lock and the replica estimate's.
-    let early_refresh = shared.registry.settings().early_refresh();
+    let early_refresh = candidates.early_refresh;
     let origin = shared.origin(client);
-    let mut ranked = candidates.pods.into_iter().take(MAX_ATTEMPTS);
+    let mut ranked = candidates.pods.into_iter();
     // Indexed by the dials' futures, which yield their index.
     let mut attempts: Vec<Option<Attempt>> = Vec::with_capacity(MAX_ATTEMPTS);
     let mut in_flight = FuturesUnordered::new();

@@ -113,7 +113,7 @@ async fn send(
     let (parts, body) = request.into_parts();
     // `None` when empty: then the request can be sent again.
     let mut body = (!hyper::body::Body::is_end_stream(&body)).then_some(body);
-    let candidates = shared.registry.candidates();
+    let candidates = shared.registry.candidates(MAX_ATTEMPTS);
     if candidates.pods.is_empty() {
         tracing::warn!(conn_id, %client, "no pod accepts requests");
         return unavailable("no pod accepts new connections");

@@ -2,6 +2,8 @@
 //!
 //! - [`pod`]: one pod: its last report, this balancer's own opens and
 //!   closes since, its health, and the [`pod::Lease`] a connection holds.
+//! - [`select_cell`]: what selection reads of a pod, published for
+//!   lock-free reads on every new connection.
 //! - [`condition`]: a pod's state in one word, and each change of it.
 //! - [`registry`]: the set of pods, ranked for a new connection.
 //! - [`replicas`]: how many balancer replicas share the pods, learned from
@@ -22,4 +24,5 @@ pub mod poller;
 pub mod rebalancer;
 pub mod registry;
 pub mod replicas;
+pub mod select_cell;
 pub mod shed;

@@ -12,7 +12,7 @@
 //! go to the same pod. When this balancer's own opens on a pod pile up, the
 //! pod's poller is woken early so the next decisions rest on a fresh count.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::condition::{Condition, ConditionChange};
+use super::select_cell::{self, Anchored, Published, SelectCell};
 use super::shed::{RebalanceSettings, ShedSignal};
 use crate::observe::metrics::counters::PodCounters;
 
@@ -68,6 +69,11 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// `cacheTTL` in nanoseconds, as report ages are compared.
+    fn cache_ttl_nanos(&self) -> u64 {
+        u64::try_from(self.cache_ttl.as_nanos()).unwrap_or(u64::MAX)
+    }
+
     /// Whether a pod is polled early once this balancer opened many
     /// connections on it since its last report: how a balancer learns, in
     /// the middle of a burst, that other replicas place connections on the
@@ -123,12 +129,6 @@ pub struct EarlyRefresh {
 pub struct Pod {
     /// Where it is; its `url` names it everywhere.
     pub address: PodAddress,
-    /// Connections this balancer opened (or is opening) to the pod, ever.
-    opened: AtomicU64,
-    /// Of those, how many finished their dial (answered or failed).
-    settled: AtomicU64,
-    /// Of those, how many have ended (or failed to open).
-    closed: AtomicU64,
     /// Woken when the pod should be polled before its next scheduled poll.
     refresh: Notify,
     /// When the pod joined this balancer's registry.
@@ -139,6 +139,9 @@ pub struct Pod {
     pub(super) removed: CancellationToken,
     /// Report and health, changed by the poller and by dial outcomes.
     status: Mutex<Status>,
+    /// What selection needs of `status`, republished at every change of
+    /// it, so new connections read it without the lock.
+    cell: SelectCell,
     /// The pod's Prometheus counters, resolved once so that a connection
     /// only bumps atomics.
     pub metrics: PodCounters,
@@ -298,7 +301,7 @@ impl Lease {
     /// on, the pod's own report is expected to include it.
     pub fn settle(&mut self) {
         if !std::mem::replace(&mut self.settled, true) {
-            self.pod.settled.fetch_add(1, Ordering::SeqCst);
+            self.pod.cell.settled.fetch_add(1, Ordering::SeqCst);
         }
     }
 }
@@ -308,28 +311,28 @@ impl Drop for Lease {
         if !self.settled {
             // The dial never reached a 101: the pod never counted this
             // connection, so it is undone rather than counted as closed.
-            self.pod.opened.fetch_sub(1, Ordering::SeqCst);
+            self.pod.cell.opened.fetch_sub(1, Ordering::SeqCst);
             return;
         }
-        self.pod.closed.fetch_add(1, Ordering::SeqCst);
+        self.pod.cell.closed.fetch_add(1, Ordering::SeqCst);
     }
 }
 
 impl Pod {
     /// A pod with no report yet, counting into `metrics`.
     pub fn new(address: PodAddress, metrics: PodCounters) -> Self {
-        Pod {
+        let pod = Pod {
             metrics,
             address,
-            opened: AtomicU64::new(0),
-            settled: AtomicU64::new(0),
-            closed: AtomicU64::new(0),
             refresh: Notify::new(),
             added_at: Instant::now(),
             removed: CancellationToken::new(),
             status: Mutex::new(Status::default()),
+            cell: SelectCell::default(),
             shed: ShedSignal::default(),
-        }
+        };
+        pod.cell.publish(&Status::default().published());
+        pod
     }
 
     /// Resolves once the pod has left the registry.
@@ -348,11 +351,21 @@ impl Pod {
         self.status.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The status, to change: what selection reads of it is republished
+    /// when the guard goes, still under the lock (so one writer at a time,
+    /// in the order of the changes).
+    fn status_mut(&self) -> StatusMut<'_> {
+        StatusMut {
+            guard: self.status(),
+            cell: &self.cell,
+        }
+    }
+
     /// Counts a new connection to this pod until the lease is dropped, and
     /// (with `early_refresh`) asks for an early poll once enough were opened
     /// since the last one.
     pub fn lease(self: &Arc<Self>, early_refresh: Option<EarlyRefresh>) -> Lease {
-        let opened = self.opened.fetch_add(1, Ordering::Relaxed) + 1;
+        let opened = self.cell.opened.fetch_add(1, Ordering::Relaxed) + 1;
         let (base, reported) = {
             let status = self.status();
             (
@@ -389,8 +402,11 @@ impl Pod {
 
     /// Connections this balancer has open (or opening) to the pod.
     pub fn relayed(&self) -> u64 {
-        let closed = self.closed.load(Ordering::Relaxed);
-        self.opened.load(Ordering::Relaxed).saturating_sub(closed)
+        let closed = self.cell.closed.load(Ordering::Relaxed);
+        self.cell
+            .opened
+            .load(Ordering::Relaxed)
+            .saturating_sub(closed)
     }
 
     /// Closes and settled dials so far: taken just before a poll is sent,
@@ -398,8 +414,8 @@ impl Pod {
     /// count yet.
     pub fn poll_start(&self) -> PollStart {
         PollStart {
-            settled: self.settled.load(Ordering::SeqCst),
-            closed: self.closed.load(Ordering::SeqCst),
+            settled: self.cell.settled.load(Ordering::SeqCst),
+            closed: self.cell.closed.load(Ordering::SeqCst),
         }
     }
 
@@ -408,9 +424,9 @@ impl Pod {
     /// 101s still in transit); dials still in flight stay in the adjustment.
     /// `lone`: this balancer believes no other replica shares the pod.
     pub fn poll_base(&self, start: PollStart, lone: bool) -> PollBase {
-        let settled = self.settled.load(Ordering::SeqCst);
-        let closed = self.closed.load(Ordering::SeqCst);
-        let opened = self.opened.load(Ordering::SeqCst);
+        let settled = self.cell.settled.load(Ordering::SeqCst);
+        let closed = self.cell.closed.load(Ordering::SeqCst);
+        let opened = self.cell.opened.load(Ordering::SeqCst);
         let doubt = Doubt {
             in_flight: opened.saturating_sub(settled),
             during: settled.saturating_sub(start.settled) + closed.saturating_sub(start.closed),
@@ -434,7 +450,7 @@ impl Pod {
         report: Report,
         joined_late: bool,
     ) -> Option<Moved> {
-        let mut status = self.status();
+        let mut status = self.status_mut();
         let now = Instant::now();
         let first = status.report.is_none();
         let moved = status.report.as_ref().map(|(previous, _)| Moved {
@@ -477,8 +493,8 @@ impl Pod {
     /// every poll, a dial after it ejected the pod or brought it back.
     pub fn condition_change(&self, settings: &Settings) -> Option<ConditionChange> {
         let mut status = self.status();
-        let figures = self.figures(&status, settings);
-        let now = figures.condition(status.report.is_some());
+        let figures = self.figures(&self.cell.read(), select_cell::now(), settings);
+        let now = figures.condition(status.report.is_some(), status.state());
         let from = std::mem::replace(&mut status.condition, now);
         (from != now).then(|| ConditionChange {
             from,
@@ -490,7 +506,7 @@ impl Pod {
     /// Counts a failed poll or dial. Returns true when this failure ejects
     /// the pod (so the caller can log it once).
     pub fn record_failure(&self, eject_after: u32) -> bool {
-        let mut status = self.status();
+        let mut status = self.status_mut();
         status.consecutive_failures = status.consecutive_failures.saturating_add(1);
         status.last_failure = Some(Instant::now());
         let eject = status.consecutive_failures >= eject_after && !status.ejected;
@@ -507,7 +523,7 @@ impl Pod {
     /// back after every poll and, its count never rising, take the next
     /// connections again. Returns true when this ejected it.
     pub fn record_dial_failure(&self, eject_after: u32, hold: Duration) -> bool {
-        let mut status = self.status();
+        let mut status = self.status_mut();
         let now = Instant::now();
         // Counted apart from poll failures: good polls do not reset it.
         status.broken_dials = status.broken_dials.saturating_add(1);
@@ -528,7 +544,7 @@ impl Pod {
     /// A dial reached the pod: it is alive whatever its polls say. Returns
     /// true when that brought it back from ejection.
     pub fn record_dial_success(&self) -> bool {
-        let mut status = self.status();
+        let mut status = self.status_mut();
         status.consecutive_failures = 0;
         status.dials_failing_until = None;
         status.broken_dials = 0;
@@ -542,80 +558,86 @@ impl Pod {
     /// Current view of the pod.
     pub fn snapshot(&self, settings: &Settings) -> PodSnapshot {
         let status = self.status();
-        let figures = self.figures(&status, settings);
+        let figures = self.figures(&self.cell.read(), select_cell::now(), settings);
         let report = status.report.as_ref().map(|(r, _)| r);
+        let state = status.state();
         PodSnapshot {
             url: self.address.url.clone(),
             pod_name: report.and_then(|r| r.pod_name.clone()),
             reported: report.map(|r| r.agents_connections),
             capacity: report.and_then(|r| r.capacity),
-            state: figures.state,
-            report_age: figures.report_age,
+            state,
+            report_age: figures.report_age.map(Duration::from_nanos),
             stale: figures.stale,
             effective: figures.effective,
             relayed: figures.relayed,
             health: figures.health,
-            accepting: figures.state.accepts_new(),
+            accepting: state.accepts_new(),
             warmup: figures.warmup,
             consecutive_failures: status.consecutive_failures,
             last_failure: status.last_failure,
-            condition: figures.condition(report.is_some()),
+            condition: figures.condition(report.is_some(), state),
         }
     }
 
-    /// What selection needs of the pod, without copying any string: this
-    /// runs for every pod on every new connection.
-    pub(super) fn load(&self, settings: &Settings, epoch: Instant) -> PodLoad {
-        let status = self.status();
-        let figures = self.figures(&status, settings);
-        let report = status.report.as_ref().map(|(r, _)| r);
+    /// What selection needs of the pod at `now` ([`select_cell::now`]),
+    /// without a lock and without copying any string: this runs for every
+    /// pod on every new connection.
+    pub(super) fn load(&self, settings: &Settings, now: u64) -> PodLoad {
+        let view = self.cell.read();
+        let figures = self.figures(&view, now, settings);
         PodLoad {
             load: figures.effective,
-            reported: report.map_or(0, |r| r.agents_connections),
+            reported: view.reported,
             local: figures.relayed,
-            capacity: report.and_then(|r| r.capacity),
+            capacity: view.capacity,
             limit: settings.max_per_pod,
             warmup: figures.warmup,
             health: figures.health,
-            accepting: figures.state.accepts_new(),
-            last_failure: status.last_failure.map_or(0, |at| {
-                at.saturating_duration_since(epoch).as_millis() as u64
-            }),
+            accepting: view.accepting,
+            last_failure: view.last_failure.unwrap_or(0),
         }
     }
 
-    /// The derived figures both views share.
-    fn figures(&self, status: &Status, settings: &Settings) -> Figures {
-        let opened = self.opened.load(Ordering::Relaxed);
-        let closed = self.closed.load(Ordering::Relaxed);
+    /// The pod's last published `capacity` (one word, no lock).
+    pub(super) fn capacity(&self) -> Option<u64> {
+        self.cell.capacity()
+    }
+
+    /// The derived figures every view shares, from what was published,
+    /// at `now` ([`select_cell::now`]). Integer arithmetic on nanoseconds
+    /// (no `Duration` per pod): this runs for every pod of a ranking.
+    fn figures(&self, view: &Published, now: u64, settings: &Settings) -> Figures {
+        let opened = self.cell.opened.load(Ordering::Relaxed);
+        let closed = self.cell.closed.load(Ordering::Relaxed);
         let relayed = opened.saturating_sub(closed);
-        let now = Instant::now();
-        let (effective, report_age, stale) = match (&status.report, &status.anchor) {
-            (Some((_, at)), Some(anchor)) => {
-                let net_since = i128::from(opened.saturating_sub(anchor.base.settled))
-                    - i128::from(closed.saturating_sub(anchor.base.closed));
-                let scaled = net_since * i128::from(settings.replicas);
-                let effective = (i128::from(anchor.count) + scaled).max(0);
-                let age = now.saturating_duration_since(*at);
+        let (effective, report_age, stale) = match (view.report_at, view.anchor) {
+            (Some(at), Some(anchor)) => {
+                let signed = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+                let net_since = signed(opened.saturating_sub(anchor.settled))
+                    .saturating_sub(signed(closed.saturating_sub(anchor.closed)));
+                let scaled = net_since.saturating_mul(i64::from(settings.replicas));
+                let effective = signed(anchor.count).saturating_add(scaled).max(0);
+                let age = now.saturating_sub(at);
                 (
-                    u64::try_from(effective).unwrap_or(u64::MAX),
+                    effective.unsigned_abs(),
                     Some(age),
-                    age > settings.cache_ttl,
+                    age > settings.cache_ttl_nanos(),
                 )
             }
             _ => (relayed, None, true),
         };
-        let health = if status.ejected {
+        let health = if view.ejected {
             Health::Ejected
         } else if stale {
             Health::Unknown
         } else {
             Health::Healthy
         };
-        let warmup = match status.warm_since {
+        let warmup = match view.warm_since {
             Some(since) if !settings.slow_start.is_zero() => {
-                let elapsed = now.saturating_duration_since(since);
-                (elapsed.as_secs_f64() / settings.slow_start.as_secs_f64()).clamp(MIN_WARMUP, 1.0)
+                let elapsed = now.saturating_sub(since) as f64 / 1e9;
+                (elapsed / settings.slow_start.as_secs_f64()).clamp(MIN_WARMUP, 1.0)
             }
             _ => 1.0,
         };
@@ -626,31 +648,82 @@ impl Pod {
             stale,
             health,
             warmup,
-            state: status
-                .report
-                .as_ref()
-                .map(|(r, _)| r.state)
-                .unwrap_or_default(),
         }
     }
 }
 
-impl Figures {
-    /// The pod's condition (`has_report`: any report at all).
-    fn condition(&self, has_report: bool) -> Condition {
-        Condition::of(self.health, has_report, self.stale, self.state)
+/// The status, held to be changed; what selection reads of it is
+/// republished when this goes.
+struct StatusMut<'a> {
+    guard: MutexGuard<'a, Status>,
+    cell: &'a SelectCell,
+}
+
+impl std::ops::Deref for StatusMut<'_> {
+    type Target = Status;
+
+    fn deref(&self) -> &Status {
+        &self.guard
     }
 }
 
-/// Figures derived from a pod's status and counters.
+impl std::ops::DerefMut for StatusMut<'_> {
+    fn deref_mut(&mut self) -> &mut Status {
+        &mut self.guard
+    }
+}
+
+impl Drop for StatusMut<'_> {
+    fn drop(&mut self) {
+        self.cell.publish(&self.guard.published());
+    }
+}
+
+impl Status {
+    /// What selection reads of this status.
+    fn published(&self) -> Published {
+        let report = self.report.as_ref();
+        Published {
+            anchor: self.anchor.map(|a| Anchored {
+                count: a.count,
+                settled: a.base.settled,
+                closed: a.base.closed,
+            }),
+            reported: report.map_or(0, |(r, _)| r.agents_connections),
+            report_at: report.map(|(_, at)| select_cell::nanos(*at)),
+            capacity: report.and_then(|(r, _)| r.capacity),
+            accepting: self.state().accepts_new(),
+            ejected: self.ejected,
+            warm_since: self.warm_since.map(select_cell::nanos),
+            last_failure: self.last_failure.map(select_cell::nanos),
+        }
+    }
+
+    /// The state the pod last reported (`Ready` before any report).
+    fn state(&self) -> PodState {
+        self.report
+            .as_ref()
+            .map(|(r, _)| r.state)
+            .unwrap_or_default()
+    }
+}
+
+impl Figures {
+    /// The pod's condition in `state` (`has_report`: any report at all).
+    fn condition(&self, has_report: bool, state: PodState) -> Condition {
+        Condition::of(self.health, has_report, self.stale, state)
+    }
+}
+
+/// Figures derived from a pod's published status and its counters.
 struct Figures {
     effective: u64,
     relayed: u64,
-    report_age: Option<Duration>,
+    /// Nanoseconds.
+    report_age: Option<u64>,
     stale: bool,
     health: Health,
     warmup: f64,
-    state: PodState,
 }
 
 #[cfg(test)]

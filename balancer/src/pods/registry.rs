@@ -16,10 +16,11 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Instant;
 
 use common::PodAddress;
-use common::selection::{self, Health, PodLoad};
+use common::selection::{self, Health};
 
-use super::pod::{Moved, Pod, PodSnapshot, Settings};
+use super::pod::{EarlyRefresh, Moved, Pod, PodSnapshot, Settings};
 use super::replicas::ReplicaEstimate;
+use super::select_cell::{self, SelectCell};
 use super::shed::Imbalance;
 use crate::observe::metrics::counters::{PodCounters, PodFamilies};
 
@@ -41,6 +42,8 @@ pub struct Candidates {
     pub usable: usize,
     /// Every accepting pod is at a hard limit.
     pub all_full: bool,
+    /// When a lease on one of them asks for an early poll.
+    pub early_refresh: Option<EarlyRefresh>,
 }
 
 /// All pods known to this balancer.
@@ -273,19 +276,36 @@ impl PodRegistry {
             .any(|s| s.accepting && s.health != Health::Ejected)
     }
 
-    /// Ranks the pods for one new connection.
-    pub fn candidates(&self) -> Candidates {
-        let pods = self.pods();
+    /// The first `k` pods to try for one new connection, best first
+    /// (`k`: the failover attempts), and the early-refresh rule their
+    /// leases follow: the settings are read once for both.
+    ///
+    /// One pass over the pods, without a lock per pod (each pod's inputs
+    /// are published in its [`SelectCell`](super::select_cell::SelectCell))
+    /// and without ranking past the first `k`, so a handshake costs about
+    /// the same at a thousand pods as at three.
+    pub fn candidates(&self, k: usize) -> Candidates {
         let settings = self.settings();
-        let loads: Vec<PodLoad> = pods
-            .iter()
-            .map(|p| p.load(&settings, self.started))
-            .collect();
-        let ranking = selection::rank(&loads, settings.strategy, &mut rand::rng());
+        let pods = self.pods.read().unwrap_or_else(|p| p.into_inner());
+        let now = select_cell::now();
+        let fallback = if SelectCell::capacity_seen() {
+            selection::fallback_share(pods.iter().map(|p| p.capacity()))
+        } else {
+            1.0
+        };
+        let ranking = selection::rank_top(
+            pods.len(),
+            |i| pods[i].load(&settings, now),
+            fallback,
+            k,
+            settings.strategy,
+            &mut rand::rng(),
+        );
         Candidates {
             pods: ranking.order.iter().map(|&i| pods[i].clone()).collect(),
             usable: ranking.usable,
             all_full: ranking.all_full,
+            early_refresh: settings.early_refresh(),
         }
     }
 
@@ -393,7 +413,7 @@ mod tests {
         assert_eq!(urls(&change.removed), [a]);
         drop(change);
         for _ in 0..20 {
-            assert_eq!(urls(&registry.candidates().pods), [b]);
+            assert_eq!(urls(&registry.candidates(3).pods), [b]);
         }
         // The lease alone keeps the removed pod, and counts into it.
         assert_eq!(lease.pod().relayed(), 1);
