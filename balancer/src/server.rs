@@ -143,6 +143,7 @@ impl Balancer {
             },
             metrics.clone(),
         ));
+        shared.set_listener(&listener);
         tasks.spawn(listener::accept_loop(
             listener,
             shared.clone(),

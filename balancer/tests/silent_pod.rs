@@ -288,3 +288,101 @@ async fn a_pod_slow_to_answer_is_waited_for_and_never_duplicated() {
     );
     assert_eq!(failovers, 0.0, "no hedge:\n{scrape}");
 }
+
+/// The server side of a client connection accepted by this process's
+/// balancer: found among the process's own descriptors by its peer, the
+/// client's local address.
+fn find_accepted(peer: std::net::SocketAddr) -> Option<std::os::fd::BorrowedFd<'static>> {
+    use std::os::fd::BorrowedFd;
+    for entry in std::fs::read_dir("/proc/self/fd").expect("/proc/self/fd") {
+        let Some(fd) = entry
+            .ok()
+            .and_then(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: a descriptor of this process, borrowed only while the
+        // test's connection (which keeps it open) lives.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        let socket = socket2::SockRef::from(&borrowed);
+        let matches = socket
+            .peer_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .is_some_and(|a| a == peer);
+        if matches {
+            return Some(borrowed);
+        }
+    }
+    None
+}
+
+/// [`find_accepted`], waiting (with the deadline) for the balancer to
+/// accept the connection.
+async fn accepted_for(peer: std::net::SocketAddr) -> std::os::fd::BorrowedFd<'static> {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Some(fd) = find_accepted(peer) {
+            return fd;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{peer} never accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Accepted client sockets carry keepalive and `TCP_USER_TIMEOUT`
+/// without a system call each: they inherit them from the listener, which
+/// a reload updates for the connections accepted after it.
+#[tokio::test]
+async fn accepted_sockets_inherit_liveness_and_a_reload_changes_it() {
+    support::init_logs();
+    let pods = support::pods(1).await;
+    let config = support::config(pods.iter().map(test_server::Pod::url).collect());
+    let first = common::Config {
+        write_timeout: Duration::from_millis(2500),
+        tcp_keepalive: Duration::from_secs(7),
+        ..config.clone()
+    };
+    let balancer = wsbalancer::Balancer::start(first.clone())
+        .await
+        .expect("balancer starts");
+    let client = TcpStream::connect(balancer.listen_addr())
+        .await
+        .expect("connect");
+    let accepted = accepted_for(client.local_addr().expect("addr")).await;
+    let socket = socket2::SockRef::from(&accepted);
+    assert_eq!(
+        socket.tcp_user_timeout().ok().flatten(),
+        Some(Duration::from_millis(2500))
+    );
+    assert!(socket.keepalive().expect("SO_KEEPALIVE"));
+    assert_eq!(
+        socket.tcp_keepalive_time().ok(),
+        Some(Duration::from_secs(7))
+    );
+
+    balancer
+        .reload(common::Config {
+            write_timeout: Duration::from_secs(4),
+            tcp_keepalive: Duration::from_secs(11),
+            ..first
+        })
+        .expect("reload");
+    let later = TcpStream::connect(balancer.listen_addr())
+        .await
+        .expect("connect");
+    let accepted = accepted_for(later.local_addr().expect("addr")).await;
+    let socket = socket2::SockRef::from(&accepted);
+    assert_eq!(
+        socket.tcp_user_timeout().ok().flatten(),
+        Some(Duration::from_secs(4))
+    );
+    assert_eq!(
+        socket.tcp_keepalive_time().ok(),
+        Some(Duration::from_secs(11))
+    );
+    drop((client, later));
+}

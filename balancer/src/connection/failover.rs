@@ -25,6 +25,7 @@ use crate::connection::shared::Shared;
 use crate::observe::metrics::counters::Refusal;
 use crate::pods::pod::{Lease, Pod};
 use crate::pods::registry::Fault;
+use crate::pods::shed::RebalanceSettings;
 
 /// Pods tried for one connection before the client gets a 502: a client
 /// never waits for more than a few dial timeouts when many pods are black
@@ -42,6 +43,8 @@ pub enum Dialled {
         pod: ends::Arrived,
         /// Counts the connection against the pod until it ends.
         lease: Lease,
+        /// How rebalancing may close it (the settings it was chosen with).
+        rebalance: RebalanceSettings,
     },
     /// It answered with a status: passed to the client as is.
     Status(http::Response<Body>),
@@ -90,7 +93,8 @@ pub async fn dial_pods(
         .single("sec-websocket-key")
         .unwrap_or_default();
     let accept = dial::accept_key(key);
-    let early_refresh = candidates.early_refresh;
+    let early_refresh = candidates.settings.early_refresh();
+    let rebalance = candidates.settings.rebalance;
     let origin = shared.origin(client);
     let mut ranked = candidates.pods.into_iter();
     // Indexed by the dials' futures, which yield their index.
@@ -168,7 +172,7 @@ pub async fn dial_pods(
                 return Ok(answered(
                     shared,
                     attempt.pod,
-                    attempt.lease,
+                    (attempt.lease, rebalance),
                     answer,
                     conn_id,
                     client,
@@ -266,7 +270,7 @@ fn unreachable(
 fn answered(
     shared: &Shared,
     pod: Arc<Pod>,
-    lease: Lease,
+    (lease, rebalance): (Lease, RebalanceSettings),
     answer: PodAnswer,
     conn_id: u64,
     client: SocketAddr,
@@ -285,6 +289,7 @@ fn answered(
             pod_head: head,
             pod: ends::pod_end(io, early),
             lease,
+            rebalance,
         },
         PodAnswer::Status { head, body } => {
             let status = head.status().as_u16();

@@ -82,10 +82,13 @@ pub async fn accept_loop(
         };
         shared.out_of_descriptors.accepted();
         shared.metrics.accepted();
-        shared.settings().liveness.apply(&tcp);
-        // Inherited from the listener on Linux (see `bind`).
+        // Keepalive, TCP_USER_TIMEOUT and TCP_NODELAY are inherited from
+        // the listener on Linux (see `bind` and `Shared::set_listener`).
         #[cfg(not(target_os = "linux"))]
-        let _ = tcp.set_nodelay(true);
+        {
+            shared.settings().liveness.apply(&tcp);
+            let _ = tcp.set_nodelay(true);
+        }
         let shared = shared.clone();
         let stopped = stop.clone().cancelled_owned();
         match shared.server_tls.clone() {
@@ -205,8 +208,10 @@ async fn answer_first_request(
         }
     };
     let conn_id = shared.next_conn_id();
+    // The one read of the settings for this connection.
+    let settings = shared.settings();
     let answer = tokio::select! {
-        answer = upgrade::answer(shared, conn_id, client, &head) => answer,
+        answer = upgrade::answer(shared, &settings, conn_id, client, &head) => answer,
         () = &mut stopped => return None,
     };
     match answer {
@@ -217,7 +222,7 @@ async fn answer_first_request(
         Answer::Switch { pod_head, session } => {
             let response = forward::switching_protocols_head(&pod_head);
             let written =
-                tokio::time::timeout(shared.write_timeout(), tcp.write_all(&response)).await;
+                tokio::time::timeout(settings.limits.write, tcp.write_all(&response)).await;
             let early = (!early.is_empty()).then_some(early);
             if matches!(written, Ok(Ok(()))) {
                 Some((tcp, early, session))

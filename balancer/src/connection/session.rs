@@ -12,10 +12,11 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::connection::admission::Slot;
 use crate::connection::ends;
-use crate::connection::relay;
 use crate::connection::relay::outcome::Ending;
+use crate::connection::relay::{self, RelayLimits};
 use crate::connection::shared::Shared;
 use crate::pods::pod::Lease;
+use crate::pods::shed::RebalanceSettings;
 
 /// A connection the pod has accepted, waiting for the client's side.
 pub struct Session {
@@ -34,6 +35,11 @@ pub struct Session {
     /// Counts the connection (drain and shutdown wait for it) from its dial
     /// until the relay ends.
     pub(super) tracked: TaskTrackerToken,
+    /// Idle and write limits, from the settings the connection started
+    /// with.
+    pub(super) limits: RelayLimits,
+    /// How rebalancing may close it, from the same read.
+    pub(super) rebalance: RebalanceSettings,
 }
 
 /// What a relay task keeps besides the connection: for the log line, the
@@ -42,6 +48,8 @@ struct Held {
     conn_id: u64,
     client: SocketAddr,
     lease: Lease,
+    limits: RelayLimits,
+    shed_rules: relay::ShedRules,
     _slot: Slot,
     _tracked: TaskTrackerToken,
 }
@@ -101,6 +109,11 @@ impl Session {
                 conn_id: self.conn_id,
                 client: self.client,
                 lease: self.lease,
+                limits: self.limits,
+                shed_rules: relay::ShedRules {
+                    min_age: self.rebalance.min_age,
+                    code: self.rebalance.close_code,
+                },
                 _slot: self.slot,
                 _tracked: self.tracked,
             },
@@ -111,14 +124,8 @@ impl Session {
 
 /// Relays until done, and counts and logs how it went.
 async fn relay(shared: Arc<Shared>, mut relayed: Box<Relayed>) {
-    // Read before the relay, so the settings are not held for its life.
-    let limits = shared.settings().limits;
-    let rebalance = shared.registry.settings().rebalance;
-    let shed_rules = relay::ShedRules {
-        min_age: rebalance.min_age,
-        code: rebalance.close_code,
-    };
     let Relayed { conn, held } = &mut *relayed;
+    let (limits, shed_rules) = (held.limits, held.shed_rules);
     let outcome = relay::run(
         conn,
         limits,

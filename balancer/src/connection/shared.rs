@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use common::Config;
@@ -62,6 +62,11 @@ pub struct Shared {
     pub out_of_descriptors: Arc<Exhaustion>,
     /// Source of connection ids for logs.
     next_id: AtomicU64,
+    /// A second handle on the WebSocket listener's socket (the same
+    /// socket): its keepalive and `TCP_USER_TIMEOUT` are what every
+    /// accepted socket inherits (Linux), so a reload that changes them sets
+    /// them here, and no accepted connection pays a system call for them.
+    listening: OnceLock<socket2::Socket>,
 }
 
 impl Shared {
@@ -97,6 +102,21 @@ impl Shared {
             metrics,
             out_of_descriptors: Arc::default(),
             next_id: AtomicU64::new(1),
+            listening: OnceLock::new(),
+        }
+    }
+
+    /// Gives the settings' socket liveness to `listener`, now and at every
+    /// reload, for its accepted sockets to inherit.
+    pub fn set_listener(&self, listener: &tokio::net::TcpListener) {
+        match socket2::SockRef::from(listener).try_clone() {
+            Ok(socket) => {
+                self.settings().liveness.apply(&socket);
+                let _ = self.listening.set(socket);
+            }
+            Err(error) => {
+                tracing::warn!(%error, "listener socket not shared: accepted sockets keep the kernel's keepalive defaults");
+            }
         }
     }
 
@@ -112,7 +132,13 @@ impl Shared {
     /// Replaces the settings (a reload): new connections get them, those
     /// already relayed keep the ones they started with.
     pub fn set_settings(&self, settings: ConnectionSettings) {
-        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(settings);
+        let mut current = self.settings.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(listening) = self.listening.get()
+            && current.liveness != settings.liveness
+        {
+            settings.liveness.apply(listening);
+        }
+        *current = Arc::new(settings);
     }
 
     /// Whether the balancer drains (no new connections).
@@ -126,11 +152,6 @@ impl Shared {
             addr: client,
             scheme: self.scheme,
         }
-    }
-
-    /// Bound on one blocked write toward a client (`writeTimeout`).
-    pub fn write_timeout(&self) -> Duration {
-        self.settings().limits.write
     }
 
     /// A new connection id, for logs.

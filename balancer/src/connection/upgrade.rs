@@ -20,6 +20,7 @@ use crate::connection::handshake::{self, Body};
 use crate::connection::head::{RequestHead, ResponseHead};
 use crate::connection::http_proxy::{self, InFlight};
 use crate::connection::session::Session;
+use crate::connection::settings::ConnectionSettings;
 use crate::connection::shared::Shared;
 use crate::observe::metrics::counters::Refusal;
 
@@ -45,7 +46,8 @@ pub async fn serve_request(
     mut request: Request<Incoming>,
 ) -> Result<Response<InFlight>, Infallible> {
     let conn_id = shared.next_conn_id();
-    if shared.settings().http_mode == HttpMode::Proxy
+    let settings = shared.settings();
+    if settings.http_mode == HttpMode::Proxy
         && !request.headers().contains_key(http::header::UPGRADE)
     {
         return Ok(http_proxy::proxy(&shared, conn_id, client, request).await);
@@ -53,7 +55,7 @@ pub async fn serve_request(
     let on_upgrade = hyper::upgrade::on(&mut request);
     let (parts, _) = request.into_parts();
     let head = RequestHead::from_parts(&parts);
-    let response = match answer(&shared, conn_id, client, &head).await {
+    let response = match answer(&shared, &settings, conn_id, client, &head).await {
         Answer::Respond(response) => response,
         Answer::Switch { pod_head, session } => {
             // Counted as relayed by the token the session holds.
@@ -68,26 +70,23 @@ pub async fn serve_request(
 /// answers; the client gets that answer (or the refusal).
 pub async fn answer(
     shared: &Shared,
+    settings: &ConnectionSettings,
     conn_id: u64,
     client: SocketAddr,
     head: &RequestHead,
 ) -> Answer {
     // The request head has just arrived: the handshake's clock starts.
     let received = Instant::now();
-    let settings = shared.settings();
     if let Err(rejection) = handshake::check(head) {
         let status = rejection.status.as_u16();
         tracing::debug!(conn_id, %client, status, reason = Refusal::Invalid.as_str(), detail = rejection.reason, "connection failed");
         shared.metrics.refused(status, Refusal::Invalid);
         return Answer::Respond(rejection.into_response());
     }
-    let admitted = shared.admission.admit(
-        shared.draining(),
-        &settings,
-        client,
-        head.fields(),
-        received,
-    );
+    let admitted =
+        shared
+            .admission
+            .admit(shared.draining(), settings, client, head.fields(), received);
     let slot = match admitted {
         Ok(slot) => slot,
         Err(refused) => return Answer::Respond(refused.answer(&shared.metrics, conn_id, client)),
@@ -95,11 +94,12 @@ pub async fn answer(
     // Counted from here: a drain that starts during the dial waits for
     // this connection too (and closes it within the window).
     let tracked = shared.relays.token();
-    match failover::dial_pods(shared, &settings, conn_id, client, head).await {
+    match failover::dial_pods(shared, settings, conn_id, client, head).await {
         Ok(Dialled::Upgraded {
             pod_head,
             pod,
             lease,
+            rebalance,
         }) => Answer::Switch {
             pod_head,
             session: Session {
@@ -110,6 +110,8 @@ pub async fn answer(
                 lease,
                 slot,
                 tracked,
+                limits: settings.limits,
+                rebalance,
             },
         },
         Ok(Dialled::Status(response)) => Answer::Respond(response),

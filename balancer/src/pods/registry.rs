@@ -18,7 +18,7 @@ use std::time::Instant;
 use common::PodAddress;
 use common::selection::{self, Health};
 
-use super::pod::{EarlyRefresh, Moved, Pod, PodSnapshot, Settings};
+use super::pod::{Moved, Pod, PodSnapshot, Settings};
 use super::replicas::ReplicaEstimate;
 use super::select_cell::{self, SelectCell};
 use super::shed::Imbalance;
@@ -42,8 +42,10 @@ pub struct Candidates {
     pub usable: usize,
     /// Every accepting pod is at a hard limit.
     pub all_full: bool,
-    /// When a lease on one of them asks for an early poll.
-    pub early_refresh: Option<EarlyRefresh>,
+    /// The selection settings they were ranked with (the early-refresh
+    /// rule of their leases, the rebalancing rules of their relays): read
+    /// once per connection.
+    pub settings: Settings,
 }
 
 /// All pods known to this balancer.
@@ -277,8 +279,8 @@ impl PodRegistry {
     }
 
     /// The first `k` pods to try for one new connection, best first
-    /// (`k`: the failover attempts), and the early-refresh rule their
-    /// leases follow: the settings are read once for both.
+    /// (`k`: the failover attempts), with the settings they were ranked
+    /// with (read once for the whole connection).
     ///
     /// One pass over the pods, without a lock per pod (each pod's inputs
     /// are published in its [`SelectCell`](super::select_cell::SelectCell))
@@ -305,7 +307,7 @@ impl PodRegistry {
             pods: ranking.order.iter().map(|&i| pods[i].clone()).collect(),
             usable: ranking.usable,
             all_full: ranking.all_full,
-            early_refresh: settings.early_refresh(),
+            settings,
         }
     }
 
