@@ -4,7 +4,9 @@
 //! Each pod has its own task, so one slow pod delays nobody else's reports.
 //! Polls are spaced at half of `cacheTTL` with ±10% jitter, so a live pod's
 //! report never gets older than `cacheTTL` and many balancer replicas do not
-//! poll in lockstep. A pod is polled early (at most every `min_gap`) when
+//! poll in lockstep; after the first poll (all at once, at start) each pod
+//! takes a random phase within the interval, so a thousand pods' polls are
+//! spread evenly rather than bunched once per interval. A pod is polled early (at most every `min_gap`) when
 //! this balancer opened many connections on it since its last report, and
 //! a failing pod is re-checked sooner, then backed off once ejected. After
 //! every poll the pod's condition (ready, drain, maint, stale, ejected...)
@@ -79,6 +81,15 @@ impl PollSchedule {
             min_gap: (interval / 10).min(Duration::from_millis(25)),
             max_backoff: cache_ttl,
         }
+    }
+
+    /// Delay before a healthy pod's second poll: a random phase within one
+    /// interval. Every pod is polled at once at start (selection needs its
+    /// count); from then on the polls of many pods are spread evenly over
+    /// the interval instead of coming in one burst per interval, whatever
+    /// the pod count.
+    pub fn first_delay(&self) -> Duration {
+        self.interval.mul_f64(rand::rng().random_range(0.0..1.0))
     }
 
     /// Delay before the next poll, from the start of the last one. A pod
@@ -188,6 +199,7 @@ async fn poll_loop(
     stop: CancellationToken,
 ) {
     let mut last_error: Option<String> = None;
+    let mut first = true;
     loop {
         // Read each round: a reload may change them.
         let settings = registry.settings();
@@ -227,7 +239,12 @@ async fn poll_loop(
             change.log(&pod.address.url);
         }
         let (failures, ejected) = pod.failures();
-        let next = started + schedule.next_delay(failures, ejected, eject_after);
+        let delay = if std::mem::take(&mut first) && failures == 0 {
+            schedule.first_delay()
+        } else {
+            schedule.next_delay(failures, ejected, eject_after)
+        };
+        let next = started + delay;
         tokio::select! {
             () = tokio::time::sleep_until(next) => {}
             // Early refresh, wanted when this balancer opened many
@@ -323,6 +340,23 @@ mod tests {
         // A dial timeout under a second wins over the floor (no panic).
         let quick = PollSchedule::from_ttl(Duration::from_secs(30), Duration::from_millis(300));
         assert_eq!(quick.timeout, Duration::from_millis(300));
+    }
+
+    #[test]
+    fn second_polls_are_spread_over_the_whole_interval() {
+        let schedule = PollSchedule::from_ttl(Duration::from_secs(30), Duration::from_secs(10));
+        let mut buckets = [0usize; 10];
+        for _ in 0..5000 {
+            let delay = schedule.first_delay();
+            assert!(delay < schedule.interval);
+            let bucket = (delay.as_secs_f64() / schedule.interval.as_secs_f64() * 10.0) as usize;
+            buckets[bucket.min(9)] += 1;
+        }
+        // Even: every tenth of the interval gets about a tenth.
+        assert!(
+            buckets.iter().all(|&n| (350..650).contains(&n)),
+            "{buckets:?}"
+        );
     }
 
     #[test]
