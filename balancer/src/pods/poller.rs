@@ -244,7 +244,7 @@ async fn poll_loop(
         } else {
             schedule.next_delay(failures, ejected, eject_after)
         };
-        let next = started + delay;
+        let next = on_grid(started + delay);
         tokio::select! {
             () = tokio::time::sleep_until(next) => {}
             // Early refresh, wanted when this balancer opened many
@@ -256,6 +256,24 @@ async fn poll_loop(
             () = pod.removed() => return,
         }
     }
+}
+
+/// Granularity of scheduled polls: polls due within the same slot start
+/// together, so the runtime wakes once for them all rather than once per
+/// poll (at a thousand pods, most of an idle balancer's CPU was waking up).
+/// Far below any poll interval; early refreshes are not rounded.
+const POLL_GRID: Duration = Duration::from_millis(50);
+
+/// `at`, rounded up to the next [`POLL_GRID`] slot (slots counted from
+/// one instant for the whole process, so every pod's poller shares them).
+fn on_grid(at: tokio::time::Instant) -> tokio::time::Instant {
+    static BASE: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    let base = *BASE.get_or_init(tokio::time::Instant::now);
+    let since = at.saturating_duration_since(base).as_nanos();
+    let grid = POLL_GRID.as_nanos();
+    let slots = since.div_ceil(grid);
+    let rounded = u64::try_from(slots.saturating_mul(grid)).unwrap_or(u64::MAX);
+    base + Duration::from_nanos(rounded)
 }
 
 /// Fetches and parses one report, refusing bodies over the size limit
@@ -340,6 +358,18 @@ mod tests {
         // A dial timeout under a second wins over the floor (no panic).
         let quick = PollSchedule::from_ttl(Duration::from_secs(30), Duration::from_millis(300));
         assert_eq!(quick.timeout, Duration::from_millis(300));
+    }
+
+    #[test]
+    fn scheduled_polls_fall_on_a_shared_grid_never_early() {
+        let now = tokio::time::Instant::now();
+        for ms in [0u64, 1, 49, 50, 51, 1234] {
+            let at = now + Duration::from_millis(ms);
+            let rounded = on_grid(at);
+            assert!(rounded >= at && rounded < at + POLL_GRID, "{ms}ms");
+            // Two instants in the same slot land on the same one.
+            assert_eq!(on_grid(rounded), rounded);
+        }
     }
 
     #[test]
