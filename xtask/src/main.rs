@@ -1,10 +1,11 @@
 //! `cargo xtask`: orchestration written in Rust instead of shell scripts.
 //! This file is only the command line and its dispatch; each task is a
 //! module of its own ([`demo`], [`bench_relay`], [`bench_balance`],
-//! [`bench_silent`], [`soak`]) written on [`harness`], and [`release`] builds the binaries
-//! they start.
+//! [`bench_silent`], [`bench_pod_count`], [`soak`]) written on [`harness`],
+//! and [`release`] builds the binaries they start.
 
 mod bench_balance;
+mod bench_pod_count;
 mod bench_relay;
 mod bench_silent;
 mod demo;
@@ -86,6 +87,10 @@ enum Bench {
     /// when its clients are told, how long new connections wait, for
     /// wsbalancer with and without hedged dials, HAProxy and NGINX.
     SilentPod,
+    /// What the number of pods costs, for 3 to 1,000 pods: CPU per
+    /// handshake and connections/s through wsbalancer and HAProxy, and
+    /// idle CPU of polling at cacheTTL 30s and 2s.
+    PodCount(bench_pod_count::PodCountArgs),
     /// The comparison (the default): same as `cargo xtask bench`.
     Relay {
         #[command(flatten)]
@@ -107,6 +112,7 @@ async fn main() -> anyhow::Result<()> {
                 Some(Bench::Balance { only }) => bench_balance::run(only.as_deref()).await?,
                 Some(Bench::Relay { compare }) => bench_relay::run(compare).await?,
                 Some(Bench::SilentPod) => bench_silent::run().await?,
+                Some(Bench::PodCount(args)) => bench_pod_count::run(args).await?,
                 None => bench_relay::run(compare).await?,
             };
             print_table(&table, out.as_deref())

@@ -1,7 +1,8 @@
 //! The xtask tasks CI can afford, run as a user would: `cargo xtask bench
 //! --quick` on a machine without HAProxy and NGINX (it measures the direct
 //! connection, wsbalancer and the bare TCP relay, says the peers were
-//! skipped, and prints the table), and a two-minute `cargo xtask soak`.
+//! skipped, and prints the table), `cargo xtask bench pod-count --quick`
+//! over two pod counts, and a two-minute `cargo xtask soak`.
 //! Debug binaries stand in for release ones, so the suite does not build a
 //! second profile.
 //!
@@ -24,6 +25,9 @@ const SOAK_WITHIN: Duration = Duration::from_secs(360);
 /// Bound on the quick bench; it is asserted to take under 240 s.
 const BENCH_WITHIN: Duration = Duration::from_secs(480);
 
+/// Bound on the quick pod-count sweep; it is asserted to take under 60 s.
+const POD_COUNT_WITHIN: Duration = Duration::from_secs(180);
+
 /// Bound on the 10,000-connection run (test-client's `--duration 30s`).
 const CROWD_WITHIN: Duration = Duration::from_secs(180);
 
@@ -38,8 +42,9 @@ const INTERRUPT_GRACE: Duration = Duration::from_secs(30);
 const HEAVY_QUEUE: Duration = Duration::from_secs(
     SOAK_WITHIN.as_secs()
         + BENCH_WITHIN.as_secs()
+        + POD_COUNT_WITHIN.as_secs()
         + CROWD_WITHIN.as_secs()
-        + 3 * INTERRUPT_GRACE.as_secs(),
+        + 4 * INTERRUPT_GRACE.as_secs(),
 );
 
 /// Held by a heavy test for as long as it runs, so that no two heavy tests
@@ -270,6 +275,55 @@ fn quick_bench_runs_and_says_when_peers_are_missing() {
     assert!(row.contains("x direct"), "{row}");
     // wsbalancer's cell is also set against the bare relay's.
     assert!(row.contains("x TCP relay"), "{row}");
+    let _ = std::fs::remove_dir_all(&no_peers);
+}
+
+#[test]
+fn quick_pod_count_sweep_prints_and_writes_its_table() {
+    assert_binaries_built();
+    let _heavy = HeavyLock::take("the quick pod-count sweep");
+    let no_peers = tempfile_dir();
+    let out_file = no_peers.join("pod-count.md");
+    let started = Instant::now();
+    let out = output_within(
+        Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .args(["bench", "pod-count", "--quick", "--pods", "3,50", "--out"])
+            .arg(&out_file)
+            .arg("--bin-dir")
+            .arg(bin_dir())
+            .env("XTASK_PEER_DIRS", &no_peers),
+        POD_COUNT_WITHIN,
+        "xtask bench pod-count --quick",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "sweep failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "the quick sweep is meant to be quick"
+    );
+    let table = std::fs::read_to_string(&out_file).expect("--out writes the table");
+    assert!(
+        stdout.contains(&table),
+        "--out differs from what was printed"
+    );
+    let rows: Vec<&str> = table.lines().filter(|l| l.starts_with("| ")).collect();
+    assert!(rows[0].starts_with("| pods | wsbalancer µs/handshake | vs 3 pods |"));
+    assert_eq!(rows.len(), 3, "a header and one row per pod count: {table}");
+    assert!(rows[1].starts_with("| 3 | "), "{}", rows[1]);
+    assert!(rows[1].contains(" | 1.00x | "), "{}", rows[1]);
+    assert!(rows[2].starts_with("| 50 | "), "{}", rows[2]);
+    // Without HAProxy its cells are empty and the report says why.
+    assert!(rows[2].contains(" | – | – | – | "), "{}", rows[2]);
+    assert!(table.contains("HAProxy is not measured"), "{table}");
+    // 1,000 pods were not swept: that target is not judged.
+    assert!(
+        table.contains("at 1,000 pods ≤ 1.1 × the 3-pod figure: not measured."),
+        "{table}"
+    );
     let _ = std::fs::remove_dir_all(&no_peers);
 }
 

@@ -25,14 +25,16 @@ use crate::harness::{self, Pod, Procs, bin, pinned};
 
 pub use self::args::CompareArgs;
 use self::peers::Peer;
-use self::plan::{Plan, args};
+use self::plan::Plan;
+pub use self::plan::args;
 use self::table::Figures;
+pub use self::table::{median, thousands};
 
-/// Core the proxies run on.
-const PROXY_CORE: Option<u32> = Some(0);
+/// Core the proxies run on (the pod-count sweep pins them the same way).
+pub const PROXY_CORE: Option<u32> = Some(0);
 
 /// Core the pod and every client run on: never the proxy's.
-const LOAD_CORE: Option<u32> = Some(1);
+pub const LOAD_CORE: Option<u32> = Some(1);
 
 /// Process name of the pod (one pod, `pod-0`).
 const POD: &str = "pod";
@@ -90,15 +92,20 @@ struct Target {
 }
 
 /// One load run's result, from test-client's JSON.
-struct Load {
-    ok: u64,
-    messages: u64,
-    seconds: f64,
-    p99_ms: f64,
+pub struct Load {
+    /// Connections that completed.
+    pub ok: u64,
+    /// Echoes received.
+    pub messages: u64,
+    /// Wall time of the run, as test-client measured it.
+    pub seconds: f64,
+    /// 99th percentile of the echo round trips.
+    pub p99_ms: f64,
 }
 
-/// Runs test-client against `url` with `args`, on the load core.
-async fn load(url: &str, args: &[String]) -> anyhow::Result<Load> {
+/// Runs test-client against `url` with `args`, on the load core; an error
+/// when any connection failed.
+pub async fn load(url: &str, args: &[String]) -> anyhow::Result<Load> {
     let mut cmd = pinned(LOAD_CORE, bin("test-client"));
     cmd.args(["--url", url, "--json", "-", "--timeout", "30s"])
         .args(args);

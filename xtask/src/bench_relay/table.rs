@@ -21,7 +21,8 @@ pub struct Figures {
     pub idle_kib: Vec<Vec<f64>>,
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+/// The middle value (the upper one of an even count; NaN when empty).
+pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
@@ -118,7 +119,7 @@ pub fn render(names: &[&str], figures: &[Figures], plan: &Plan, echoes: &[Echo; 
 }
 
 /// `n` with a comma between thousands (20,000).
-fn thousands(n: usize) -> String {
+pub fn thousands(n: usize) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, digit) in digits.chars().enumerate() {

@@ -1,0 +1,454 @@
+//! `cargo xtask bench pod-count`: what the number of pods costs (issue 18,
+//! part 4). For each pod count, N echo pods in one test-server process,
+//! and in front of the same N pods wsbalancer (default `cacheTTL`, 30s) and
+//! HAProxy (`balance leastconn`, when installed): the proxy's CPU per
+//! handshake and its connections per second while test-client opens and
+//! closes connections through it, and what polling the pods costs while
+//! no client is connected, at the default `cacheTTL` and at 2s (HAProxy
+//! has no health checks, so its idle CPU is the floor). As in the relay
+//! comparison, the proxies are pinned to core 0 and the pods and clients
+//! to core 1, every figure is the median of the runs, and the subjects
+//! alternate within each run so that a noisy moment hits them all.
+//!
+//! Descriptors: each pod listens on its own port and keeps a pooled poll
+//! connection from each balancer, about 3 per pod in the test-server
+//! process, under the 20,000 hard limit up to [`MAX_PODS`]. HAProxy's
+//! `maxconn 9900` has it raise its own limit to the 20,000 hard limit; it
+//! holds no descriptor per server without health checks.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::bench_relay::peers::{self, Peer};
+use crate::bench_relay::{self, LOAD_CORE, PROXY_CORE, median, thousands};
+use crate::harness::{self, Procs};
+
+/// Most pods one sweep step may start: about 3 descriptors each in the
+/// test-server process, under the 20,000 limit with room for the clients.
+const MAX_PODS: usize = 6000;
+
+/// Connections each handshake measure opens and closes (no messages).
+const HANDSHAKES: usize = 20_000;
+
+/// The same, with `--quick`.
+const QUICK_HANDSHAKES: usize = 1000;
+
+/// Handshakes in progress at once.
+const CONCURRENCY: usize = 64;
+
+/// The idle window with `--quick`.
+const QUICK_IDLE: Duration = Duration::from_secs(5);
+
+/// The short `cacheTTL` whose idle cost the issue measured (300 pods: 4%
+/// of a core).
+const SHORT_TTL: &str = "2s";
+
+/// Wait before an idle window: the balancer started for the short
+/// `cacheTTL` has made its first round of polls (every pod at once) and
+/// two more (one every second at 2s), and the last handshakes of the
+/// others have closed.
+const SETTLE: Duration = Duration::from_secs(3);
+
+/// Process names.
+const PODS: &str = "pods";
+const OURS: &str = "wsbalancer";
+const OURS_SHORT_TTL: &str = "wsbalancer-short-ttl";
+
+/// Targets from the issue, stated under the table.
+const MAX_GROWTH_AT_1000: f64 = 1.1;
+const MAX_CPU_VS_HAPROXY: f64 = 0.9;
+const MAX_IDLE_PERCENT_AT_1000: f64 = 1.0;
+
+/// Options of the sweep.
+#[derive(Debug, clap::Args)]
+pub struct PodCountArgs {
+    /// Pod counts to sweep (comma-separated); the first is the one the
+    /// others are compared with.
+    #[arg(long, value_delimiter = ',', default_values_t = [3, 100, 300, 1000])]
+    pods: Vec<usize>,
+    /// Runs per figure (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// How long each idle window lasts (30s: two polls of every pod at
+    /// the default cacheTTL).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    idle: Duration,
+    /// Leave HAProxy out (it is measured when installed).
+    #[arg(long)]
+    no_peers: bool,
+    /// Install HAProxy first (scripts/install-bench-peers).
+    #[arg(long)]
+    install_peers: bool,
+    /// One run, 1,000 handshakes and 5 s idle windows: a check, not a
+    /// measurement.
+    #[arg(long)]
+    quick: bool,
+}
+
+/// What one sweep measures, from the options.
+#[derive(Debug, Clone)]
+struct Plan {
+    pods: Vec<usize>,
+    runs: usize,
+    handshakes: usize,
+    idle: Duration,
+    haproxy: bool,
+}
+
+impl PodCountArgs {
+    fn plan(&self) -> anyhow::Result<Plan> {
+        if self.pods.is_empty() || self.pods.iter().any(|&n| n == 0 || n > MAX_PODS) {
+            bail!("--pods: each count must be 1 to {MAX_PODS}");
+        }
+        let haproxy = !self.no_peers && Peer::Haproxy.binary().is_some();
+        Ok(if self.quick {
+            Plan {
+                pods: self.pods.clone(),
+                runs: 1,
+                handshakes: QUICK_HANDSHAKES,
+                idle: QUICK_IDLE,
+                haproxy,
+            }
+        } else {
+            Plan {
+                pods: self.pods.clone(),
+                runs: self.runs.max(1),
+                handshakes: HANDSHAKES,
+                idle: self.idle,
+                haproxy,
+            }
+        })
+    }
+}
+
+/// What one pod count measured, one value per run.
+#[derive(Debug, Default)]
+struct Step {
+    pods: usize,
+    /// wsbalancer's CPU per handshake (open + close), µs.
+    ours_cpu: Vec<f64>,
+    /// wsbalancer's connections per second.
+    ours_rate: Vec<f64>,
+    /// The same for HAProxy (empty without it).
+    haproxy_cpu: Vec<f64>,
+    haproxy_rate: Vec<f64>,
+    /// Idle CPU, % of one core: wsbalancer at the default and the short
+    /// `cacheTTL`, HAProxy.
+    idle_default: Vec<f64>,
+    idle_short: Vec<f64>,
+    idle_haproxy: Vec<f64>,
+}
+
+/// A proxy handshakes are measured through.
+struct Subject {
+    name: &'static str,
+    url: String,
+    pid: u32,
+}
+
+/// Runs the sweep (installing HAProxy first when asked) and returns the
+/// markdown report.
+pub async fn run(args: PodCountArgs) -> anyhow::Result<String> {
+    if args.install_peers {
+        peers::install().await?;
+    }
+    let plan = args.plan()?;
+    let haproxy = if plan.haproxy {
+        // "HAProxy version 2.6.12-1+deb12u4 2026/10/17 - https://haproxy.org/"
+        let version = Peer::Haproxy.version().await;
+        version
+            .split_once(" - ")
+            .map_or(version.clone(), |(v, _)| v.to_owned())
+    } else {
+        String::new()
+    };
+    let steps = harness::with_procs(async |procs: &mut Procs| {
+        let dir = std::env::temp_dir().join(format!("wsb-pod-count-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut steps = Vec::new();
+        for &pods in &plan.pods {
+            steps.push(step(procs, &plan, pods, &dir).await?);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        anyhow::Ok(steps)
+    })
+    .await?;
+    Ok(report(&plan, &steps, &haproxy))
+}
+
+/// Every measure at `pods` pods, `plan.runs` times; everything it started
+/// is stopped before it returns.
+async fn step(
+    procs: &mut Procs,
+    plan: &Plan,
+    pods: usize,
+    dir: &std::path::Path,
+) -> anyhow::Result<Step> {
+    println!("==> {pods} pods");
+    let addrs: Vec<_> = harness::start_pods(procs, PODS, &vec![0; pods], LOAD_CORE)
+        .await?
+        .iter()
+        .map(|pod| pod.addr)
+        .collect();
+    let ours = start_ours(procs, OURS, &addrs, &[]).await?;
+    let mut subjects = vec![Subject {
+        name: OURS,
+        url: ours.ws_url(),
+        pid: ours.pid,
+    }];
+    if plan.haproxy {
+        let (addr, pid) = Peer::Haproxy
+            .start(procs, Peer::Haproxy.program(), dir, &addrs, PROXY_CORE)
+            .await?;
+        subjects.push(Subject {
+            name: Peer::Haproxy.name(),
+            url: format!("ws://{addr}/ws"),
+            pid,
+        });
+    }
+    let mut figures = Step {
+        pods,
+        ..Step::default()
+    };
+    let conns = bench_relay::args(plan.handshakes, CONCURRENCY, 0, 16);
+    for run in 0..plan.runs {
+        println!("  run {} of {}", run + 1, plan.runs);
+        // Alternate which proxy goes first.
+        let mut order: Vec<&Subject> = subjects.iter().collect();
+        if run % 2 == 1 {
+            order.reverse();
+        }
+        for subject in order {
+            let before = harness::cpu_seconds(subject.pid)?;
+            let load = bench_relay::load(&subject.url, &conns).await?;
+            let cpu = harness::cpu_seconds(subject.pid)? - before;
+            let per = cpu / load.ok as f64 * 1e6;
+            let rate = load.ok as f64 / load.seconds;
+            println!(
+                "    handshakes {}: {per:.1} µs each, {rate:.0} connections/s",
+                subject.name
+            );
+            if subject.name == OURS {
+                figures.ours_cpu.push(per);
+                figures.ours_rate.push(rate);
+            } else {
+                figures.haproxy_cpu.push(per);
+                figures.haproxy_rate.push(rate);
+            }
+        }
+        // The short-TTL balancer lives for its window only, so that its
+        // polls never run beside a handshake measure.
+        let short = start_ours(procs, OURS_SHORT_TTL, &addrs, &["--cache-ttl", SHORT_TTL]).await?;
+        tokio::time::sleep(SETTLE).await;
+        let mut pids = vec![ours.pid, short.pid];
+        pids.extend(subjects.get(1).map(|s| s.pid));
+        let idle = idle_percent(&pids, plan.idle).await?;
+        println!(
+            "    idle over {:?}: wsbalancer {:.2}% (cacheTTL 30s), {:.2}% (cacheTTL {SHORT_TTL}){}",
+            plan.idle,
+            idle[0],
+            idle[1],
+            idle.get(2)
+                .map(|h| format!(", HAProxy {h:.2}%"))
+                .unwrap_or_default()
+        );
+        figures.idle_default.push(idle[0]);
+        figures.idle_short.push(idle[1]);
+        figures.idle_haproxy.extend(idle.get(2));
+        procs.stop(OURS_SHORT_TTL).await;
+    }
+    procs.stop(Peer::Haproxy.program()).await;
+    procs.stop(OURS).await;
+    procs.stop(PODS).await;
+    Ok(figures)
+}
+
+/// A wsbalancer in front of `pods`, on the proxy core, logging warnings
+/// only, with `extra` arguments.
+async fn start_ours(
+    procs: &mut Procs,
+    name: &str,
+    pods: &[std::net::SocketAddr],
+    extra: &[&str],
+) -> anyhow::Result<harness::Balancer> {
+    let args = [&["--log-level", "warn"][..], extra].concat();
+    harness::start_balancer(procs, name, pods, PROXY_CORE, args).await
+}
+
+/// The CPU each of `pids` used over the same `window` with no client
+/// connected, in % of one core. The idle processes share the window: a
+/// few % of a core each, they do not crowd each other, and a noisy moment
+/// hits them all.
+async fn idle_percent(pids: &[u32], window: Duration) -> anyhow::Result<Vec<f64>> {
+    let before = pids
+        .iter()
+        .map(|&pid| harness::cpu_seconds(pid))
+        .collect::<anyhow::Result<Vec<f64>>>()?;
+    let started = Instant::now();
+    // The window is the measure itself: nothing to wait for but time.
+    tokio::time::sleep(window).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    pids.iter()
+        .zip(before)
+        .map(|(&pid, before)| Ok((harness::cpu_seconds(pid)? - before) / elapsed * 100.0))
+        .collect()
+}
+
+/// The table, and the issue's targets with what this run measured.
+fn report(plan: &Plan, steps: &[Step], haproxy: &str) -> String {
+    let mut out = String::new();
+    let first = steps.first().map_or(0, |s| s.pods);
+    let _ = writeln!(
+        out,
+        "Per pod count: {} handshakes (open + close, no messages) at concurrency {CONCURRENCY} through each proxy, proxy CPU per handshake from /proc; idle CPU over {:?} with no client. Median of {} run{}.\n",
+        thousands(plan.handshakes),
+        plan.idle,
+        plan.runs,
+        if plan.runs == 1 { "" } else { "s" }
+    );
+    let _ = writeln!(
+        out,
+        "| pods | wsbalancer µs/handshake | vs {first} pods | wsbalancer conns/s | HAProxy µs/handshake | wsbalancer / HAProxy CPU | conns/s wsbalancer / HAProxy | idle CPU, cacheTTL 30s | idle CPU, cacheTTL {SHORT_TTL} | HAProxy idle CPU |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
+    let base = steps
+        .first()
+        .map_or(f64::NAN, |s| median(s.ours_cpu.clone()));
+    for s in steps {
+        let cpu = median(s.ours_cpu.clone());
+        let rate = median(s.ours_rate.clone());
+        let (haproxy_cpu, cpu_ratio, rate_ratio) = if s.haproxy_cpu.is_empty() {
+            ("–".to_owned(), "–".to_owned(), "–".to_owned())
+        } else {
+            let haproxy_cpu = median(s.haproxy_cpu.clone());
+            let haproxy_rate = median(s.haproxy_rate.clone());
+            (
+                format!("{haproxy_cpu:.1}"),
+                format!("{:.2}x", cpu / haproxy_cpu),
+                format!("{:.2}x", rate / haproxy_rate),
+            )
+        };
+        let haproxy_idle = if s.idle_haproxy.is_empty() {
+            "–".to_owned()
+        } else {
+            format!("{:.2}%", median(s.idle_haproxy.clone()))
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {cpu:.1} | {:.2}x | {rate:.0} | {haproxy_cpu} | {cpu_ratio} | {rate_ratio} | {:.2}% | {:.2}% | {haproxy_idle} |",
+            thousands(s.pods),
+            cpu / base,
+            median(s.idle_default.clone()),
+            median(s.idle_short.clone()),
+        );
+    }
+    let _ = writeln!(out, "\nTargets (issue 18):");
+    for line in targets(steps) {
+        let _ = writeln!(out, "- {line}");
+    }
+    let _ = writeln!(out);
+    if plan.haproxy {
+        let _ = writeln!(
+            out,
+            "- {haproxy}: `balance leastconn` over the same pods, one thread, no health checks."
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "- HAProxy is not measured (not installed, or --no-peers; `cargo xtask bench pod-count --install-peers` installs it)."
+        );
+    }
+    let _ = writeln!(
+        out,
+        "- wsbalancer: `--log-level warn`, default `cacheTTL` (30s: each pod polled every 15s ±10%); the {SHORT_TTL} column is a second balancer started for the idle window only. Idle windows of the three proxies run side by side."
+    );
+    let _ = writeln!(
+        out,
+        "- Cores: each proxy pinned to core 0; the pods (one test-server process) and test-client to core 1 (`taskset`)."
+    );
+    out
+}
+
+/// Each target of the issue with this run's figure and whether it is met;
+/// "not measured" when the sweep left out what it needs.
+fn targets(steps: &[Step]) -> Vec<String> {
+    let at = |n: usize| steps.iter().find(|s| s.pods == n);
+    let verdict = |met: bool| if met { "met" } else { "NOT met" };
+    let mut lines = Vec::new();
+    lines.push(match (at(3), at(1000)) {
+        (Some(three), Some(thousand)) => {
+            let ratio = median(thousand.ours_cpu.clone()) / median(three.ours_cpu.clone());
+            format!(
+                "CPU per handshake at 1,000 pods ≤ {MAX_GROWTH_AT_1000} × the 3-pod figure: {ratio:.2}x, {}.",
+                verdict(ratio <= MAX_GROWTH_AT_1000)
+            )
+        }
+        _ => format!(
+            "CPU per handshake at 1,000 pods ≤ {MAX_GROWTH_AT_1000} × the 3-pod figure: not measured."
+        ),
+    });
+    lines.push(match at(3).filter(|s| !s.haproxy_cpu.is_empty()) {
+        Some(three) => {
+            let cpu = median(three.ours_cpu.clone()) / median(three.haproxy_cpu.clone());
+            let rate = median(three.ours_rate.clone()) / median(three.haproxy_rate.clone());
+            format!(
+                "At 3 pods, CPU per handshake ≤ {MAX_CPU_VS_HAPROXY} × HAProxy's: {cpu:.2}x, {}; connections/s ≥ HAProxy's: {rate:.2}x, {}.",
+                verdict(cpu <= MAX_CPU_VS_HAPROXY),
+                verdict(rate >= 1.0)
+            )
+        }
+        None => format!(
+            "At 3 pods, CPU per handshake ≤ {MAX_CPU_VS_HAPROXY} × HAProxy's and connections/s ≥ HAProxy's: not measured."
+        ),
+    });
+    lines.push(match at(1000) {
+        Some(thousand) => {
+            let idle = median(thousand.idle_default.clone());
+            format!(
+                "Idle polling of 1,000 pods at the default cacheTTL ≤ {MAX_IDLE_PERCENT_AT_1000}% of a core: {idle:.2}%, {}.",
+                verdict(idle <= MAX_IDLE_PERCENT_AT_1000)
+            )
+        }
+        None => format!(
+            "Idle polling of 1,000 pods at the default cacheTTL ≤ {MAX_IDLE_PERCENT_AT_1000}% of a core: not measured."
+        ),
+    });
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Step;
+
+    fn step(pods: usize, cpu: f64, haproxy: Option<f64>, idle: f64) -> Step {
+        Step {
+            pods,
+            ours_cpu: vec![cpu],
+            ours_rate: vec![1000.0],
+            haproxy_cpu: haproxy.into_iter().collect(),
+            haproxy_rate: haproxy.map(|_| 1000.0).into_iter().collect(),
+            idle_default: vec![idle],
+            idle_short: vec![idle * 15.0],
+            idle_haproxy: haproxy.map(|_| 0.0).into_iter().collect(),
+        }
+    }
+
+    #[test]
+    fn targets_say_met_missed_or_not_measured() {
+        let lines = super::targets(&[
+            step(3, 40.0, Some(50.0), 0.1),
+            step(1000, 48.0, Some(50.0), 0.5),
+        ]);
+        assert!(lines[0].contains("1.20x, NOT met"), "{}", lines[0]);
+        assert!(lines[1].contains("0.80x, met"), "{}", lines[1]);
+        assert!(lines[1].contains("1.00x, met"), "{}", lines[1]);
+        assert!(lines[2].contains("0.50%, met"), "{}", lines[2]);
+        let lines = super::targets(&[step(3, 40.0, None, 0.1)]);
+        assert!(
+            lines.iter().all(|l| l.ends_with("not measured.")),
+            "{lines:?}"
+        );
+    }
+}
