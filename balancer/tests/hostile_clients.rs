@@ -99,6 +99,10 @@ async fn serve_recorded(mut tcp: TcpStream, heads: Arc<Mutex<Vec<Vec<u8>>>>) {
         let _ = tcp.write_all(support::EMPTY_REPORT.as_bytes()).await;
         return;
     }
+    // Closed before a byte: no dial (a poll cut short by a shutdown).
+    if buf.is_empty() {
+        return;
+    }
     let head = buf[..end.unwrap_or(buf.len())].to_vec();
     heads
         .lock()
