@@ -320,17 +320,13 @@ fn find_accepted(peer: std::net::SocketAddr) -> Option<std::os::fd::BorrowedFd<'
 /// [`find_accepted`], waiting (with the deadline) for the balancer to
 /// accept the connection.
 async fn accepted_for(peer: std::net::SocketAddr) -> std::os::fd::BorrowedFd<'static> {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Some(fd) = find_accepted(peer) {
-            return fd;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{peer} never accepted"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let mut found = None;
+    support::wait_until("the balancer accepts the connection", || {
+        found = find_accepted(peer);
+        found.is_some()
+    })
+    .await;
+    found.expect("found once the wait is over")
 }
 
 /// Accepted client sockets carry keepalive and `TCP_USER_TIMEOUT`
