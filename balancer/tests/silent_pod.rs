@@ -382,3 +382,41 @@ async fn accepted_sockets_inherit_liveness_and_a_reload_changes_it() {
     );
     drop((client, later));
 }
+
+/// The second handle on the listening socket (for the liveness a reload
+/// sets there) goes with the listener: once a drain starts, a new client
+/// is refused at once rather than left in a backlog nobody accepts.
+#[tokio::test]
+async fn a_drain_refuses_new_clients_at_once() {
+    support::init_logs();
+    let pods = support::pods(1).await;
+    let config = common::Config {
+        drain_window: Duration::from_secs(2),
+        ..support::config(pods.iter().map(test_server::Pod::url).collect())
+    };
+    let balancer = wsbalancer::Balancer::start(config)
+        .await
+        .expect("balancer starts");
+    let addr = balancer.listen_addr();
+    // A relayed connection keeps the drain going for its window.
+    let (mut held, head) = raw_upgrade(addr, "/ws").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let drain = tokio::spawn(balancer.drain());
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match TcpStream::connect(addr).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+            other => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "still accepting during the drain: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    assert!(!drain.is_finished(), "refused while the drain still runs");
+    let (opcode, _) = raw_frame(&mut held).await;
+    assert_eq!(opcode, 0x8, "the held connection is closed by the drain");
+    within("the drain ends", drain).await.expect("drain task");
+}

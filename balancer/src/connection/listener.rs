@@ -77,8 +77,8 @@ pub async fn accept_loop(
                     continue;
                 }
             },
-            () = drain.cancelled() => return,
-            () = stop.cancelled() => return,
+            () = drain.cancelled() => break,
+            () = stop.cancelled() => break,
         };
         shared.out_of_descriptors.accepted();
         shared.metrics.accepted();
@@ -96,6 +96,8 @@ pub async fn accept_loop(
             Some(tls) => tasks.spawn(serve_tls(tcp, tls, shared, client, stopped)),
         };
     }
+    // The listener closes as this returns; its other handle goes first.
+    shared.forget_listener();
 }
 
 /// After a failed accept: out of descriptors, the waiting client gets its

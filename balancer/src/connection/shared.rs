@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use common::Config;
@@ -66,7 +66,9 @@ pub struct Shared {
     /// socket): its keepalive and `TCP_USER_TIMEOUT` are what every
     /// accepted socket inherits (Linux), so a reload that changes them sets
     /// them here, and no accepted connection pays a system call for them.
-    listening: OnceLock<socket2::Socket>,
+    /// Dropped with the listener (see [`Shared::forget_listener`]): while
+    /// it is open, the kernel would go on completing clients' handshakes.
+    listening: Mutex<Option<socket2::Socket>>,
 }
 
 impl Shared {
@@ -102,7 +104,7 @@ impl Shared {
             metrics,
             out_of_descriptors: Arc::default(),
             next_id: AtomicU64::new(1),
-            listening: OnceLock::new(),
+            listening: Mutex::new(None),
         }
     }
 
@@ -112,7 +114,7 @@ impl Shared {
         match socket2::SockRef::from(listener).try_clone() {
             Ok(socket) => {
                 self.settings().liveness.apply(&socket);
-                let _ = self.listening.set(socket);
+                *self.listening() = Some(socket);
             }
             Err(error) => {
                 tracing::warn!(%error, "listener socket not shared: accepted sockets keep the kernel's keepalive defaults");
@@ -133,12 +135,23 @@ impl Shared {
     /// already relayed keep the ones they started with.
     pub fn set_settings(&self, settings: ConnectionSettings) {
         let mut current = self.settings.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(listening) = self.listening.get()
+        if let Some(listening) = self.listening().as_ref()
             && current.liveness != settings.liveness
         {
             settings.liveness.apply(listening);
         }
         *current = Arc::new(settings);
+    }
+
+    /// Closes the second handle on the listening socket: the accept loop
+    /// has stopped (a drain), and with no handle left the socket closes,
+    /// so new clients are refused at once.
+    pub fn forget_listener(&self) {
+        self.listening().take();
+    }
+
+    fn listening(&self) -> std::sync::MutexGuard<'_, Option<socket2::Socket>> {
+        self.listening.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether the balancer drains (no new connections).
