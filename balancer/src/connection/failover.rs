@@ -8,11 +8,11 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use http::StatusCode;
+use tokio::time::Instant;
 
 use crate::connection::dial::{self, DialFailure, PodAnswer};
 use crate::connection::ends;
@@ -211,7 +211,7 @@ pub async fn dial_pods(
 /// branch off then).
 async fn sleep_until(at: Option<Instant>) {
     match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
+        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }

@@ -269,6 +269,9 @@ const POLL_GRID: Duration = Duration::from_millis(50);
 fn on_grid(at: tokio::time::Instant) -> tokio::time::Instant {
     static BASE: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
     let base = *BASE.get_or_init(tokio::time::Instant::now);
+    if at <= base {
+        return at;
+    }
     let since = at.saturating_duration_since(base).as_nanos();
     let grid = POLL_GRID.as_nanos();
     let slots = since.div_ceil(grid);
