@@ -364,7 +364,7 @@ async fn accepted_sockets_inherit_liveness_and_a_reload_changes_it() {
         .reload(common::Config {
             write_timeout: Duration::from_secs(4),
             tcp_keepalive: Duration::from_secs(11),
-            ..first
+            ..first.clone()
         })
         .expect("reload");
     let later = TcpStream::connect(balancer.listen_addr())
@@ -380,7 +380,24 @@ async fn accepted_sockets_inherit_liveness_and_a_reload_changes_it() {
         socket.tcp_keepalive_time().ok(),
         Some(Duration::from_secs(11))
     );
-    drop((client, later));
+
+    // Keepalive turned off by a reload is off for the next connections.
+    balancer
+        .reload(common::Config {
+            tcp_keepalive: Duration::ZERO,
+            ..first
+        })
+        .expect("reload");
+    let off = TcpStream::connect(balancer.listen_addr())
+        .await
+        .expect("connect");
+    let accepted = accepted_for(off.local_addr().expect("addr")).await;
+    assert!(
+        !socket2::SockRef::from(&accepted)
+            .keepalive()
+            .expect("SO_KEEPALIVE")
+    );
+    drop((client, later, off));
 }
 
 /// The second handle on the listening socket (for the liveness a reload

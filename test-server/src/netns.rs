@@ -223,7 +223,15 @@ impl Lab {
                 thread: Some(thread),
             }),
             Ok(Err(detail)) => Err(pod_error(detail)),
-            Err(_) => Err(pod_error("did not start in time".to_owned())),
+            // The thread ended without a word: it could not enter the
+            // namespace, and its result says why.
+            Err(mpsc::RecvTimeoutError::Disconnected) => match thread.join() {
+                Ok(Err(entering)) => Err(entering),
+                _ => Err(pod_error("its thread ended before it started".to_owned())),
+            },
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                Err(pod_error("did not start in time".to_owned()))
+            }
         }
     }
 }

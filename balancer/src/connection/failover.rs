@@ -58,6 +58,9 @@ struct Attempt {
     /// Set by the dial once its TCP connection is up.
     connected: Arc<AtomicBool>,
     started: Instant,
+    /// Already counted as a failover, when the next pod was dialled beside
+    /// it: its own failure later is not counted again.
+    hedged: bool,
 }
 
 /// Dials the ranked pods for the upgrade `head` of `client` until one
@@ -130,6 +133,7 @@ pub async fn dial_pods(
             lease,
             connected,
             started: Instant::now(),
+            hedged: false,
         }));
         Some(dial)
     };
@@ -149,8 +153,9 @@ pub async fn dial_pods(
             },
             () = sleep_until(hedge_due), if hedge_due.is_some() => {
                 hedge_at = None;
-                let last = attempts.iter().flatten().last();
+                let last = attempts.iter_mut().flatten().last();
                 if let Some(slow) = last.filter(|a| !a.connected.load(Ordering::Relaxed)) {
+                    slow.hedged = true;
                     let slow = slow.pod.clone();
                     if let Some(dial) = start_next(&mut attempts) {
                         slow.metrics.failed_over();
@@ -190,7 +195,9 @@ pub async fn dial_pods(
         };
         unreachable(shared, &attempt.pod, conn_id, client, reason, error, fault);
         if let Some(dial) = start_next(&mut attempts) {
-            attempt.pod.metrics.failed_over();
+            if !attempt.hedged {
+                attempt.pod.metrics.failed_over();
+            }
             in_flight.push(dial);
             hedge_at = hedge_after(Instant::now());
         }

@@ -59,13 +59,22 @@ impl Liveness {
         for<'a> SockRef<'a>: From<&'a S>,
     {
         let socket = SockRef::from(socket);
-        if let Some((time, interval, retries)) = self.keepalive {
-            let keepalive = TcpKeepalive::new()
-                .with_time(time)
-                .with_interval(interval)
-                .with_retries(retries);
-            if let Err(error) = socket.set_tcp_keepalive(&keepalive) {
-                tracing::debug!(%error, "TCP keepalive not set");
+        match self.keepalive {
+            Some((time, interval, retries)) => {
+                let keepalive = TcpKeepalive::new()
+                    .with_time(time)
+                    .with_interval(interval)
+                    .with_retries(retries);
+                if let Err(error) = socket.set_tcp_keepalive(&keepalive) {
+                    tracing::debug!(%error, "TCP keepalive not set");
+                }
+            }
+            // Off is set too: a listening socket keeps what an earlier
+            // reload gave it, and accepted sockets inherit that.
+            None => {
+                if let Err(error) = socket.set_keepalive(false) {
+                    tracing::debug!(%error, "TCP keepalive not cleared");
+                }
             }
         }
         if let Err(error) = socket.set_tcp_user_timeout(Some(self.user_timeout)) {

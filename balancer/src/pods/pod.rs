@@ -544,6 +544,18 @@ impl Pod {
     /// A dial reached the pod: it is alive whatever its polls say. Returns
     /// true when that brought it back from ejection.
     pub fn record_dial_success(&self) -> bool {
+        // Most dials find nothing to clear: the status (and what selection
+        // reads of it) is not republished for them.
+        {
+            let status = self.status();
+            if status.consecutive_failures == 0
+                && status.dials_failing_until.is_none()
+                && status.broken_dials == 0
+                && !status.ejected
+            {
+                return false;
+            }
+        }
         let mut status = self.status_mut();
         status.consecutive_failures = 0;
         status.dials_failing_until = None;
