@@ -24,10 +24,10 @@ use crate::control::reload::{self, ReloadError, ReloadReport};
 use crate::observe::admin;
 use crate::observe::metrics::Metrics;
 use crate::pods::discovery::{self, DiscoveryError};
-use crate::pods::pod;
 use crate::pods::poller::{self, PollWith, Pollers};
 use crate::pods::rebalancer;
 use crate::pods::registry::PodRegistry;
+use crate::pods::settings::Settings as SelectionSettings;
 
 /// Why the balancer could not start.
 #[derive(Debug, thiserror::Error)]
@@ -99,7 +99,7 @@ impl Balancer {
         let mut metrics = Metrics::new();
         let registry = Arc::new(PodRegistry::new(
             config.pod_addresses()?,
-            pod::Settings::from_config(&config),
+            SelectionSettings::from_config(&config),
             metrics.pod_families(),
         ));
         let stop = CancellationToken::new();
@@ -260,7 +260,8 @@ impl Balancer {
         for key in &restart_needed {
             tracing::warn!(key, "config key changed: takes effect after a restart");
         }
-        self.registry.set_settings(pod::Settings::from_config(&new));
+        self.registry
+            .set_settings(SelectionSettings::from_config(&new));
         self.pollers.set_with(PollWith::new(clients.poll, &new));
         self.shared.set_settings(ConnectionSettings::from_config(
             &new,

@@ -329,6 +329,15 @@ async fn accepted_for(peer: std::net::SocketAddr) -> std::os::fd::BorrowedFd<'st
     found.expect("found once the wait is over")
 }
 
+/// A client connected to `addr` and the balancer's end of it.
+async fn connect_accepted(
+    addr: std::net::SocketAddr,
+) -> (TcpStream, std::os::fd::BorrowedFd<'static>) {
+    let client = TcpStream::connect(addr).await.expect("connect");
+    let accepted = accepted_for(client.local_addr().expect("addr")).await;
+    (client, accepted)
+}
+
 /// Accepted client sockets carry keepalive and `TCP_USER_TIMEOUT`
 /// without a system call each: they inherit them from the listener, which
 /// a reload updates for the connections accepted after it.
@@ -345,10 +354,7 @@ async fn accepted_sockets_inherit_liveness_and_a_reload_changes_it() {
     let balancer = wsbalancer::Balancer::start(first.clone())
         .await
         .expect("balancer starts");
-    let client = TcpStream::connect(balancer.listen_addr())
-        .await
-        .expect("connect");
-    let accepted = accepted_for(client.local_addr().expect("addr")).await;
+    let (client, accepted) = connect_accepted(balancer.listen_addr()).await;
     let socket = socket2::SockRef::from(&accepted);
     assert_eq!(
         socket.tcp_user_timeout().ok().flatten(),
@@ -367,10 +373,7 @@ async fn accepted_sockets_inherit_liveness_and_a_reload_changes_it() {
             ..first.clone()
         })
         .expect("reload");
-    let later = TcpStream::connect(balancer.listen_addr())
-        .await
-        .expect("connect");
-    let accepted = accepted_for(later.local_addr().expect("addr")).await;
+    let (later, accepted) = connect_accepted(balancer.listen_addr()).await;
     let socket = socket2::SockRef::from(&accepted);
     assert_eq!(
         socket.tcp_user_timeout().ok().flatten(),
@@ -388,10 +391,7 @@ async fn accepted_sockets_inherit_liveness_and_a_reload_changes_it() {
             ..first
         })
         .expect("reload");
-    let off = TcpStream::connect(balancer.listen_addr())
-        .await
-        .expect("connect");
-    let accepted = accepted_for(off.local_addr().expect("addr")).await;
+    let (off, accepted) = connect_accepted(balancer.listen_addr()).await;
     assert!(
         !socket2::SockRef::from(&accepted)
             .keepalive()

@@ -92,13 +92,6 @@ pub struct Ranking {
     pub all_full: bool,
 }
 
-/// Ranks the pods for one new connection with `strategy`: every pod, in
-/// order (what tests and tools want; connections use [`rank_top`]).
-pub fn rank(pods: &[PodLoad], strategy: Strategy, rng: &mut impl Rng) -> Ranking {
-    let fallback = fallback_share(pods.iter().map(|p| p.capacity));
-    rank_top(pods.len(), |i| pods[i], fallback, pods.len(), strategy, rng)
-}
-
 /// The share of a pod that reports no capacity: the mean capacity of the
 /// pods that do (1 when none do), so the two kinds mix fairly.
 pub fn fallback_share(capacities: impl Iterator<Item = Option<u64>>) -> f64 {
@@ -256,6 +249,12 @@ mod tests {
 
     fn rng() -> StdRng {
         StdRng::seed_from_u64(42)
+    }
+
+    /// Every pod, in order: the full ranking the tests compare against.
+    fn rank(pods: &[PodLoad], strategy: Strategy, rng: &mut impl Rng) -> Ranking {
+        let fallback = fallback_share(pods.iter().map(|p| p.capacity));
+        rank_top(pods.len(), |i| pods[i], fallback, pods.len(), strategy, rng)
     }
 
     fn pod(load: u64) -> PodLoad {

@@ -2,6 +2,9 @@
 //!
 //! - [`pod`]: one pod: its last report, this balancer's own opens and
 //!   closes since, its health, and the [`pod::Lease`] a connection holds.
+//! - [`settings`]: the selection settings a reload replaces whole.
+//! - [`figures`]: effective load, staleness, health and warm-up of a pod at
+//!   one moment, for rankings and snapshots alike.
 //! - [`select_cell`]: what selection reads of a pod, published for
 //!   lock-free reads on every new connection.
 //! - [`condition`]: a pod's state in one word, and each change of it.
@@ -19,10 +22,12 @@
 
 pub mod condition;
 pub mod discovery;
+pub mod figures;
 pub mod pod;
 pub mod poller;
 pub mod rebalancer;
 pub mod registry;
 pub mod replicas;
 pub mod select_cell;
+pub mod settings;
 pub mod shed;

@@ -17,27 +17,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use common::selection::{Health, PodLoad};
-use common::{Config, PodAddress, PodState, Report, Strategy};
+use common::{PodAddress, PodState, Report};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::condition::{Condition, ConditionChange};
+use super::figures::Figures;
 use super::select_cell::{self, Anchored, Published, SelectCell};
-use super::shed::{RebalanceSettings, ShedSignal};
+use super::settings::{EarlyRefresh, Settings};
+use super::shed::ShedSignal;
 use crate::observe::metrics::counters::PodCounters;
-
-/// Smallest warm-up share of a pod in slow start, so it is never starved.
-const MIN_WARMUP: f64 = 0.05;
-
-/// Own opens on a pod since its last report that trigger an early poll, at
-/// least; larger pods allow 5% of their count.
-const EARLY_REFRESH_OPENS: u64 = 8;
-
-/// The same while this balancer believes it is alone: a probe, so that it
-/// finds out within a burst when it is not, rare enough that the few
-/// handshakes in flight at a poll (counted by the pod and still in this
-/// balancer's adjustment) cannot unbalance a lone balancer's burst.
-const PROBE_OPENS: u64 = 64;
 
 /// Longest a lone balancer keeps counting from an older report while every
 /// newer one was taken with its own dials in flight (see [`PollBase`]):
@@ -45,84 +34,6 @@ const PROBE_OPENS: u64 = 64;
 /// balancer cannot see (clients dialling the pod directly) are not ignored
 /// for longer than this.
 const ANCHOR_MAX_AGE: Duration = Duration::from_secs(10);
-
-/// The selection-related settings, taken from [`Config`].
-#[derive(Debug, Clone, Copy)]
-pub struct Settings {
-    /// Report age past which a pod is stale.
-    pub cache_ttl: Duration,
-    /// Failures in a row that eject a pod.
-    pub eject_after: u32,
-    /// `maxConnectionsPerPod` (0 = none).
-    pub max_per_pod: u64,
-    /// Slow-start ramp (zero = off).
-    pub slow_start: Duration,
-    /// Balancer replicas sharing the pods, this one included: as configured
-    /// (`replicas`, a starting hint) in the settings the registry keeps,
-    /// as learned from the reports (see `pods::replicas`) in those it hands
-    /// out.
-    pub replicas: u32,
-    /// Selection strategy.
-    pub strategy: Strategy,
-    /// Live rebalancing.
-    pub rebalance: RebalanceSettings,
-}
-
-impl Settings {
-    /// `cacheTTL` in nanoseconds, as report ages are compared.
-    fn cache_ttl_nanos(&self) -> u64 {
-        u64::try_from(self.cache_ttl.as_nanos()).unwrap_or(u64::MAX)
-    }
-
-    /// Whether a pod is polled early once this balancer opened many
-    /// connections on it since its last report: how a balancer learns, in
-    /// the middle of a burst, that other replicas place connections on the
-    /// same pods (and how many there are). The comparison strategies never
-    /// do it: they replay rules that lack it.
-    pub fn early_refresh(&self) -> Option<EarlyRefresh> {
-        let compared = !matches!(
-            self.strategy,
-            Strategy::LeastConnections | Strategy::PowerOfTwo
-        );
-        if compared {
-            None
-        } else if self.replicas > 1 {
-            Some(EarlyRefresh {
-                at_least: EARLY_REFRESH_OPENS,
-                share: 20,
-            })
-        } else {
-            Some(EarlyRefresh {
-                at_least: PROBE_OPENS,
-                share: 5,
-            })
-        }
-    }
-
-    /// The settings of `config`.
-    pub fn from_config(config: &Config) -> Self {
-        Settings {
-            cache_ttl: config.cache_ttl,
-            eject_after: config.eject_after.max(1),
-            max_per_pod: config.max_connections_per_pod,
-            slow_start: config.slow_start,
-            replicas: config.replicas.max(1),
-            strategy: config.selection,
-            rebalance: RebalanceSettings::from_config(config),
-        }
-    }
-}
-
-/// When a pod is polled early: once this balancer opened `at_least`
-/// connections there since its last report, or 1/`share` of its reported
-/// count if that is more.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EarlyRefresh {
-    /// Own opens since the last report, at least.
-    pub at_least: u64,
-    /// Or this fraction (1/share) of the reported count.
-    pub share: u64,
-}
 
 /// One pod.
 #[derive(Debug)]
@@ -617,50 +528,11 @@ impl Pod {
     }
 
     /// The derived figures every view shares, from what was published,
-    /// at `now` ([`select_cell::now`]). Integer arithmetic on nanoseconds
-    /// (no `Duration` per pod): this runs for every pod of a ranking.
+    /// at `now` ([`select_cell::now`]).
     fn figures(&self, view: &Published, now: u64, settings: &Settings) -> Figures {
         let opened = self.cell.opened.load(Ordering::Relaxed);
         let closed = self.cell.closed.load(Ordering::Relaxed);
-        let relayed = opened.saturating_sub(closed);
-        let (effective, report_age, stale) = match (view.report_at, view.anchor) {
-            (Some(at), Some(anchor)) => {
-                let signed = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-                let net_since = signed(opened.saturating_sub(anchor.settled))
-                    .saturating_sub(signed(closed.saturating_sub(anchor.closed)));
-                let scaled = net_since.saturating_mul(i64::from(settings.replicas));
-                let effective = signed(anchor.count).saturating_add(scaled).max(0);
-                let age = now.saturating_sub(at);
-                (
-                    effective.unsigned_abs(),
-                    Some(age),
-                    age > settings.cache_ttl_nanos(),
-                )
-            }
-            _ => (relayed, None, true),
-        };
-        let health = if view.ejected {
-            Health::Ejected
-        } else if stale {
-            Health::Unknown
-        } else {
-            Health::Healthy
-        };
-        let warmup = match view.warm_since {
-            Some(since) if !settings.slow_start.is_zero() => {
-                let elapsed = now.saturating_sub(since) as f64 / 1e9;
-                (elapsed / settings.slow_start.as_secs_f64()).clamp(MIN_WARMUP, 1.0)
-            }
-            _ => 1.0,
-        };
-        Figures {
-            effective,
-            relayed,
-            report_age,
-            stale,
-            health,
-            warmup,
-        }
+        Figures::of(view, (opened, closed), now, settings)
     }
 }
 
@@ -720,28 +592,11 @@ impl Status {
     }
 }
 
-impl Figures {
-    /// The pod's condition in `state` (`has_report`: any report at all).
-    fn condition(&self, has_report: bool, state: PodState) -> Condition {
-        Condition::of(self.health, has_report, self.stale, state)
-    }
-}
-
-/// Figures derived from a pod's published status and its counters.
-struct Figures {
-    effective: u64,
-    relayed: u64,
-    /// Nanoseconds.
-    report_age: Option<u64>,
-    stale: bool,
-    health: Health,
-    warmup: f64,
-}
-
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
     use crate::observe::metrics::counters::PodFamilies;
+    use common::Config;
 
     /// Default settings with this `cacheTTL`.
     pub(crate) fn settings(cache_ttl: Duration) -> Settings {

@@ -18,9 +18,10 @@ use std::time::Instant;
 use common::PodAddress;
 use common::selection::{self, Health};
 
-use super::pod::{Moved, Pod, PodSnapshot, Settings};
+use super::pod::{Moved, Pod, PodSnapshot};
 use super::replicas::ReplicaEstimate;
 use super::select_cell::{self, SelectCell};
+use super::settings::Settings;
 use super::shed::Imbalance;
 use crate::observe::metrics::counters::{PodCounters, PodFamilies};
 

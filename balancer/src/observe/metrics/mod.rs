@@ -328,7 +328,7 @@ mod tests {
         metrics.watch(
             Arc::new(PodRegistry::new(
                 Vec::new(),
-                crate::pods::pod::Settings::from_config(&common::Config::default()),
+                crate::pods::settings::Settings::from_config(&common::Config::default()),
                 metrics.pod_families(),
             )),
             CancellationToken::new(),
@@ -391,7 +391,7 @@ mod tests {
         let mut metrics = Metrics::new();
         let registry = Arc::new(PodRegistry::new(
             set(&[url(0), url(1)]),
-            crate::pods::pod::Settings::from_config(&common::Config::default()),
+            crate::pods::settings::Settings::from_config(&common::Config::default()),
             metrics.pod_families(),
         ));
         metrics.watch(registry.clone(), CancellationToken::new());
