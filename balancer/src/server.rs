@@ -78,6 +78,9 @@ pub struct Balancer {
     tasks: TaskTracker,
     /// Relayed connections, which a drain waits for.
     relays: TaskTracker,
+    /// HTTP/2 client connections, which a drain waits for until each has
+    /// sent its GOAWAY.
+    http2: TaskTracker,
 }
 
 /// How a drain went.
@@ -110,6 +113,7 @@ impl Balancer {
         let metrics = Arc::new(metrics);
         let tasks = TaskTracker::new();
         let relays = TaskTracker::new();
+        let http2 = TaskTracker::new();
 
         let pollers = Pollers {
             registry: registry.clone(),
@@ -140,6 +144,7 @@ impl Balancer {
                 drain: drain.clone(),
                 stop: stop.clone(),
                 relays: relays.clone(),
+                http2: http2.clone(),
             },
             metrics.clone(),
         ));
@@ -174,6 +179,7 @@ impl Balancer {
             stop,
             tasks,
             relays,
+            http2,
             config: Mutex::new(config),
         })
     }
@@ -314,8 +320,15 @@ impl Balancer {
         tracing::info!(connections = self.relays.len(), "draining");
         self.drain.cancel();
         self.relays.close();
+        self.http2.close();
+        let closed = async {
+            self.relays.wait().await;
+            // Each HTTP/2 connection sends its GOAWAY once its WebSockets
+            // are closed.
+            self.http2.wait().await;
+        };
         tokio::select! {
-            () = self.relays.wait() => {}
+            () = closed => {}
             () = tokio::time::sleep(drain_timeout) => {}
             () = self.stop.cancelled() => {}
         }
@@ -386,7 +399,7 @@ fn server_tls(
     let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
         return Ok(None);
     };
-    let tls = Arc::new(ServerTls::load(cert, key)?);
+    let tls = Arc::new(ServerTls::load(cert, key, config.http2_enabled())?);
     tasks.spawn(cert_reload::watch(tls.clone(), stop.clone()));
     Ok(Some(tls))
 }

@@ -221,6 +221,13 @@ pub struct Config {
     #[serde(rename = "tlsKey", default, skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
 
+    /// Offer HTTP/2 (`h2`) beside HTTP/1.1 by ALPN on the TLS listener, so
+    /// that browsers carry WebSockets as streams of one connection (RFC
+    /// 8441). Unset means on when `tlsCert` is set; see
+    /// [`Config::http2_enabled`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2: Option<bool>,
+
     /// What happens to plain HTTP requests (no `Upgrade` header).
     #[serde(rename = "httpMode")]
     pub http_mode: HttpMode,
@@ -330,6 +337,14 @@ pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Smallest `maxHandshakeHeaderBytes` (the HTTP parser's own minimum).
 pub const MIN_HEADER_BYTES: usize = 8192;
 
+impl Config {
+    /// Whether the TLS listener offers HTTP/2: `http2` when given, else
+    /// whenever TLS is on (plain listeners speak HTTP/1.1 only).
+    pub fn http2_enabled(&self) -> bool {
+        self.tls_cert.is_some() && self.http2.unwrap_or(true)
+    }
+}
+
 impl Default for Config {
     /// The original plugin's defaults, plus listen addresses.
     fn default() -> Self {
@@ -370,6 +385,7 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             tls_cert: None,
             tls_key: None,
+            http2: None,
             http_mode: HttpMode::Proxy,
             max_http_requests: 1024,
             watch_config: false,

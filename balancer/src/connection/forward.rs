@@ -305,6 +305,18 @@ pub fn switching_protocols(pod: &ResponseHead) -> Response<Body> {
     response
 }
 
+/// The `200` an extended CONNECT (RFC 8441) gets once the pod switched:
+/// the pod's end-to-end fields (chosen subprotocol and extensions,
+/// `x-pod-name`, cookies) without its accept key, which HTTP/2 does not
+/// use (the balancer checked it against the key it sent).
+pub fn connect_accepted(pod: &ResponseHead) -> Response<Body> {
+    let mut response = Response::new(Body::Left(Full::default()));
+    let headers = response.headers_mut();
+    append_end_to_end(headers, pod.fields());
+    headers.remove(header::SEC_WEBSOCKET_ACCEPT);
+    response
+}
+
 /// A pod's non-101 answer (403, 404, 500...), passed to the client as is:
 /// that is the application speaking.
 pub fn pod_status(pod: &ResponseHead, body: Bytes) -> Response<Body> {

@@ -19,11 +19,12 @@ use crate::connection::ends::End;
 use crate::connection::first_request::{self, FirstRequest};
 use crate::connection::forward;
 use crate::connection::handshake::plain_response;
+use crate::connection::http2;
 use crate::connection::out_of_descriptors::{self, Refused, Spare};
 use crate::connection::session::Session;
 use crate::connection::shared::Shared;
 use crate::connection::upgrade::{self, Answer};
-use crate::observe::metrics::counters::Refusal;
+use crate::observe::metrics::counters::{HttpVersion, Refusal};
 
 /// Pending connections the kernel queues on the listener.
 const LISTEN_BACKLOG: u32 = 128;
@@ -135,7 +136,8 @@ async fn refuse_or_back_off(
     tokio::time::sleep(ACCEPT_BACKOFF).await;
 }
 
-/// Serves one TLS connection: the handshake, then HTTP/1.1 with upgrades.
+/// Serves one TLS connection: the handshake, then HTTP/2 when ALPN picked
+/// `h2`, else HTTP/1.1 with upgrades.
 async fn serve_tls(
     tcp: TcpStream,
     tls: Arc<crate::connection::listener_tls::ServerTls>,
@@ -145,7 +147,13 @@ async fn serve_tls(
 ) {
     let accept = TlsAcceptor::from(tls.current()).accept(tcp);
     match tokio::time::timeout(shared.handshake_timeout, accept).await {
-        Ok(Ok(stream)) => serve(stream, shared, client, stopped).await,
+        Ok(Ok(stream)) if stream.get_ref().1.alpn_protocol() == Some(b"h2") => {
+            http2::serve(stream, shared, client, stopped).await;
+        }
+        Ok(Ok(stream)) => {
+            shared.metrics.speaks(HttpVersion::Http1);
+            serve(stream, shared, client, stopped).await;
+        }
         Ok(Err(error)) => tracing::debug!(%client, %error, "TLS handshake failed"),
         Err(_) => tracing::debug!(%client, "TLS handshake timed out"),
     }
@@ -160,6 +168,7 @@ async fn serve_plain(
     client: std::net::SocketAddr,
     stopped: WaitForCancellationFutureOwned,
 ) {
+    shared.metrics.speaks(HttpVersion::Http1);
     // The relay gets a task of its own, sized for the relay alone: a task
     // is as large as its largest state, and an idle relay should carry
     // neither an HTTP server nor a dial.

@@ -35,6 +35,8 @@ pub enum ServerTlsError {
 pub struct ServerTls {
     cert: PathBuf,
     key: PathBuf,
+    /// Whether `h2` is offered (`http2`, fixed until a restart).
+    http2: bool,
     current: RwLock<Arc<ServerConfig>>,
 }
 
@@ -42,7 +44,18 @@ fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
-fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, ServerTlsError> {
+/// ALPN names the listener offers: `h2` first when HTTP/2 is on (a
+/// client that speaks both takes it), then HTTP/1.1, which WebSocket
+/// upgrades and older clients use.
+fn alpn(http2: bool) -> Vec<Vec<u8>> {
+    if http2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    }
+}
+
+fn load(cert: &Path, key: &Path, http2: bool) -> Result<Arc<ServerConfig>, ServerTlsError> {
     let file_error = |key: &'static str, path: &Path, problem: String| ServerTlsError::File {
         key,
         path: path.display().to_string(),
@@ -65,18 +78,18 @@ fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, ServerTlsError> {
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(certs, private)?;
-    // WebSocket upgrades are HTTP/1.1.
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn(http2);
     Ok(Arc::new(config))
 }
 
 impl ServerTls {
-    /// Loads the certificate and key.
-    pub fn load(cert: &Path, key: &Path) -> Result<Self, ServerTlsError> {
+    /// Loads the certificate and key; `http2` offers `h2` by ALPN.
+    pub fn load(cert: &Path, key: &Path, http2: bool) -> Result<Self, ServerTlsError> {
         Ok(ServerTls {
             cert: cert.to_owned(),
             key: key.to_owned(),
-            current: RwLock::new(load(cert, key)?),
+            http2,
+            current: RwLock::new(load(cert, key, http2)?),
         })
     }
 
@@ -97,7 +110,7 @@ impl ServerTls {
     /// Loads both files again; new handshakes use them once they load. On
     /// an error the previous configuration stays in use.
     pub fn reload(&self) -> Result<(), ServerTlsError> {
-        let config = load(&self.cert, &self.key)?;
+        let config = load(&self.cert, &self.key, self.http2)?;
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = config;
         Ok(())
     }

@@ -17,7 +17,9 @@
 //!    over its two [`ends`]) and logs its one "connection closed" line.
 //!
 //! [`http_proxy`] serves plain HTTP requests (`httpMode: proxy`) instead of
-//! step 3, over the pooled [`pod_client`]. [`shared`] is what every connection reads from the running
+//! step 3, over the pooled [`pod_client`]. On a TLS connection that picked
+//! `h2`, [`http2`] serves steps 2 and 3 for each stream: an extended
+//! CONNECT becomes the same upgrade toward the pod. [`shared`] is what every connection reads from the running
 //! balancer, and [`settings`] the part of it a reload swaps.
 
 pub mod admission;
@@ -28,6 +30,7 @@ pub mod first_request;
 pub mod forward;
 pub mod handshake;
 pub mod head;
+pub mod http2;
 pub mod http_proxy;
 pub mod listener;
 pub mod listener_tls;

@@ -15,6 +15,7 @@ use crate::connection::ends;
 use crate::connection::relay::outcome::Ending;
 use crate::connection::relay::{self, RelayLimits};
 use crate::connection::shared::Shared;
+use crate::observe::metrics::counters::HttpVersion;
 use crate::pods::pod::Lease;
 use crate::pods::shed::RebalanceSettings;
 
@@ -40,6 +41,12 @@ pub struct Session {
     pub(super) limits: RelayLimits,
     /// How rebalancing may close it, from the same read.
     pub(super) rebalance: RebalanceSettings,
+    /// The HTTP version the client's side came over.
+    pub(super) version: HttpVersion,
+    /// Over HTTP/2, counts the stream against its connection until the
+    /// relay ends: a draining connection sends GOAWAY once its WebSockets
+    /// are closed.
+    pub(super) stream: Option<TaskTrackerToken>,
 }
 
 /// What a relay task keeps besides the connection: for the log line, the
@@ -52,6 +59,7 @@ struct Held {
     shed_rules: relay::ShedRules,
     _slot: Slot,
     _tracked: TaskTrackerToken,
+    _stream: Option<TaskTrackerToken>,
 }
 
 /// What a relay task holds.
@@ -67,6 +75,14 @@ impl Session {
         let error = error.map(tracing::field::display);
         let (conn_id, client) = (self.conn_id, self.client);
         tracing::info!(conn_id, %client, pod = self.lease.pod_url(), reason, error, "connection failed");
+    }
+
+    /// The same connection, its client's side a stream of an HTTP/2
+    /// connection that `stream` counts it against.
+    pub fn over_http2(mut self, stream: TaskTrackerToken) -> Self {
+        self.version = HttpVersion::Http2;
+        self.stream = Some(stream);
+        self
     }
 
     /// Waits for hyper to hand over the client's side of the upgrade, then
@@ -92,7 +108,7 @@ impl Session {
     /// Called once the client's 101 is written: the connection is open.
     pub fn start(self, shared: &Arc<Shared>, client_end: ends::Arrived) {
         let handshake = self.received.elapsed();
-        shared.metrics.handshake_done(handshake);
+        shared.metrics.handshake_done(handshake, self.version);
         self.lease.pod().metrics.opened();
         tracing::info!(
             conn_id = self.conn_id,
@@ -116,6 +132,7 @@ impl Session {
                 },
                 _slot: self.slot,
                 _tracked: self.tracked,
+                _stream: self.stream,
             },
         });
         tokio::spawn(relay(shared.clone(), relayed));

@@ -31,6 +31,9 @@ pub struct Lifecycle {
     /// Counts dialled and relayed connections, so drain and shutdown can
     /// wait for them.
     pub relays: TaskTracker,
+    /// Counts HTTP/2 client connections, so a drain waits until each has
+    /// closed its WebSockets and sent its GOAWAY.
+    pub http2: TaskTracker,
 }
 
 /// Everything a connection needs from the running balancer.
@@ -49,6 +52,8 @@ pub struct Shared {
     pub drain: DrainSignal,
     /// Counts relayed connections, so drain and shutdown can wait for them.
     pub relays: TaskTracker,
+    /// Counts HTTP/2 client connections (see [`Lifecycle::http2`]).
+    pub http2: TaskTracker,
     /// Time a client has to send its request head (and finish TLS).
     pub handshake_timeout: Duration,
     /// Largest request head accepted (431 beyond).
@@ -98,6 +103,7 @@ impl Shared {
                 code: config.drain_close_code,
             },
             relays: lifecycle.relays,
+            http2: lifecycle.http2,
             handshake_timeout: config.handshake_timeout,
             max_header_bytes: config.max_handshake_header_bytes,
             admission: Admission::new(metrics.active().clone(), metrics.http_active().clone()),

@@ -22,7 +22,7 @@ use crate::connection::http_proxy::{self, InFlight};
 use crate::connection::session::Session;
 use crate::connection::settings::ConnectionSettings;
 use crate::connection::shared::Shared;
-use crate::observe::metrics::counters::Refusal;
+use crate::observe::metrics::counters::{HttpVersion, Refusal};
 
 /// What an upgrade request gets.
 pub enum Answer {
@@ -112,6 +112,8 @@ pub async fn answer(
                 tracked,
                 limits: settings.limits,
                 rebalance,
+                version: HttpVersion::Http1,
+                stream: None,
             },
         },
         Ok(Dialled::Status(response)) => Answer::Respond(response),

@@ -31,6 +31,7 @@ pub(super) const CHECKS: &[Check] = &[
     read_timeout,
     tcp_keepalive,
     tls_cert_and_key,
+    http2,
     max_handshake_header_bytes,
     handshake_timeout,
     forward_headers,
@@ -230,6 +231,18 @@ fn tls_cert_and_key(config: &Config) -> Result<(), ConfigError> {
         }
         (None, None) => Ok(()),
     }
+}
+
+/// `http2: true` needs the TLS listener: HTTP/2 is offered by ALPN, and
+/// a plain listener has none.
+fn http2(config: &Config) -> Result<(), ConfigError> {
+    if config.http2 == Some(true) && config.tls_cert.is_none() {
+        return Err(ConfigError::invalid(
+            "http2",
+            "needs tlsCert (HTTP/2 is offered by ALPN on the TLS listener)",
+        ));
+    }
+    Ok(())
 }
 
 /// `maxHandshakeHeaderBytes` is not below the HTTP parser's own minimum.

@@ -109,6 +109,9 @@ pub enum Shown {
     Empty(&'static str),
     /// Not set unless given.
     Unset,
+    /// Unset, which means this value when `tlsCert` is set (and off
+    /// without it).
+    WithTls(&'static str),
     /// No default: the key must be given.
     Required,
 }
@@ -119,6 +122,7 @@ impl Shown {
     pub fn in_help(self) -> Option<&'static str> {
         match self {
             Shown::Value(value) | Shown::Off(value, _) => Some(value),
+            Shown::WithTls(_) => Some("true with --tls-cert"),
             Shown::Empty(_) => Some("empty"),
             Shown::Unset | Shown::Required => None,
         }
@@ -131,6 +135,7 @@ impl Shown {
             Shown::Off(value, meaning) => format!("`{value}` ({meaning})"),
             Shown::Empty(meaning) => format!("empty ({meaning})"),
             Shown::Unset => "none".to_owned(),
+            Shown::WithTls(value) => format!("`{value}` with `tlsCert`, else off"),
             Shown::Required => "(required)".to_owned(),
         }
     }
@@ -300,6 +305,9 @@ pub const TABLE: &[Key] = {
         Some("WSB_TLS_CERT"), Path, Unset, Restart),
     row("tlsKey", flag("tls-key", "FILE", "PEM private key for --tls-cert"),
         Some("WSB_TLS_KEY"), Path, Unset, Restart),
+    row("http2", flag("http2", "BOOL",
+            "Offer HTTP/2 by ALPN on the TLS listener (WebSockets over HTTP/2, RFC 8441)"),
+        Some("WSB_HTTP2"), Bool, WithTls("true"), Restart),
     row("httpMode", flag("http-mode", "MODE",
             "Plain HTTP requests: `proxy` them to the least-loaded pod, or `reject` them with 426"),
         Some("WSB_HTTP_MODE"), String, Value("proxy"), Live),
@@ -396,6 +404,7 @@ mod tests {
             ca_file: Some("/etc/ca.pem".into()),
             tls_cert: Some("/etc/cert.pem".into()),
             tls_key: Some("/etc/key.pem".into()),
+            http2: Some(true),
             discovery: Some(Discovery {
                 dns: "pods.example".into(),
                 port: 8080,
@@ -471,7 +480,7 @@ mod tests {
             let real = defaults.get(key.name);
             let shown = match key.default {
                 Shown::Value(value) | Shown::Off(value, _) => value,
-                Shown::Unset => {
+                Shown::Unset | Shown::WithTls(_) => {
                     let empty_map = real.is_some_and(|v| v.as_object().is_some_and(Map::is_empty));
                     assert!(real.is_none() || empty_map, "{}: {real:?}", key.name);
                     continue;
@@ -542,6 +551,7 @@ mod tests {
                 "cacheTTL",
                 "tlsCert",
                 "tlsKey",
+                "http2",
                 "handshakeTimeout",
                 "maxHandshakeHeaderBytes",
                 "drainWindow",
@@ -563,7 +573,14 @@ mod tests {
         let changed = keep_restart_only(&running, &mut new).expect("copies");
         assert_eq!(
             changed,
-            ["listen", "drainWindow", "tlsCert", "tlsKey", "discovery"]
+            [
+                "listen",
+                "drainWindow",
+                "tlsCert",
+                "tlsKey",
+                "http2",
+                "discovery"
+            ]
         );
         assert_eq!(new.listen, running.listen);
         assert_eq!(new.drain_window, running.drain_window);
@@ -578,7 +595,7 @@ mod tests {
         let mut back = Config::default();
         assert_eq!(
             keep_restart_only(&every_key_set(), &mut back).expect("copies"),
-            ["tlsCert", "tlsKey", "discovery"]
+            ["tlsCert", "tlsKey", "http2", "discovery"]
         );
         assert_eq!(back.tls_cert, every_key_set().tls_cert);
         assert_eq!(
@@ -616,6 +633,7 @@ mod tests {
             typed,
             BTreeSet::from([
                 "tlsVerify",
+                "http2",
                 "watchConfig",
                 "tcpKeepaliveProbes",
                 "ejectAfter",

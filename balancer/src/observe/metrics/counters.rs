@@ -144,6 +144,18 @@ impl Refusal {
     }
 }
 
+/// The HTTP version a client connection speaks: the `protocol` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpVersion {
+    /// HTTP/1.1 (plain TCP, or TLS that did not pick `h2`).
+    Http1 = 0,
+    /// HTTP/2, picked by ALPN on the TLS listener.
+    Http2 = 1,
+}
+
+/// Values of the `protocol` label, in [`HttpVersion`] order.
+pub(super) const PROTOCOL_LABELS: [&str; 2] = ["http1", "http2"];
+
 /// Which way relayed bytes went: the `direction` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {

@@ -31,7 +31,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 use tokio_util::sync::CancellationToken;
 
-use self::counters::{PodFamilies, Refusal, RefusedLabels, Traffic};
+use self::counters::{HttpVersion, PROTOCOL_LABELS, PodFamilies, Refusal, RefusedLabels, Traffic};
 use self::scrape::ScrapeTime;
 use crate::pods::registry::PodRegistry;
 
@@ -69,6 +69,12 @@ pub struct Metrics {
     active: Gauge<u64, AtomicU64>,
     /// TCP (or TLS) connections accepted on the listener.
     accepted: Counter,
+    /// Client connections, by the HTTP version they speak (known after
+    /// TLS for a TLS listener), in [`HttpVersion`] order.
+    by_protocol: [Counter; 2],
+    /// WebSocket handshakes completed, by the HTTP version they came
+    /// over, in [`HttpVersion`] order.
+    handshakes_by_protocol: [Counter; 2],
     /// Upgrades the balancer refused itself.
     refused: Family<RefusedLabels, Counter>,
     /// Plain HTTP requests being proxied now: what `maxHttpRequests`
@@ -86,6 +92,14 @@ pub struct Metrics {
     /// The registry [`Metrics::watch`] reads, swept of departed pods before
     /// every scrape.
     watched: Option<Arc<PodRegistry>>,
+}
+
+/// A counter per [`HttpVersion`] as one family, both series shown from
+/// the start.
+fn protocol_counters(registry: &mut Registry, name: &str, help: &str) -> [Counter; 2] {
+    let family = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
+    registry.register(name, help, family.clone());
+    PROTOCOL_LABELS.map(|protocol| family.get_or_create_owned(&vec![("protocol", protocol)]))
 }
 
 impl Default for Metrics {
@@ -202,6 +216,18 @@ impl Metrics {
             "Times DNS lookups of discovery.dns started failing (once per streak; the last pod set is kept)",
             discovery_errors.clone(),
         );
+        let by_protocol = protocol_counters(
+            &mut registry,
+            "client_connections_by_protocol",
+            "Client connections by the HTTP version they speak: http2 when TLS picked h2 by ALPN, \
+             http1 otherwise (counted once the TLS handshake is done)",
+        );
+        let handshakes_by_protocol = protocol_counters(
+            &mut registry,
+            "handshakes_by_protocol",
+            "WebSocket handshakes completed (101 over HTTP/1.1, 200 to an extended CONNECT over \
+             HTTP/2), by HTTP version",
+        );
         Metrics {
             registry,
             pods,
@@ -209,6 +235,8 @@ impl Metrics {
             connection,
             active,
             accepted,
+            by_protocol,
+            handshakes_by_protocol,
             refused,
             http_active,
             http_refused,
@@ -287,9 +315,16 @@ impl Metrics {
         self.out_of_descriptors.inc();
     }
 
-    /// A client got its 101 `took` after its request arrived.
-    pub fn handshake_done(&self, took: Duration) {
+    /// A client connection speaks `version` (after TLS, for TLS).
+    pub fn speaks(&self, version: HttpVersion) {
+        self.by_protocol[version as usize].inc();
+    }
+
+    /// A client got its 101 (or its 200, over HTTP/2) `took` after its
+    /// request arrived.
+    pub fn handshake_done(&self, took: Duration, version: HttpVersion) {
         self.handshake.observe(took.as_secs_f64());
+        self.handshakes_by_protocol[version as usize].inc();
     }
 
     /// A relayed connection ended after `lived`.

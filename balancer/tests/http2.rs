@@ -1,0 +1,386 @@
+//! WebSockets over HTTP/2 (RFC 8441) on the TLS listener, through a real
+//! HTTP/2 client (hyper's, with extended CONNECT) and real pods speaking
+//! HTTP/1.1: echo, the subprotocol and extension headers both ways, close
+//! codes end to end, a hundred WebSockets on one connection where one
+//! stalled stream blocks none of the others, a drain that closes them all
+//! before its GOAWAY, plain requests over HTTP/2, and `http2: false`.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{Method, Request, StatusCode};
+use http_body_util::Empty;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::{CertificateDer, ServerName};
+use support::{DEADLINE, within};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::{Role, frame::coding::CloseCode};
+use wsbalancer::Balancer;
+
+/// A WebSocket carried on one stream of an HTTP/2 connection.
+type StreamWs = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// What a client stream's receive window is: small, so that one stream
+/// the test stops reading fills it quickly.
+const CLIENT_STREAM_WINDOW: u32 = 64 * 1024;
+
+/// A balancer with TLS on its listener (a certificate made here) in front
+/// of `pods`; `http2` as given (`None`: the default).
+struct TlsBalancer {
+    balancer: Balancer,
+    cert: CertificateDer<'static>,
+    _dir: tempfile::TempDir,
+}
+
+async fn tls_balancer(pods: Vec<String>, http2: Option<bool>) -> TlsBalancer {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let generated = test_server::self_signed::SelfSigned::generate().expect("a certificate");
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, generated.cert_pem).expect("write cert");
+    std::fs::write(&key_path, generated.key_pem).expect("write key");
+    let mut config = support::config(pods);
+    config.tls_cert = Some(cert_path);
+    config.tls_key = Some(key_path);
+    config.http2 = http2;
+    config.drain_window = Duration::from_millis(300);
+    let balancer = Balancer::start(config).await.expect("balancer starts");
+    TlsBalancer {
+        balancer,
+        cert: generated.cert_der,
+        _dir: dir,
+    }
+}
+
+/// A TLS connection to the balancer offering `h2` and `http/1.1`; returns
+/// it and the protocol ALPN picked.
+async fn tls_connect(
+    balancer: &TlsBalancer,
+) -> (tokio_rustls::client::TlsStream<TcpStream>, Option<Vec<u8>>) {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(balancer.cert.clone()).expect("trusted");
+    let mut config = rustls::ClientConfig::builder_with_provider(common::tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let tcp = within(
+        "connect",
+        TcpStream::connect(balancer.balancer.listen_addr()),
+    )
+    .await
+    .expect("connect");
+    let name = ServerName::try_from("127.0.0.1").expect("a name");
+    let tls = within(
+        "TLS handshake",
+        TlsConnector::from(Arc::new(config)).connect(name, tcp),
+    )
+    .await
+    .expect("TLS");
+    let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+    (tls, alpn)
+}
+
+/// One HTTP/2 connection to the balancer: the request handle and the task
+/// driving the connection (it ends when the connection does).
+async fn h2_connect(
+    balancer: &TlsBalancer,
+) -> (
+    SendRequest<Empty<Bytes>>,
+    tokio::task::JoinHandle<Result<(), hyper::Error>>,
+) {
+    let (tls, alpn) = tls_connect(balancer).await;
+    assert_eq!(alpn.as_deref(), Some(&b"h2"[..]), "ALPN picks h2");
+    let (send, conn) = within(
+        "HTTP/2 handshake",
+        hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(CLIENT_STREAM_WINDOW)
+            // Room for every stream's window: a stream this client stops
+            // reading must not take the connection's.
+            .initial_connection_window_size(CLIENT_STREAM_WINDOW * 256)
+            .handshake(TokioIo::new(tls)),
+    )
+    .await
+    .expect("HTTP/2 handshake");
+    let conn = tokio::spawn(conn);
+    let mut send = send;
+    // A first plain request (every pod here answers `/metric`): its answer
+    // comes after the balancer's SETTINGS, which say whether extended
+    // CONNECT is on, and the client refuses one until it has them.
+    let response = within("a plain request", send.send_request(get("/metric")))
+        .await
+        .expect("a plain request over HTTP/2");
+    assert_eq!(response.status(), StatusCode::OK);
+    (send, conn)
+}
+
+fn get(path: &str) -> Request<Empty<Bytes>> {
+    Request::builder()
+        .uri(format!("https://127.0.0.1{path}"))
+        .body(Empty::new())
+        .expect("a request")
+}
+
+/// An extended CONNECT for `/ws` with `fields`.
+fn connect_request(fields: &[(&str, &str)]) -> Request<Empty<Bytes>> {
+    let mut request = Request::builder()
+        .method(Method::CONNECT)
+        .uri("https://127.0.0.1/ws")
+        .header("sec-websocket-version", "13");
+    for (name, value) in fields {
+        request = request.header(*name, *value);
+    }
+    let mut request = request.body(Empty::new()).expect("a request");
+    request
+        .extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    request
+}
+
+/// Opens a WebSocket on a new stream; returns it and the 200's headers.
+async fn open_ws(
+    send: &mut SendRequest<Empty<Bytes>>,
+    fields: &[(&str, &str)],
+) -> (StreamWs, http::HeaderMap) {
+    let response = within(
+        "the CONNECT's answer",
+        send.send_request(connect_request(fields)),
+    )
+    .await
+    .expect("an answer");
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "{:?}",
+        response.headers()
+    );
+    let headers = response.headers().clone();
+    let upgraded = within("the stream", hyper::upgrade::on(response))
+        .await
+        .expect("an upgraded stream");
+    let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await;
+    (ws, headers)
+}
+
+async fn echo(ws: &mut StreamWs, text: &str) {
+    ws.send(Message::text(text)).await.expect("send");
+    let got = within("an echo", ws.next())
+        .await
+        .expect("a message")
+        .expect("no error");
+    assert_eq!(got, Message::text(text));
+}
+
+/// `metric{protocol="…"}` from the balancer's `/metrics`.
+async fn protocol_sample(balancer: &Balancer, metric: &str, protocol: &str) -> f64 {
+    let scrape = support::plain_get(balancer.admin_addr(), "/metrics").await;
+    let prefix = format!("{metric}{{protocol=\"{protocol}\"}} ");
+    scrape
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {prefix} in the scrape"))
+}
+
+#[tokio::test]
+async fn websockets_over_http2_echo_with_subprotocol_and_close_codes() {
+    support::init_logs();
+    let mut options = test_server::PodOptions::new("pod-0");
+    options.subprotocols = vec!["chat".into()];
+    let pod = test_server::Pod::start(options).await.expect("pod");
+    let pods = vec![pod];
+    let tls = tls_balancer(pods.iter().map(test_server::Pod::url).collect(), None).await;
+    let (mut send, _conn) = h2_connect(&tls).await;
+
+    let (mut ws, headers) = open_ws(
+        &mut send,
+        &[
+            ("sec-websocket-protocol", "superchat, chat"),
+            ("origin", "https://127.0.0.1"),
+        ],
+    )
+    .await;
+    assert_eq!(headers["sec-websocket-protocol"], "chat");
+    assert_eq!(headers["x-pod-name"], "pod-0");
+    assert!(
+        !headers.contains_key("sec-websocket-accept"),
+        "HTTP/2 has no accept key"
+    );
+    echo(&mut ws, "over h2").await;
+    // The client closes with 4001: the pod gets 4001, the client its echo.
+    ws.close(Some(CloseFrame {
+        code: CloseCode::from(4001),
+        reason: "bye".into(),
+    }))
+    .await
+    .expect("close");
+    let closed = within("the close answer", ws.next()).await;
+    assert!(
+        matches!(&closed, Some(Ok(Message::Close(Some(f)))) if u16::from(f.code) == 4001),
+        "{closed:?}"
+    );
+    support::wait_until("the pod got 4001", || pods[0].close_codes() == [4001]).await;
+
+    // The pod closes with 4002 on a second stream of the same connection.
+    let (mut ws, _) = open_ws(&mut send, &[]).await;
+    echo(&mut ws, "again").await;
+    ws.send(Message::text("close:4002")).await.expect("send");
+    let closed = within("the pod's close", ws.next()).await;
+    assert!(
+        matches!(&closed, Some(Ok(Message::Close(Some(f)))) if u16::from(f.code) == 4002),
+        "{closed:?}"
+    );
+    // Reading on sends the client's Close answer; then the stream ends.
+    within("the stream's end", async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+
+    let balancer = &tls.balancer;
+    assert_eq!(
+        protocol_sample(balancer, "wsbalancer_handshakes_by_protocol_total", "http2").await,
+        2.0
+    );
+    assert_eq!(
+        protocol_sample(balancer, "wsbalancer_handshakes_by_protocol_total", "http1").await,
+        0.0
+    );
+    assert_eq!(
+        protocol_sample(
+            balancer,
+            "wsbalancer_client_connections_by_protocol_total",
+            "http2"
+        )
+        .await,
+        1.0,
+        "two WebSockets and a request, one connection"
+    );
+    support::wait_all_closed(&pods, balancer).await;
+    tls.balancer.shutdown(DEADLINE).await;
+}
+
+/// A pod that sends every upgrade request head it gets to `heads` and
+/// answers 101 with an extension and a subprotocol of its choosing (the
+/// test-server pods choose no extension); `/metric` says 0 connections.
+async fn recording_pod(heads: tokio::sync::mpsc::UnboundedSender<String>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let heads = heads.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let end = loop {
+                    match tcp.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                if head.starts_with("GET /metric") {
+                    let _ = tcp.write_all(support::EMPTY_REPORT.as_bytes()).await;
+                    return;
+                }
+                let key = field(&head, "sec-websocket-key").unwrap_or_default();
+                let accept = wsbalancer::wire::accept_key(key.as_bytes());
+                let _ = heads.send(head);
+                let answer = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\
+                     connection: Upgrade\r\nsec-websocket-accept: {accept}\r\n\
+                     sec-websocket-extensions: permessage-deflate; server_no_context_takeover\r\n\
+                     sec-websocket-protocol: v2.chat\r\n\r\n"
+                );
+                let _ = tcp.write_all(answer.as_bytes()).await;
+                // Held open until the balancer closes it.
+                let mut rest = Vec::new();
+                let _ = tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut rest)).await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// The value of `name` in a request head, if present.
+fn field(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|line| {
+        let (n, v) = line.split_once(':')?;
+        n.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_owned())
+    })
+}
+
+#[tokio::test]
+async fn extension_headers_and_the_key_are_translated_both_ways() {
+    support::init_logs();
+    let (heads, mut seen) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let pod = recording_pod(heads).await;
+    let tls = tls_balancer(vec![pod], None).await;
+    let (mut send, _conn) = h2_connect(&tls).await;
+    let response = within(
+        "the CONNECT's answer",
+        send.send_request(connect_request(&[
+            (
+                "sec-websocket-extensions",
+                "permessage-deflate; client_max_window_bits",
+            ),
+            ("sec-websocket-protocol", "v2.chat, v1.chat"),
+            ("sec-websocket-key", "c2VudCBieSB0aGUgY2xpZW50"),
+        ])),
+    )
+    .await
+    .expect("an answer");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["sec-websocket-extensions"],
+        "permessage-deflate; server_no_context_takeover"
+    );
+    assert_eq!(response.headers()["sec-websocket-protocol"], "v2.chat");
+    assert!(!response.headers().contains_key("sec-websocket-accept"));
+    assert!(!response.headers().contains_key("upgrade"));
+
+    // The pod got an HTTP/1.1 upgrade: GET, the same path, the upgrade
+    // pair, the client's extension and subprotocol offers as sent, and a
+    // key of the balancer's own.
+    let head = within("the pod's request", seen.recv())
+        .await
+        .expect("a request head");
+    assert!(head.starts_with("GET /ws HTTP/1.1\r\n"), "{head}");
+    assert_eq!(field(&head, "upgrade").as_deref(), Some("websocket"));
+    assert_eq!(field(&head, "connection").as_deref(), Some("Upgrade"));
+    assert_eq!(field(&head, "sec-websocket-version").as_deref(), Some("13"));
+    assert_eq!(
+        field(&head, "sec-websocket-extensions").as_deref(),
+        Some("permessage-deflate; client_max_window_bits")
+    );
+    assert_eq!(
+        field(&head, "sec-websocket-protocol").as_deref(),
+        Some("v2.chat, v1.chat")
+    );
+    let key = field(&head, "sec-websocket-key").expect("a key");
+    assert_ne!(key, "c2VudCBieSB0aGUgY2xpZW50", "not the client's");
+    assert_eq!(key.len(), 24, "16 bytes, base64");
+    assert_eq!(field(&head, "x-forwarded-proto").as_deref(), Some("https"));
+    assert_eq!(
+        field(&head, "x-forwarded-host").as_deref(),
+        Some("127.0.0.1")
+    );
+    drop(response);
+    tls.balancer.shutdown(DEADLINE).await;
+}
