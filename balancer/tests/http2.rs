@@ -384,3 +384,150 @@ async fn extension_headers_and_the_key_are_translated_both_ways() {
     drop(response);
     tls.balancer.shutdown(DEADLINE).await;
 }
+
+#[tokio::test]
+async fn a_stalled_websocket_blocks_none_of_the_hundred_on_its_connection() {
+    support::init_logs();
+    let pods = support::pods(2).await;
+    let tls = tls_balancer(pods.iter().map(test_server::Pod::url).collect(), None).await;
+    let (mut send, _conn) = h2_connect(&tls).await;
+    let mut open = Vec::new();
+    for _ in 0..100 {
+        open.push(open_ws(&mut send, &[]).await.0);
+    }
+    // One WebSocket sends far more than every buffer between the client
+    // and the pod holds, and its client reads none of the echoes: its
+    // stream's window toward the client fills, then the pod's socket,
+    // then the stream's window toward the balancer.
+    let (mut sink, mut stalled) = open.remove(0).split();
+    const MESSAGES: usize = 512;
+    let message = vec![7u8; 64 * 1024];
+    let writer = tokio::spawn(async move {
+        for _ in 0..MESSAGES {
+            sink.send(Message::binary(message.clone())).await?;
+        }
+        Ok::<_, tokio_tungstenite::tungstenite::Error>(sink)
+    });
+    // The 99 others echo while it is stalled.
+    for (i, ws) in open.iter_mut().enumerate() {
+        echo(ws, &format!("stream {i}")).await;
+    }
+    assert!(
+        !writer.is_finished(),
+        "32 MiB cannot all be in flight: the stalled stream should still be writing"
+    );
+    // Read on: every echo arrives, whole and in order.
+    let read = async {
+        for _ in 0..MESSAGES {
+            match stalled.next().await {
+                Some(Ok(Message::Binary(data))) => assert_eq!(data.len(), 64 * 1024),
+                other => panic!("an echo: {other:?}"),
+            }
+        }
+    };
+    tokio::time::timeout(DEADLINE * 4, read)
+        .await
+        .expect("the stalled stream's echoes in time");
+    let sink = within("the writer", writer)
+        .await
+        .expect("the writer task")
+        .expect("every message sent");
+    let mut ws = sink.reunite(stalled).expect("the same WebSocket");
+    echo(&mut ws, "after the stall").await;
+    tls.balancer.shutdown(DEADLINE).await;
+}
+
+#[tokio::test]
+async fn a_drain_closes_every_websocket_then_sends_goaway() {
+    support::init_logs();
+    let pods = support::pods(1).await;
+    let tls = tls_balancer(pods.iter().map(test_server::Pod::url).collect(), None).await;
+    let (mut send, conn) = h2_connect(&tls).await;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(open_ws(&mut send, &[]).await.0);
+    }
+    for ws in &mut open {
+        echo(ws, "before the drain").await;
+    }
+    let TlsBalancer { balancer, _dir, .. } = tls;
+    let drain = tokio::spawn(balancer.drain());
+    // Each WebSocket gets the drain's Close (1001) while the connection
+    // is still up.
+    for ws in &mut open {
+        let closed = within("the drain's close", ws.next()).await;
+        assert!(
+            matches!(&closed, Some(Ok(Message::Close(Some(f)))) if u16::from(f.code) == 1001),
+            "{closed:?}"
+        );
+        assert!(
+            !conn.is_finished(),
+            "the connection outlives its WebSockets' Close frames"
+        );
+    }
+    for ws in &mut open {
+        within("the stream's end", async {
+            while let Some(Ok(_)) = ws.next().await {}
+        })
+        .await;
+    }
+    // Then GOAWAY: the connection ends cleanly, and takes no new stream.
+    let ended = within("the connection's end", conn)
+        .await
+        .expect("the task");
+    assert!(ended.is_ok(), "a GOAWAY, not an error: {ended:?}");
+    let report = within("the drain", drain).await.expect("the drain task");
+    assert_eq!(report.left_open, 0);
+    assert!(
+        within(
+            "a stream after GOAWAY",
+            send.send_request(connect_request(&[]))
+        )
+        .await
+        .is_err()
+    );
+}
+
+#[tokio::test]
+async fn plain_requests_over_http2_are_proxied_as_http1() {
+    support::init_logs();
+    let pods = support::pods(1).await;
+    let tls = tls_balancer(pods.iter().map(test_server::Pod::url).collect(), None).await;
+    let (mut send, _conn) = h2_connect(&tls).await;
+    let response = within("a plain request", send.send_request(get("/echo?x=1")))
+        .await
+        .expect("an answer");
+    assert_eq!(response.status(), StatusCode::OK);
+    let headers = response.headers();
+    assert_eq!(headers["x-pod-name"], "pod-0");
+    assert_eq!(headers["x-seen-method"], "GET");
+    assert_eq!(headers["x-seen-uri"], "/echo?x=1");
+    let names = headers["x-seen-header-names"].to_str().expect("text");
+    for name in ["host", "x-forwarded-proto", "x-forwarded-host"] {
+        assert!(names.split(',').any(|n| n == name), "{name} in {names}");
+    }
+    assert_eq!(
+        protocol_sample(
+            &tls.balancer,
+            "wsbalancer_client_connections_by_protocol_total",
+            "http2"
+        )
+        .await,
+        1.0
+    );
+    tls.balancer.shutdown(DEADLINE).await;
+}
+
+#[tokio::test]
+async fn http2_false_keeps_the_listener_http1_only() {
+    support::init_logs();
+    let pods = support::pods(1).await;
+    let tls = tls_balancer(
+        pods.iter().map(test_server::Pod::url).collect(),
+        Some(false),
+    )
+    .await;
+    let (_stream, alpn) = tls_connect(&tls).await;
+    assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
+    tls.balancer.shutdown(DEADLINE).await;
+}

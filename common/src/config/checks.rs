@@ -489,6 +489,11 @@ mod tests {
                 "required with tlsKey".into(),
             ),
             (
+                Box::new(|c| c.http2 = Some(true)),
+                "http2",
+                "needs tlsCert (HTTP/2 is offered by ALPN on the TLS listener)".into(),
+            ),
+            (
                 Box::new(|c| c.max_handshake_header_bytes = 100),
                 "maxHandshakeHeaderBytes",
                 "must be at least 8192".into(),
