@@ -5,6 +5,7 @@
 //! and [`release`] builds the binaries they start.
 
 mod bench_balance;
+mod bench_http2;
 mod bench_pod_count;
 mod bench_relay;
 mod bench_silent;
@@ -91,6 +92,9 @@ enum Bench {
     /// handshake and connections/s through wsbalancer and HAProxy, and
     /// idle CPU of polling at cacheTTL 30s and 2s.
     PodCount(bench_pod_count::PodCountArgs),
+    /// WebSockets over HTTP/2 against HTTP/1.1, both over TLS: memory per
+    /// idle WebSocket (100 per HTTP/2 connection) and 128 B echo rate.
+    Http2,
     /// The comparison (the default): same as `cargo xtask bench`.
     Relay {
         #[command(flatten)]
@@ -113,6 +117,7 @@ async fn main() -> anyhow::Result<()> {
                 Some(Bench::Relay { compare }) => bench_relay::run(compare).await?,
                 Some(Bench::SilentPod) => bench_silent::run().await?,
                 Some(Bench::PodCount(args)) => bench_pod_count::run(args).await?,
+                Some(Bench::Http2) => bench_http2::run().await?,
                 None => bench_relay::run(compare).await?,
             };
             print_table(&table, out.as_deref())
