@@ -9,13 +9,13 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::selection::Health;
+use support::browser::{browser, run_with_deadline};
 use support::{DEADLINE, connect, landed_on, plain_get, wait_until, ws_url};
 use test_server::{Pod, PodOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,9 +32,6 @@ const TITLE: &str = "<title>wsbalancer dashboard</title>";
 
 /// Longest one Chromium run may take before it is killed.
 const BROWSER_DEADLINE: Duration = Duration::from_secs(60);
-
-/// Longest installing Chromium may take (a download of about 120 MB).
-const INSTALL_DEADLINE: Duration = Duration::from_secs(600);
 
 /// Browser time the page gets before its DOM is dumped: about five polls.
 const VIRTUAL_TIME_MS: u32 = 5000;
@@ -281,62 +278,6 @@ async fn read_head(tcp: &mut tokio::net::TcpStream) -> String {
     String::from_utf8_lossy(&head).into_owned()
 }
 
-/// The browser to drive: `WSB_TEST_CHROMIUM`, else the first of the usual
-/// names on PATH, else what `scripts/install-chromium` installs (once per
-/// test process, whichever test asks first).
-async fn browser() -> PathBuf {
-    static BROWSER: tokio::sync::OnceCell<PathBuf> = tokio::sync::OnceCell::const_new();
-    BROWSER
-        .get_or_init(|| async {
-            if let Some(path) = std::env::var_os("WSB_TEST_CHROMIUM") {
-                return PathBuf::from(path);
-            }
-            if let Some(path) = browser_on_path() {
-                return path;
-            }
-            install_chromium().await
-        })
-        .await
-        .clone()
-}
-
-fn browser_on_path() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    [
-        "chromium",
-        "chromium-browser",
-        "google-chrome",
-        "google-chrome-stable",
-    ]
-    .iter()
-    .flat_map(|name| std::env::split_paths(&path).map(move |dir| dir.join(name)))
-    .find(|candidate| candidate.is_file())
-}
-
-async fn install_chromium() -> PathBuf {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/install-chromium");
-    eprintln!("no Chromium on PATH: running {}", script.display());
-    let output =
-        run_with_deadline(Command::new(&script), INSTALL_DEADLINE, "install-chromium").await;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{} failed ({}): {}{}",
-        script.display(),
-        output.status,
-        stdout,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let path = stdout
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .map(|l| PathBuf::from(l.trim()))
-        .expect("install-chromium prints the browser's path");
-    assert!(path.is_file(), "{} is not a file", path.display());
-    path
-}
-
 /// Runs headless Chromium on `url` and returns the DOM it serialises once
 /// the page has had [`VIRTUAL_TIME_MS`] of (virtual) time.
 async fn dump_dom(browser: &Path, url: &str) -> String {
@@ -344,18 +285,7 @@ async fn dump_dom(browser: &Path, url: &str) -> String {
     let mut command = Command::new(browser);
     command
         .arg("--headless")
-        .args([
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--no-first-run",
-            "--no-default-browser-check",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-extensions",
-            "--disable-sync",
-            "--mute-audio",
-        ])
+        .args(support::browser::HEADLESS)
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg(format!("--virtual-time-budget={VIRTUAL_TIME_MS}"))
         .arg("--dump-dom")
@@ -376,39 +306,6 @@ async fn dump_dom(browser: &Path, url: &str) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     dom
-}
-
-/// Runs `command` to completion with its output captured; past `deadline`
-/// its whole process group (a browser forks helpers) is killed and the test
-/// fails.
-async fn run_with_deadline(
-    mut command: Command,
-    deadline: Duration,
-    what: &str,
-) -> std::process::Output {
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    let child = command
-        .spawn()
-        .unwrap_or_else(|e| panic!("{what} does not start: {e}"));
-    let group = child.id().expect("a running child has a pid");
-    match tokio::time::timeout(deadline, child.wait_with_output()).await {
-        Ok(output) => output.unwrap_or_else(|e| panic!("waiting for {what}: {e}")),
-        Err(_) => {
-            // The timed-out future dropped the child, which killed it; its
-            // helpers share its process group.
-            if let Ok(group) = libc::pid_t::try_from(group) {
-                // SAFETY: kill(2) takes plain integers; a negative pid
-                // names the process group the child led.
-                unsafe { libc::kill(-group, libc::SIGKILL) };
-            }
-            panic!("{what} ran over {deadline:?} and was killed");
-        }
-    }
 }
 
 /// Text content of the first element whose start tag holds `marker`,

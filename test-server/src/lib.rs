@@ -131,6 +131,7 @@ impl Pod {
             .route("/metric", get(metric))
             .route("/metrics", get(prometheus_metrics))
             .route("/echo", any(echo_http))
+            .route("/websockets.html", get(websockets_page))
             .with_state(shared.clone());
         let tls = options.tls.is_some();
         let acceptor = options.tls.map(TlsAcceptor::from);
@@ -286,6 +287,35 @@ async fn prometheus_metrics(State(shared): State<Arc<Shared>>) -> Response {
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
     }
+}
+
+/// How many WebSockets [`websockets_page`] opens.
+pub const PAGE_WEBSOCKETS: usize = 5;
+
+/// The close code [`websockets_page`]'s WebSockets close with, once each
+/// has had its echo: a pod that records it [`PAGE_WEBSOCKETS`] times has
+/// seen the page's whole run.
+pub const PAGE_CLOSE_CODE: u16 = 4321;
+
+/// A page for a real browser: it opens [`PAGE_WEBSOCKETS`] WebSockets to
+/// `/ws` on its own origin (over the page's HTTP/2 connection, when the
+/// browser has one and the origin allows extended CONNECT), sends a
+/// message on each, and closes each with [`PAGE_CLOSE_CODE`] once its
+/// echo is back.
+async fn websockets_page() -> Response {
+    let page = format!(
+        r#"<!doctype html><meta charset="utf-8"><title>websockets</title>
+<script>
+for (let i = 0; i < {PAGE_WEBSOCKETS}; i++) {{
+  const ws = new WebSocket(`wss://${{location.host}}/ws`);
+  ws.onopen = () => ws.send(`hello ${{i}}`);
+  ws.onmessage = (event) => {{
+    if (event.data === `hello ${{i}}`) ws.close({PAGE_CLOSE_CODE}, "done");
+  }};
+}}
+</script>"#
+    );
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], page).into_response()
 }
 
 /// Plain HTTP: streams the request body back as it arrives, and says what

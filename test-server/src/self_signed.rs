@@ -15,6 +15,10 @@ pub struct SelfSigned {
     pub key_pem: String,
     /// The certificate, DER.
     pub cert_der: CertificateDer<'static>,
+    /// Its public key as an X.509 SubjectPublicKeyInfo, DER: what a
+    /// browser pins (`--ignore-certificate-errors-spki-list` takes its
+    /// SHA-256).
+    pub spki_der: Vec<u8>,
     /// The private key, DER (PKCS#8).
     key_der: Vec<u8>,
 }
@@ -26,7 +30,9 @@ impl SelfSigned {
             "127.0.0.1".to_owned(),
             "localhost".to_owned(),
         ])?;
+        use rcgen::PublicKeyData;
         Ok(SelfSigned {
+            spki_der: generated.signing_key.subject_public_key_info(),
             cert_pem: generated.cert.pem(),
             key_pem: generated.signing_key.serialize_pem(),
             cert_der: CertificateDer::from(generated.cert.der().to_vec()),

@@ -1,0 +1,110 @@
+//! WebSockets over HTTP/2 in a real browser: headless Chromium loads a
+//! page through the balancer's TLS listener (over HTTP/2, by ALPN), and the
+//! page opens WebSockets to the same origin. The balancer's metrics prove
+//! they went over HTTP/2 streams, on fewer connections than WebSockets:
+//! every handshake was an extended CONNECT, none an HTTP/1.1 upgrade. The
+//! pod proves each WebSocket carried its echo: it gets the page's close
+//! code once per WebSocket.
+//!
+//! Chromium is a real child process with a deadline, trusting the test's
+//! own certificate by its key; `scripts/install-chromium` installs it when
+//! none is on PATH.
+
+mod support;
+
+use std::time::Duration;
+
+use base64::Engine;
+use support::browser::{HEADLESS, Running, browser};
+use support::{DEADLINE, plain_get};
+use test_server::{PAGE_CLOSE_CODE, PAGE_WEBSOCKETS};
+use tokio::process::Command;
+use wsbalancer::Balancer;
+
+/// How long the page may take to open, echo and close its WebSockets
+/// (Chromium's own start included).
+const PAGE_DEADLINE: Duration = Duration::from_secs(60);
+
+/// `metric{protocol="…"}` from the balancer's `/metrics`.
+async fn protocol_sample(balancer: &Balancer, metric: &str, protocol: &str) -> u64 {
+    let scrape = plain_get(balancer.admin_addr(), "/metrics").await;
+    let prefix = format!("{metric}{{protocol=\"{protocol}\"}} ");
+    scrape
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {prefix} in the scrape"))
+}
+
+#[tokio::test]
+async fn chromium_opens_its_websockets_over_the_pages_http2_connection() {
+    support::init_logs();
+    let browser = browser().await;
+    let pods = support::pods(1).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cert = test_server::self_signed::SelfSigned::generate().expect("a certificate");
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, &cert.cert_pem).expect("write cert");
+    std::fs::write(&key_path, &cert.key_pem).expect("write key");
+    let mut config = support::config(pods.iter().map(test_server::Pod::url).collect());
+    config.tls_cert = Some(cert_path);
+    config.tls_key = Some(key_path);
+    let balancer = Balancer::start(config).await.expect("balancer starts");
+
+    let spki = ring::digest::digest(&ring::digest::SHA256, &cert.spki_der);
+    let spki = base64::engine::general_purpose::STANDARD.encode(spki.as_ref());
+    let profile = tempfile::tempdir().expect("a profile dir");
+    let mut command = Command::new(&browser);
+    command
+        .arg("--headless")
+        .args(HEADLESS)
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("--ignore-certificate-errors-spki-list={spki}"))
+        .arg(format!(
+            "https://127.0.0.1:{}/websockets.html",
+            balancer.listen_addr().port()
+        ));
+    let mut chromium = Running::start(command);
+
+    // The page's whole run, seen by the pod: each WebSocket echoed, then
+    // closed with the page's code.
+    let deadline = tokio::time::Instant::now() + PAGE_DEADLINE;
+    loop {
+        let codes = pods[0].close_codes();
+        if codes.len() >= PAGE_WEBSOCKETS {
+            assert_eq!(codes, vec![PAGE_CLOSE_CODE; PAGE_WEBSOCKETS]);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the page's {PAGE_WEBSOCKETS} WebSockets did not all echo and close within \
+             {PAGE_DEADLINE:?}: close codes {codes:?}, chromium running: {}",
+            chromium.is_running()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let metric = |name, protocol| protocol_sample(&balancer, name, protocol);
+    let websockets = u64::try_from(PAGE_WEBSOCKETS).expect("small");
+    assert_eq!(
+        metric("wsbalancer_handshakes_by_protocol_total", "http2").await,
+        websockets,
+        "every WebSocket was an extended CONNECT"
+    );
+    assert_eq!(
+        metric("wsbalancer_handshakes_by_protocol_total", "http1").await,
+        0,
+        "none was an HTTP/1.1 upgrade"
+    );
+    let connections = metric("wsbalancer_client_connections_by_protocol_total", "http2").await;
+    assert!(
+        (1..websockets).contains(&connections),
+        "{PAGE_WEBSOCKETS} WebSockets shared the page's HTTP/2 connections: {connections}"
+    );
+    assert_eq!(
+        metric("wsbalancer_client_connections_by_protocol_total", "http1").await,
+        0
+    );
+    drop(chromium);
+    balancer.shutdown(DEADLINE).await;
+}
