@@ -182,13 +182,11 @@ async fn echo(ws: &mut StreamWs, text: &str) {
 
 /// `metric{protocol="…"}` from the balancer's `/metrics`.
 async fn protocol_sample(balancer: &Balancer, metric: &str, protocol: &str) -> f64 {
-    let scrape = support::plain_get(balancer.admin_addr(), "/metrics").await;
-    let prefix = format!("{metric}{{protocol=\"{protocol}\"}} ");
-    scrape
-        .lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {prefix} in the scrape"))
+    support::metric_value(
+        balancer.admin_addr(),
+        &format!("{metric}{{protocol=\"{protocol}\"}}"),
+    )
+    .await
 }
 
 #[tokio::test]

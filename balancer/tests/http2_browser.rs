@@ -15,8 +15,8 @@ mod support;
 use std::time::Duration;
 
 use base64::Engine;
+use support::DEADLINE;
 use support::browser::{HEADLESS, Running, browser};
-use support::{DEADLINE, plain_get};
 use test_server::{PAGE_CLOSE_CODE, PAGE_WEBSOCKETS};
 use tokio::process::Command;
 use wsbalancer::Balancer;
@@ -25,15 +25,10 @@ use wsbalancer::Balancer;
 /// (Chromium's own start included).
 const PAGE_DEADLINE: Duration = Duration::from_secs(60);
 
-/// `metric{protocol="…"}` from the balancer's `/metrics`.
+/// `metric{protocol="…"}` from the balancer's `/metrics`, a count.
 async fn protocol_sample(balancer: &Balancer, metric: &str, protocol: &str) -> u64 {
-    let scrape = plain_get(balancer.admin_addr(), "/metrics").await;
-    let prefix = format!("{metric}{{protocol=\"{protocol}\"}} ");
-    scrape
-        .lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {prefix} in the scrape"))
+    let series = format!("{metric}{{protocol=\"{protocol}\"}}");
+    support::metric_value(balancer.admin_addr(), &series).await as u64
 }
 
 #[tokio::test]

@@ -526,3 +526,15 @@ pub fn masked_text(text: &str) -> Vec<u8> {
     frame.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
     frame
 }
+
+/// The value of one series (`name{labels}` exactly as exported) in a
+/// scrape of the balancer's `/metrics` on `admin`.
+pub async fn metric_value(admin: SocketAddr, series: &str) -> f64 {
+    let scrape = plain_get(admin, "/metrics").await;
+    let prefix = format!("{series} ");
+    scrape
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in the scrape"))
+}
