@@ -529,3 +529,40 @@ async fn http2_false_keeps_the_listener_http1_only() {
     assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
     tls.balancer.shutdown(DEADLINE).await;
 }
+
+#[tokio::test]
+async fn a_pod_that_fails_before_its_answer_is_failed_over_as_over_http1() {
+    support::init_logs();
+    let good = support::pods(1).await;
+    // A pod that reports itself empty and drops every upgrade unanswered.
+    let bad = support::hand_pod(|tcp, _accept, _early| async move { drop(tcp) }).await;
+    let bad = format!("http://{bad}");
+    // Two WebSockets held on the good pod directly: the empty, bad pod
+    // ranks first for the balancer.
+    let direct = format!("ws://{}/ws", good[0].addr());
+    let held = [
+        support::connect(&direct).await.0,
+        support::connect(&direct).await.0,
+    ];
+    let tls = tls_balancer(vec![bad.clone(), good[0].url()], None).await;
+    support::wait_until("the good pod's report of 2", || {
+        tls.balancer
+            .registry()
+            .snapshots()
+            .iter()
+            .any(|s| s.reported == Some(2))
+    })
+    .await;
+    let (mut send, _conn) = h2_connect(&tls).await;
+    let (mut ws, headers) = open_ws(&mut send, &[]).await;
+    assert_eq!(
+        headers["x-pod-name"], "pod-0",
+        "failed over to the good pod"
+    );
+    echo(&mut ws, "failed over").await;
+    let series = format!("wsbalancer_pod_failovers_total{{pod=\"{bad}\"}}");
+    let failovers = support::metric_value(tls.balancer.admin_addr(), &series).await;
+    assert_eq!(failovers, 1.0, "the bad pod was tried first, once");
+    drop(held);
+    tls.balancer.shutdown(DEADLINE).await;
+}
