@@ -42,6 +42,15 @@ struct TlsBalancer {
 }
 
 async fn tls_balancer(pods: Vec<String>, http2: Option<bool>) -> TlsBalancer {
+    tls_balancer_with(pods, http2, |_| {}).await
+}
+
+/// [`tls_balancer`], with `edit` applied to the config last.
+async fn tls_balancer_with(
+    pods: Vec<String>,
+    http2: Option<bool>,
+    edit: impl FnOnce(&mut common::Config),
+) -> TlsBalancer {
     let dir = tempfile::tempdir().expect("temp dir");
     let generated = test_server::self_signed::SelfSigned::generate().expect("a certificate");
     let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
@@ -52,6 +61,7 @@ async fn tls_balancer(pods: Vec<String>, http2: Option<bool>) -> TlsBalancer {
     config.tls_key = Some(key_path);
     config.http2 = http2;
     config.drain_window = Duration::from_millis(300);
+    edit(&mut config);
     let balancer = Balancer::start(config).await.expect("balancer starts");
     TlsBalancer {
         balancer,
@@ -564,5 +574,31 @@ async fn a_pod_that_fails_before_its_answer_is_failed_over_as_over_http1() {
     let failovers = support::metric_value(tls.balancer.admin_addr(), &series).await;
     assert_eq!(failovers, 1.0, "the bad pod was tried first, once");
     drop(held);
+    tls.balancer.shutdown(DEADLINE).await;
+}
+
+#[tokio::test]
+async fn an_http2_connection_with_no_stream_is_closed_after_handshake_timeout() {
+    support::init_logs();
+    let pods = support::pods(1).await;
+    let tls = tls_balancer_with(
+        pods.iter().map(test_server::Pod::url).collect(),
+        None,
+        |c| {
+            c.handshake_timeout = Duration::from_secs(1);
+        },
+    )
+    .await;
+    let (mut send, carrying) = h2_connect(&tls).await;
+    let (mut ws, _) = open_ws(&mut send, &[]).await;
+    // A second connection, its one request answered, then nothing.
+    let (_idle_send, idle) = h2_connect(&tls).await;
+    let ended = within("the idle connection's GOAWAY", idle)
+        .await
+        .expect("the task");
+    assert!(ended.is_ok(), "a GOAWAY, not an error: {ended:?}");
+    // The connection carrying a WebSocket is kept, however quiet.
+    assert!(!carrying.is_finished());
+    echo(&mut ws, "still here").await;
     tls.balancer.shutdown(DEADLINE).await;
 }

@@ -14,12 +14,16 @@
 //! reading holds its own window and never the others'.
 //!
 //! A drain closes every WebSocket of the connection within the drain
-//! window (their Close frames, as over HTTP/1.1), then sends GOAWAY.
+//! window (their Close frames, as over HTTP/1.1), then sends GOAWAY. A
+//! connection with no stream for a whole `handshakeTimeout` gets GOAWAY
+//! too, as an idle HTTP/1.1 connection is closed after it.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use base64::Engine;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -65,10 +69,18 @@ pub async fn serve<IO>(
     let _counted = shared.http2.token();
     // The connection's WebSockets, each counted until its relay ends.
     let streams = TaskTracker::new();
+    // Its requests: every one so far, and those being answered now.
+    let requests = Arc::new(Requests::default());
     let service = {
-        let (shared, streams) = (shared.clone(), streams.clone());
+        let (shared, streams, requests) = (shared.clone(), streams.clone(), requests.clone());
         hyper::service::service_fn(move |request| {
-            serve_request(shared.clone(), client, streams.clone(), request)
+            let answering = Answering::start(requests.clone());
+            let answer = serve_request(shared.clone(), client, streams.clone(), request);
+            async move {
+                let response = answer.await;
+                drop(answering);
+                response
+            }
         })
     };
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -86,17 +98,62 @@ pub async fn serve<IO>(
         streams.close();
         streams.wait().await;
     };
+    let idle = idle(shared.handshake_timeout, &streams, &requests);
     tokio::select! {
         result = conn.as_mut() => return log_end(client, result),
         () = websockets_closed => {}
+        () = idle => tracing::debug!(%client, "idle http2 connection closed"),
         () = &mut stopped => return,
     }
-    // Draining, and this connection's WebSockets are closed: GOAWAY, then
-    // the requests still running finish.
+    // Draining (and this connection's WebSockets are closed) or idle:
+    // GOAWAY, then the requests still running finish.
     conn.as_mut().graceful_shutdown();
     tokio::select! {
         result = conn => log_end(client, result),
         () = stopped => {}
+    }
+}
+
+/// A connection's requests, for telling when it is idle.
+#[derive(Debug, Default)]
+struct Requests {
+    /// Every request so far.
+    started: AtomicU64,
+    /// Requests whose answer is being made now.
+    answering: AtomicUsize,
+}
+
+/// Counts one request as being answered until dropped.
+struct Answering(Arc<Requests>);
+
+impl Answering {
+    fn start(requests: Arc<Requests>) -> Self {
+        requests.started.fetch_add(1, Ordering::Relaxed);
+        requests.answering.fetch_add(1, Ordering::Relaxed);
+        Answering(requests)
+    }
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        self.0.answering.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Returns once the connection has had no WebSocket and no request being
+/// answered, and no new request, over a whole `period`. A response body
+/// still being sent then is finished after the GOAWAY.
+async fn idle(period: Duration, streams: &TaskTracker, requests: &Requests) {
+    let mut seen = requests.started.load(Ordering::Relaxed);
+    loop {
+        tokio::time::sleep(period).await;
+        let now = requests.started.load(Ordering::Relaxed);
+        let quiet =
+            now == seen && streams.is_empty() && requests.answering.load(Ordering::Relaxed) == 0;
+        if quiet {
+            return;
+        }
+        seen = now;
     }
 }
 
