@@ -108,8 +108,13 @@ pub async fn serve<IO>(
     // Draining (and this connection's WebSockets are closed) or idle:
     // GOAWAY, then the requests still running finish.
     conn.as_mut().graceful_shutdown();
+    // Bounded: a client that never sent its preface, or ignores the PING
+    // that completes a graceful GOAWAY, would otherwise hold it forever.
     tokio::select! {
-        result = conn => log_end(client, result),
+        result = tokio::time::timeout(shared.handshake_timeout, conn) => match result {
+            Ok(result) => log_end(client, result),
+            Err(_) => tracing::debug!(%client, "http2 connection dropped after its GOAWAY went unanswered"),
+        },
         () = stopped => {}
     }
 }
@@ -220,6 +225,15 @@ async fn websocket(
     // The one read of the settings for this connection.
     let settings = shared.settings();
     match upgrade::answer(shared, &settings, conn_id, client, &head).await {
+        // Over HTTP/2 a 2xx to a CONNECT opens the WebSocket (RFC 8441):
+        // a pod that answered its upgrade with a 2xx did not switch.
+        Answer::Respond(response) if response.status().is_success() => {
+            tracing::debug!(conn_id, %client, status = response.status().as_u16(), "pod answered the upgrade without switching");
+            plain_response(
+                StatusCode::BAD_GATEWAY,
+                "the pod answered the upgrade without switching protocols",
+            )
+        }
         Answer::Respond(response) => response,
         Answer::Switch { pod_head, session } => {
             let session = session.over_http2(streams.token());
