@@ -125,48 +125,43 @@ pub fn rank_top(
     strategy: Strategy,
     rng: &mut impl Rng,
 ) -> Ranking {
-    let mut best = Best::new(k);
-    let mut ejected = Best::new(k);
+    let scorer = Scorer::new(fallback);
+    let ties = PerPod::new(rng);
+    let slots = PerPod::new(rng);
     // Power of two: two usable pods sampled uniformly (a reservoir).
     let mut sampled: [Option<(f64, usize)>; 2] = [None, None];
-    let (mut accepting, mut open, mut usable) = (0usize, 0usize, 0usize);
-    for i in 0..n {
-        let pod = load(i);
-        if !pod.accepting {
-            continue;
-        }
-        accepting += 1;
-        if pod.is_full() {
-            continue;
-        }
-        open += 1;
-        if pod.health == Health::Ejected {
-            ejected.offer(pod.last_failure as f64, i, |_| i as u32);
-            continue;
-        }
-        usable += 1;
-        let share = match pod.capacity {
-            Some(c) if c > 0 => c as f64,
-            _ => fallback,
-        };
-        match strategy {
-            Strategy::LeastConnections => best.offer(score(&pod, share), i, |_| rng.random()),
-            Strategy::PowerOfTwo => {
-                let score = score(&pod, share);
-                if usable <= 2 {
-                    sampled[usable - 1] = Some((score, i));
-                } else {
-                    let slot = rng.random_range(0..usable);
-                    if slot < 2 {
-                        sampled[slot] = Some((score, i));
-                    }
+    // One pass per strategy, so that the pass does not ask which strategy
+    // at every pod.
+    let found = match strategy {
+        Strategy::LeastConnections => scan(n, load, k, |best, i, pod, _| {
+            best.offer(scorer.score(pod), i, |i| ties.tiebreak(i));
+        }),
+        Strategy::PowerOfTwo => scan(n, load, k, |best, i, pod, usable| {
+            let score = scorer.score(pod);
+            if usable <= 2 {
+                sampled[usable - 1] = Some((score, i));
+            } else {
+                let slot = slots.below(i, usable);
+                if slot < 2 {
+                    sampled[slot] = Some((score, i));
                 }
-                best.offer(score, i, |_| rng.random());
             }
-            Strategy::Cached => best.offer(pod.reported as f64, i, |_| i as u32),
-            Strategy::Local => best.offer(pod.local as f64, i, |_| rng.random()),
-        }
-    }
+            best.offer(score, i, |i| ties.tiebreak(i));
+        }),
+        Strategy::Cached => scan(n, load, k, |best, i, pod, _| {
+            best.offer(pod.reported as f64, i, |i| i as u32);
+        }),
+        Strategy::Local => scan(n, load, k, |best, i, pod, _| {
+            best.offer(pod.local as f64, i, |i| ties.tiebreak(i));
+        }),
+    };
+    let Scan {
+        best,
+        ejected,
+        accepting,
+        open,
+        usable,
+    } = found;
     let mut order = best.into_order();
     if let [Some(a), Some(b)] = sampled
         && usable > 2
@@ -185,6 +180,93 @@ pub fn rank_top(
         all_full: open == 0 && accepting > 0,
         usable: in_order.min(order.len()),
         order,
+    }
+}
+
+/// What one pass over the pods found.
+struct Scan {
+    /// The best `k` usable pods.
+    best: Best,
+    /// The `k` ejected pods that failed least recently.
+    ejected: Best,
+    /// Pods that take new connections.
+    accepting: usize,
+    /// Of those, the ones below their hard limits.
+    open: usize,
+    /// Of those, the ones not ejected.
+    usable: usize,
+}
+
+/// The pass of [`rank_top`]: `keep` offers each usable pod `i` to the
+/// best (with how many usable pods were seen so far, this one included).
+#[inline(always)]
+fn scan(
+    n: usize,
+    load: impl Fn(usize) -> PodLoad,
+    k: usize,
+    mut keep: impl FnMut(&mut Best, usize, &PodLoad, usize),
+) -> Scan {
+    let mut found = Scan {
+        best: Best::new(k),
+        ejected: Best::new(k),
+        accepting: 0,
+        open: 0,
+        usable: 0,
+    };
+    for i in 0..n {
+        let pod = load(i);
+        if !pod.accepting {
+            continue;
+        }
+        found.accepting += 1;
+        if pod.is_full() {
+            continue;
+        }
+        found.open += 1;
+        if pod.health == Health::Ejected {
+            found
+                .ejected
+                .offer(pod.last_failure as f64, i, |i| i as u32);
+            continue;
+        }
+        found.usable += 1;
+        keep(&mut found.best, i, &pod, found.usable);
+    }
+    found
+}
+
+/// One random number per pod for one ranking: a seed drawn once from the
+/// caller's generator, mixed with the pod's index (the `i`-th output of
+/// SplitMix64 from that seed). A ranking of 1,000 pods then costs one draw
+/// from the generator rather than one per pod, and ties still fall at
+/// random from one ranking to the next.
+#[derive(Clone, Copy)]
+struct PerPod(u64);
+
+impl PerPod {
+    fn new(rng: &mut impl Rng) -> Self {
+        PerPod(rng.random())
+    }
+
+    /// Pod `i`'s number.
+    fn at(self, i: usize) -> u64 {
+        const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut z = self
+            .0
+            .wrapping_add((i as u64).wrapping_add(1).wrapping_mul(GOLDEN));
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Pod `i`'s tie-break: its number's high half.
+    fn tiebreak(self, i: usize) -> u32 {
+        (self.at(i) >> 32) as u32
+    }
+
+    /// Pod `i`'s number scaled into `0..n` (multiply-shift: no division).
+    fn below(self, i: usize, n: usize) -> usize {
+        ((u128::from(self.at(i)) * n as u128) >> 64) as usize
     }
 }
 
@@ -236,9 +318,38 @@ impl Best {
     }
 }
 
-/// Load per unit of share; lower is better.
-fn score(pod: &PodLoad, share: f64) -> f64 {
-    pod.load as f64 / (share * pod.warmup.clamp(f64::MIN_POSITIVE, 1.0))
+/// Load per unit of share; lower is better. Multiplied by the share's
+/// reciprocal rather than divided by the share: most pods of most rankings
+/// have the same share (the `fallback`, warm), whose reciprocal is worked
+/// out once per ranking, so a ranking of 1,000 pods does not pay a
+/// division per pod. Two pods of the same share always get the same
+/// reciprocal, so equal loads still tie exactly.
+#[derive(Clone, Copy)]
+struct Scorer {
+    fallback: f64,
+    per_fallback: f64,
+}
+
+impl Scorer {
+    fn new(fallback: f64) -> Self {
+        Scorer {
+            fallback,
+            per_fallback: 1.0 / fallback,
+        }
+    }
+
+    fn score(self, pod: &PodLoad) -> f64 {
+        let share = match pod.capacity {
+            Some(c) if c > 0 => c as f64,
+            _ => self.fallback,
+        } * pod.warmup.clamp(f64::MIN_POSITIVE, 1.0);
+        let per_share = if share == self.fallback {
+            self.per_fallback
+        } else {
+            1.0 / share
+        };
+        pod.load as f64 * per_share
+    }
 }
 
 #[cfg(test)]
@@ -457,13 +568,7 @@ mod tests {
         let key = |i: usize| match strategy {
             Strategy::Cached => pods[i].reported as f64,
             Strategy::Local => pods[i].local as f64,
-            _ => {
-                let share = pods[i]
-                    .capacity
-                    .filter(|&c| c > 0)
-                    .map_or(fallback, |c| c as f64);
-                score(&pods[i], share)
-            }
+            _ => Scorer::new(fallback).score(&pods[i]),
         };
         let mut usable: Vec<usize> = open
             .iter()

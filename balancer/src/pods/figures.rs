@@ -7,7 +7,7 @@ use common::PodState;
 use common::selection::Health;
 
 use super::condition::Condition;
-use super::select_cell::Published;
+use super::select_cell::{Anchored, Published};
 use super::settings::Settings;
 
 /// Smallest warm-up share of a pod in slow start, so it is never starved.
@@ -29,30 +29,71 @@ pub(super) struct Figures {
     pub warmup: f64,
 }
 
+/// One moment and the settings every pod's figures are worked out with,
+/// converted once per ranking rather than once per pod: nanoseconds, as
+/// [`Published`] times are.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Moment {
+    /// Now ([`super::select_cell::now`]).
+    pub now: u64,
+    /// `cacheTTL`.
+    ttl: u64,
+    /// The slow-start ramp (0: off).
+    slow_start: u64,
+    /// Balancer replicas sharing the pods.
+    replicas: i64,
+}
+
+impl Moment {
+    /// `now` under `settings`.
+    pub fn new(now: u64, settings: &Settings) -> Self {
+        Moment {
+            now,
+            ttl: settings.cache_ttl_nanos(),
+            slow_start: u64::try_from(settings.slow_start.as_nanos()).unwrap_or(u64::MAX),
+            replicas: i64::from(settings.replicas),
+        }
+    }
+}
+
+impl Moment {
+    /// The effective load of a pod whose load counts from `anchor`, with
+    /// its `(opened, closed)` counters now: the anchor's count, plus what
+    /// this balancer opened since and minus what closed since, times the
+    /// replicas (each is assumed to do as this one does).
+    #[inline(always)]
+    pub fn effective(&self, anchor: Anchored, (opened, closed): (u64, u64)) -> u64 {
+        let signed = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let net_since = signed(opened.saturating_sub(anchor.settled))
+            .saturating_sub(signed(closed.saturating_sub(anchor.closed)));
+        let scaled = net_since.saturating_mul(self.replicas);
+        signed(anchor.count)
+            .saturating_add(scaled)
+            .max(0)
+            .unsigned_abs()
+    }
+
+    /// Whether a report that arrived `at` is past `cacheTTL`.
+    #[inline(always)]
+    pub fn is_stale(&self, at: u64) -> bool {
+        self.now.saturating_sub(at) > self.ttl
+    }
+}
+
 impl Figures {
     /// The figures of `view` with the pod's `(opened, closed)` counters at
-    /// `now` (nanoseconds, as [`Published`] times are). Integer arithmetic
-    /// on nanoseconds, no `Duration` per pod: this runs for every pod of a
-    /// ranking.
-    pub fn of(
-        view: &Published,
-        (opened, closed): (u64, u64),
-        now: u64,
-        settings: &Settings,
-    ) -> Self {
+    /// `moment`. Integer arithmetic on nanoseconds, no `Duration` per pod:
+    /// this runs for every pod of a ranking.
+    #[inline(always)]
+    pub fn of(view: &Published, (opened, closed): (u64, u64), moment: &Moment) -> Self {
         let relayed = opened.saturating_sub(closed);
         let (effective, report_age, stale) = match (view.report_at, view.anchor) {
             (Some(at), Some(anchor)) => {
-                let signed = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-                let net_since = signed(opened.saturating_sub(anchor.settled))
-                    .saturating_sub(signed(closed.saturating_sub(anchor.closed)));
-                let scaled = net_since.saturating_mul(i64::from(settings.replicas));
-                let effective = signed(anchor.count).saturating_add(scaled).max(0);
-                let age = now.saturating_sub(at);
+                let age = moment.now.saturating_sub(at);
                 (
-                    effective.unsigned_abs(),
+                    moment.effective(anchor, (opened, closed)),
                     Some(age),
-                    age > settings.cache_ttl_nanos(),
+                    age > moment.ttl,
                 )
             }
             _ => (relayed, None, true),
@@ -65,9 +106,9 @@ impl Figures {
             Health::Healthy
         };
         let warmup = match view.warm_since {
-            Some(since) if !settings.slow_start.is_zero() => {
-                let elapsed = now.saturating_sub(since) as f64 / 1e9;
-                (elapsed / settings.slow_start.as_secs_f64()).clamp(MIN_WARMUP, 1.0)
+            Some(since) if moment.slow_start != 0 => {
+                let elapsed = moment.now.saturating_sub(since) as f64;
+                (elapsed / moment.slow_start as f64).clamp(MIN_WARMUP, 1.0)
             }
             _ => 1.0,
         };

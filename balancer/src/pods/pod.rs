@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::condition::{Condition, ConditionChange};
-use super::figures::Figures;
+use super::figures::{Figures, Moment};
 use super::select_cell::{self, Anchored, Published, SelectCell};
 use super::settings::{EarlyRefresh, Settings};
 use super::shed::ShedSignal;
@@ -404,7 +404,10 @@ impl Pod {
     /// every poll, a dial after it ejected the pod or brought it back.
     pub fn condition_change(&self, settings: &Settings) -> Option<ConditionChange> {
         let mut status = self.status();
-        let figures = self.figures(&self.cell.read(), select_cell::now(), settings);
+        let figures = self.figures(
+            &self.cell.read(),
+            &Moment::new(select_cell::now(), settings),
+        );
         let now = figures.condition(status.report.is_some(), status.state());
         let from = std::mem::replace(&mut status.condition, now);
         (from != now).then(|| ConditionChange {
@@ -481,7 +484,10 @@ impl Pod {
     /// Current view of the pod.
     pub fn snapshot(&self, settings: &Settings) -> PodSnapshot {
         let status = self.status();
-        let figures = self.figures(&self.cell.read(), select_cell::now(), settings);
+        let figures = self.figures(
+            &self.cell.read(),
+            &Moment::new(select_cell::now(), settings),
+        );
         let report = status.report.as_ref().map(|(r, _)| r);
         let state = status.state();
         PodSnapshot {
@@ -503,22 +509,68 @@ impl Pod {
         }
     }
 
-    /// What selection needs of the pod at `now` ([`select_cell::now`]),
-    /// without a lock and without copying any string: this runs for every
-    /// pod on every new connection.
-    pub(super) fn load(&self, settings: &Settings, now: u64) -> PodLoad {
+    /// What selection needs of the pod at `moment`, without a lock and
+    /// without copying any string: this runs for every pod on every new
+    /// connection. `limit` is `maxConnectionsPerPod`. Most pods are
+    /// [`Plain`](super::select_cell::Plain), read from the first words of
+    /// their cell; the others are read whole, with the same result.
+    #[inline(always)]
+    pub(super) fn load(&self, moment: &Moment, limit: u64) -> PodLoad {
+        if let Some(plain) = self.cell.read_plain() {
+            let counters = self.counters();
+            return PodLoad {
+                load: moment.effective(plain.anchor, counters),
+                reported: plain.reported,
+                local: counters.0.saturating_sub(counters.1),
+                capacity: None,
+                limit,
+                warmup: 1.0,
+                health: if moment.is_stale(plain.report_at) {
+                    Health::Unknown
+                } else {
+                    Health::Healthy
+                },
+                accepting: true,
+                last_failure: plain.last_failure.unwrap_or(0),
+            };
+        }
+        self.load_whole(moment, limit)
+    }
+
+    /// [`Pod::load`] from the whole published status, as any pod that is
+    /// not [`Plain`](super::select_cell::Plain) is read.
+    #[inline(always)]
+    fn load_whole(&self, moment: &Moment, limit: u64) -> PodLoad {
         let view = self.cell.read();
-        let figures = self.figures(&view, now, settings);
+        let figures = self.figures(&view, moment);
         PodLoad {
             load: figures.effective,
             reported: view.reported,
             local: figures.relayed,
             capacity: view.capacity,
-            limit: settings.max_per_pod,
+            limit,
             warmup: figures.warmup,
             health: figures.health,
             accepting: view.accepting,
             last_failure: view.last_failure.unwrap_or(0),
+        }
+    }
+
+    /// Asks the CPU to start loading the pod's cell: a ranking does so a
+    /// few pods ahead of the one it reads.
+    #[inline(always)]
+    pub(super) fn prefetch(&self) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+            let at = std::ptr::from_ref(&self.cell).cast::<i8>();
+            // SAFETY: a prefetch is a hint: it reads nothing the program
+            // sees, cannot fault, and SSE (which it needs) is part of
+            // x86_64. Both addresses are inside the cell (two lines).
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>(at);
+                _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(64));
+            }
         }
     }
 
@@ -528,11 +580,19 @@ impl Pod {
     }
 
     /// The derived figures every view shares, from what was published,
-    /// at `now` ([`select_cell::now`]).
-    fn figures(&self, view: &Published, now: u64, settings: &Settings) -> Figures {
-        let opened = self.cell.opened.load(Ordering::Relaxed);
-        let closed = self.cell.closed.load(Ordering::Relaxed);
-        Figures::of(view, (opened, closed), now, settings)
+    /// at `moment`.
+    #[inline(always)]
+    fn figures(&self, view: &Published, moment: &Moment) -> Figures {
+        Figures::of(view, self.counters(), moment)
+    }
+
+    /// The pod's `(opened, closed)` counters.
+    #[inline(always)]
+    fn counters(&self) -> (u64, u64) {
+        (
+            self.cell.opened.load(Ordering::Relaxed),
+            self.cell.closed.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -616,6 +676,74 @@ pub(super) mod tests {
     pub(crate) fn report(state: &str) -> Report {
         let body = format!(r#"{{"agentsConnections":1,"podName":"p-1","state":"{state}"}}"#);
         Report::parse(body.as_bytes()).unwrap()
+    }
+
+    /// A pod in a status a ranking meets: what it is, the pod, and
+    /// whether it is plain.
+    type InStatus = (&'static str, Arc<Pod>, bool);
+
+    /// A pod in each status a ranking meets, and the leases that hold
+    /// connections on one of them.
+    fn pods_in_every_status() -> (Vec<InStatus>, Vec<Lease>) {
+        let reported = |state: &str| {
+            let pod = Arc::new(pod());
+            pod.record_report(PollBase::default(), report(state), false);
+            pod
+        };
+        let with_connections = reported("ready");
+        let mut settled = with_connections.lease(None);
+        settled.settle();
+        let leases = vec![settled, with_connections.lease(None)];
+        let failed_once = reported("ready");
+        failed_once.record_failure(3);
+        let ejected = reported("ready");
+        ejected.record_failure(1);
+        let warming = Arc::new(pod());
+        warming.record_report(PollBase::default(), report("ready"), true);
+        let capped = Arc::new(pod());
+        let body = br#"{"agentsConnections":4,"capacity":10,"state":"ready"}"#;
+        capped.record_report(PollBase::default(), Report::parse(body).unwrap(), false);
+        let pods = vec![
+            ("never reported", Arc::new(pod()), false),
+            ("ready", reported("ready"), true),
+            ("with connections", with_connections, true),
+            ("failed once", failed_once, true),
+            ("draining", reported("drain"), false),
+            ("ejected", ejected, false),
+            ("warming", warming, false),
+            ("capacity", capped, false),
+        ];
+        (pods, leases)
+    }
+
+    #[test]
+    fn a_plain_pod_loads_as_the_whole_status_says() {
+        let settings = Settings {
+            slow_start: Duration::from_secs(60),
+            ..settings(Duration::from_secs(30))
+        };
+        let now = select_cell::now();
+        let moments = [
+            Moment::new(now, &settings),
+            // Past cacheTTL: the report is stale.
+            Moment::new(now + 31_000_000_000, &settings),
+        ];
+        let (pods, _leases) = pods_in_every_status();
+        for (what, pod, plain) in &pods {
+            assert_eq!(pod.cell.read_plain().is_some(), *plain, "{what}");
+            for moment in &moments {
+                assert_eq!(
+                    pod.load(moment, 5),
+                    pod.load_whole(moment, 5),
+                    "{what} at {}",
+                    moment.now
+                );
+            }
+        }
+        let busy = pods[2].1.load(&moments[0], 0);
+        assert_eq!((busy.load, busy.local), (3, 2), "reported 1 + own 2");
+        let stale = pods[1].1.load(&moments[1], 0);
+        assert_eq!(stale.health, Health::Unknown, "stale on the plain path");
     }
 
     #[test]

@@ -18,6 +18,7 @@ use std::time::Instant;
 use common::PodAddress;
 use common::selection::{self, Health};
 
+use super::figures::Moment;
 use super::pod::{Moved, Pod, PodSnapshot};
 use super::replicas::ReplicaEstimate;
 use super::select_cell::{self, SelectCell};
@@ -290,7 +291,7 @@ impl PodRegistry {
     pub fn candidates(&self, k: usize) -> Candidates {
         let settings = self.settings();
         let pods = self.pods.read().unwrap_or_else(|p| p.into_inner());
-        let now = select_cell::now();
+        let moment = Moment::new(select_cell::now(), &settings);
         let fallback = if SelectCell::capacity_seen() {
             selection::fallback_share(pods.iter().map(|p| p.capacity()))
         } else {
@@ -298,7 +299,13 @@ impl PodRegistry {
         };
         let ranking = selection::rank_top(
             pods.len(),
-            |i| pods[i].load(&settings, now),
+            #[inline(always)]
+            |i| {
+                if let Some(ahead) = pods.get(i + 6) {
+                    ahead.prefetch();
+                }
+                pods[i].load(&moment, settings.max_per_pod)
+            },
             fallback,
             k,
             settings.strategy,
@@ -446,5 +453,60 @@ mod tests {
         );
         let warmup = pod.snapshot(&registry.settings()).warmup;
         assert!(warmup < 0.5, "slow start applies, got {warmup}");
+    }
+}
+
+/// The cost of one ranking at 3, 100 and 1,000 pods, with the pods'
+/// cells in cache and evicted: a micro-measure to run by hand (release
+/// build) when changing selection, beside `cargo xtask bench pod-count`.
+/// It prints times and asserts only the ranking: never wall time.
+///
+/// `cargo test --release -p wsbalancer --lib ranking_cost -- --ignored --nocapture`
+#[cfg(test)]
+mod ranking_cost {
+    use super::*;
+    use crate::observe::metrics::counters::PodFamilies;
+    use crate::pods::pod::PollBase;
+    use crate::pods::pod::tests::{report, settings};
+    use std::time::Duration;
+
+    #[test]
+    #[ignore = "a measurement, run by hand"]
+    fn ranking_cost() {
+        for n in [3usize, 100, 1000] {
+            let families = PodFamilies::default();
+            let addresses = (0..n)
+                .map(|i| {
+                    let url = format!("http://10.0.{}.{}:8080", i / 250, i % 250 + 1);
+                    PodAddress::parse(&url, "/metric").unwrap()
+                })
+                .collect();
+            let registry =
+                PodRegistry::new(addresses, settings(Duration::from_secs(30)), &families);
+            for pod in registry.pods() {
+                pod.record_report(PollBase::default(), report("ready"), false);
+            }
+            let rounds = 20_000u32;
+            let start = Instant::now();
+            for _ in 0..rounds {
+                assert_eq!(registry.candidates(3).pods.len(), 3);
+            }
+            let hot = start.elapsed() / rounds;
+            // Evicted: 8 MiB written between rankings (the L2 is 2 MiB).
+            let mut evict = vec![0u8; 8 << 20];
+            let mut cold = Duration::ZERO;
+            for round in 0..2000u32 {
+                for byte in evict.iter_mut().step_by(64) {
+                    *byte = byte.wrapping_add(round as u8);
+                }
+                let start = Instant::now();
+                assert_eq!(registry.candidates(3).pods.len(), 3);
+                cold += start.elapsed();
+            }
+            eprintln!(
+                "{n} pods: {hot:?} per ranking in cache, {:?} evicted",
+                cold / 2000
+            );
+        }
     }
 }

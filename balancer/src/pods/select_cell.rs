@@ -80,9 +80,33 @@ const WARMING: u64 = 1 << 5;
 const FAILED: u64 = 1 << 6;
 
 /// Words of a [`Published`]: flags, anchor count, anchor settled, anchor
-/// closed, report time (what every ranking needs), then reported,
-/// capacity, warm-up start, last failure.
+/// closed, reported, report time, last failure (what a ranking needs of a
+/// [`Plain`] pod), then capacity and warm-up start.
 const WORDS: usize = 9;
+
+/// The words a [`Plain`] pod is read from: the first ones.
+const PLAIN_WORDS: usize = 7;
+
+/// The flags that make a pod [`Plain`], among those that could not.
+const PLAIN_MASK: u64 = HAS_ANCHOR | HAS_REPORT | HAS_CAPACITY | ACCEPTING | EJECTED | WARMING;
+const PLAIN: u64 = HAS_ANCHOR | HAS_REPORT | ACCEPTING;
+
+/// A pod as most rankings find most pods: reported (so its effective load
+/// has a count to start from), taking connections, not ejected, warm, and
+/// with no `capacity` of its own. What a ranking needs of it is in the
+/// first words of its cell, so a ranking of a thousand pods reads and
+/// decodes that much less per pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plain {
+    /// The count the effective load starts from.
+    pub anchor: Anchored,
+    /// The last report's count.
+    pub reported: u64,
+    /// When the last report arrived ([`nanos`]).
+    pub report_at: u64,
+    /// When it last failed ([`nanos`]).
+    pub last_failure: Option<u64>,
+}
 
 /// A [`Published`] that one writer at a time updates and any thread reads,
 /// beside the pod's own connection counters: what a ranking reads of a
@@ -120,18 +144,51 @@ impl SelectCell {
     }
 
     /// A consistent copy of what was last published.
+    #[inline(always)]
     pub fn read(&self) -> Published {
+        decode(self.read_words())
+    }
+
+    /// The pod, when it is [`Plain`]; `None` when it is not (then
+    /// [`SelectCell::read`] says what it is).
+    #[inline(always)]
+    pub fn read_plain(&self) -> Option<Plain> {
+        let [
+            flags,
+            count,
+            settled,
+            closed,
+            reported,
+            report_at,
+            last_failure,
+        ] = self.read_words::<PLAIN_WORDS>();
+        (flags & PLAIN_MASK == PLAIN).then_some(Plain {
+            anchor: Anchored {
+                count,
+                settled,
+                closed,
+            },
+            reported,
+            report_at,
+            last_failure: (flags & FAILED != 0).then_some(last_failure),
+        })
+    }
+
+    /// The first `N` words, all from the same publication (a sequence
+    /// lock's read).
+    #[inline(always)]
+    fn read_words<const N: usize>(&self) -> [u64; N] {
+        const { assert!(N <= WORDS) };
         loop {
             let before = self.seq.load(Ordering::Acquire);
             if before % 2 == 1 {
                 std::hint::spin_loop();
                 continue;
             }
-            let words: [u64; WORDS] =
-                std::array::from_fn(|i| self.words[i].load(Ordering::Relaxed));
+            let words: [u64; N] = std::array::from_fn(|i| self.words[i].load(Ordering::Relaxed));
             fence(Ordering::Acquire);
             if self.seq.load(Ordering::Relaxed) == before {
-                return decode(words);
+                return words;
             }
         }
     }
@@ -139,7 +196,7 @@ impl SelectCell {
     /// The last published `capacity` alone (one word: no sequence needed).
     pub fn capacity(&self) -> Option<u64> {
         let flags = self.words[0].load(Ordering::Relaxed);
-        (flags & HAS_CAPACITY != 0).then(|| self.words[6].load(Ordering::Relaxed))
+        (flags & HAS_CAPACITY != 0).then(|| self.words[7].load(Ordering::Relaxed))
     }
 
     /// Whether any pod of this process ever published a `capacity`: until
@@ -166,12 +223,13 @@ fn encode(view: &Published) -> [u64; WORDS] {
         anchor.closed,
         view.reported,
         view.report_at.unwrap_or_default(),
+        view.last_failure.unwrap_or_default(),
         view.capacity.unwrap_or_default(),
         view.warm_since.unwrap_or_default(),
-        view.last_failure.unwrap_or_default(),
     ]
 }
 
+#[inline(always)]
 fn decode(words: [u64; WORDS]) -> Published {
     let [
         flags,
@@ -180,9 +238,9 @@ fn decode(words: [u64; WORDS]) -> Published {
         closed,
         reported,
         report_at,
+        last_failure,
         capacity,
         warm_since,
-        last_failure,
     ] = words;
     let when = |bit: u64, value: u64| (flags & bit != 0).then_some(value);
     Published {
