@@ -350,6 +350,9 @@ async fn extension_headers_and_the_key_are_translated_both_ways() {
             ),
             ("sec-websocket-protocol", "v2.chat, v1.chat"),
             ("sec-websocket-key", "c2VudCBieSB0aGUgY2xpZW50"),
+            // Split, as HTTP/2 allows (RFC 9113 section 8.2.3).
+            ("cookie", "session=1"),
+            ("cookie", "theme=dark"),
         ])),
     )
     .await
@@ -388,6 +391,15 @@ async fn extension_headers_and_the_key_are_translated_both_ways() {
     assert_eq!(
         field(&head, "x-forwarded-host").as_deref(),
         Some("127.0.0.1")
+    );
+    let cookies: Vec<&str> = head
+        .lines()
+        .filter(|line| line.to_ascii_lowercase().starts_with("cookie:"))
+        .collect();
+    assert_eq!(cookies.len(), 1, "one Cookie line: {head}");
+    assert_eq!(
+        field(&head, "cookie").as_deref(),
+        Some("session=1; theme=dark")
     );
     drop(response);
     tls.balancer.shutdown(DEADLINE).await;

@@ -183,7 +183,7 @@ async fn serve_request(
     }
     // HTTP/2 carries the host in `:authority`; the HTTP/1.1 request to the
     // pod (and `X-Forwarded-Host`) take it from `Host`.
-    with_host(&mut request);
+    as_http1_fields(&mut request);
     upgrade::serve_request(shared, client, request).await
 }
 
@@ -252,7 +252,7 @@ fn as_upgrade(mut parts: http::request::Parts) -> http::request::Parts {
     parts.method = Method::GET;
     parts.version = http::Version::HTTP_11;
     let mut request = Request::from_parts(parts, ());
-    with_host(&mut request);
+    as_http1_fields(&mut request);
     let headers = request.headers_mut();
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
@@ -264,8 +264,11 @@ fn as_upgrade(mut parts: http::request::Parts) -> http::request::Parts {
     request.into_parts().0
 }
 
-/// Sets `Host` from the request's `:authority` when it has none.
-fn with_host<B>(request: &mut Request<B>) {
+/// Makes an HTTP/2 request's fields what an HTTP/1.1 pod expects: `Host`
+/// from `:authority` when it has none, and one `Cookie` field where an
+/// HTTP/2 client may send several (RFC 9113 section 8.2.3).
+fn as_http1_fields<B>(request: &mut Request<B>) {
+    join_cookies(request.headers_mut());
     if request.headers().contains_key(header::HOST) {
         return;
     }
@@ -278,9 +281,54 @@ fn with_host<B>(request: &mut Request<B>) {
     }
 }
 
+/// Joins several `cookie` fields into one, with "; " between them, in the
+/// order they came. One field (or none) is left as it is.
+fn join_cookies(headers: &mut http::HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    if values.next().is_none() || values.next().is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for value in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    // Each part was a valid value, and "; " is too: this cannot fail.
+    if let Ok(joined) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, joined);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_cookies_reach_the_pod_as_one_field() {
+        let (mut parts, ()) = Request::builder()
+            .uri("https://chat.example.com/ws")
+            .header("cookie", "a=1")
+            .header("cookie", "b=2")
+            .header("cookie", "c=3")
+            .body(())
+            .expect("a request")
+            .into_parts();
+        parts = as_upgrade(parts);
+        let cookies: Vec<_> = parts.headers.get_all(header::COOKIE).iter().collect();
+        assert_eq!(cookies, ["a=1; b=2; c=3"]);
+
+        let mut one = Request::builder()
+            .uri("https://chat.example.com/")
+            .header("cookie", "a=1; b=2")
+            .body(())
+            .expect("a request");
+        as_http1_fields(&mut one);
+        let cookies: Vec<_> = one.headers().get_all(header::COOKIE).iter().collect();
+        assert_eq!(cookies, ["a=1; b=2"], "one field is left as it is");
+        assert_eq!(one.headers()[header::HOST], "chat.example.com");
+    }
 
     #[test]
     fn an_extended_connect_becomes_an_upgrade_with_a_key_of_its_own() {
