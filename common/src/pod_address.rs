@@ -1,6 +1,8 @@
 //! Where a pod is: parsed once from its configured URL, so that dialling it,
 //! polling its report and naming it in logs never re-parse strings.
 
+use std::net::SocketAddr;
+
 use url::{Host, Url};
 
 /// Why a pod URL was rejected.
@@ -38,6 +40,10 @@ pub struct PodAddress {
     pub path_prefix: String,
     /// Full URL of the pod's load report.
     pub metric_url: String,
+    /// The socket address to dial when the host is an IP literal (most
+    /// pods: DNS discovery gives addresses), so a dial neither formats nor
+    /// parses an address; `None` for a host name, resolved at each dial.
+    pub socket_addr: Option<SocketAddr>,
 }
 
 impl PodAddress {
@@ -59,13 +65,21 @@ impl PodAddress {
         if url.fragment().is_some() {
             return Err(PodAddressError::Extra("a fragment"));
         }
-        let (host, authority_host) = match url.host() {
-            Some(Host::Domain(d)) if !d.is_empty() => (d.to_owned(), d.to_owned()),
-            Some(Host::Ipv4(ip)) => (ip.to_string(), ip.to_string()),
-            Some(Host::Ipv6(ip)) => (ip.to_string(), format!("[{ip}]")),
+        let port = url.port().unwrap_or(if tls { 443 } else { 80 });
+        let (host, authority_host, socket_addr) = match url.host() {
+            Some(Host::Domain(d)) if !d.is_empty() => (d.to_owned(), d.to_owned(), None),
+            Some(Host::Ipv4(ip)) => (
+                ip.to_string(),
+                ip.to_string(),
+                Some(SocketAddr::from((ip, port))),
+            ),
+            Some(Host::Ipv6(ip)) => (
+                ip.to_string(),
+                format!("[{ip}]"),
+                Some(SocketAddr::from((ip, port))),
+            ),
             _ => return Err(PodAddressError::MissingHost),
         };
-        let port = url.port().unwrap_or(if tls { 443 } else { 80 });
         let path_prefix = url.path().trim_end_matches('/').to_owned();
         let http_scheme = if tls { "https" } else { "http" };
         let authority = format!("{authority_host}:{port}");
@@ -78,16 +92,8 @@ impl PodAddress {
             authority,
             path_prefix,
             metric_url,
+            socket_addr,
         })
-    }
-}
-
-impl PodAddress {
-    /// The host as it appears in `authority` (IPv6 literals in brackets).
-    pub fn authority_host(&self) -> &str {
-        self.authority
-            .rsplit_once(':')
-            .map_or(self.authority.as_str(), |(host, _)| host)
     }
 }
 
@@ -106,6 +112,15 @@ mod tests {
         assert_eq!(b.port, 8443);
         assert_eq!(b.path_prefix, "/chat");
         assert_eq!(b.metric_url, "https://pod.ns.svc:8443/chat/metric");
+        assert_eq!(b.socket_addr, None, "a name is resolved at each dial");
+    }
+
+    #[test]
+    fn an_ip_literal_is_dialled_as_parsed() {
+        let a = PodAddress::parse("https://10.0.0.7", "/metric").unwrap();
+        assert_eq!(a.socket_addr, Some("10.0.0.7:443".parse().unwrap()));
+        let b = PodAddress::parse("ws://[::1]:9001", "/metric").unwrap();
+        assert_eq!(b.socket_addr, Some("[::1]:9001".parse().unwrap()));
     }
 
     #[test]

@@ -278,9 +278,11 @@ struct Best {
 
 impl Best {
     fn new(k: usize) -> Self {
+        // Allocated at the first pod kept: the ejected pods' list of most
+        // rankings stays empty, and costs nothing then.
         Best {
             k,
-            entries: Vec::with_capacity(k.min(16)),
+            entries: Vec::new(),
         }
     }
 
@@ -310,6 +312,9 @@ impl Best {
             }
         }
         let at = self.entries.partition_point(|e| !before(&entry, e));
+        if self.entries.capacity() == 0 {
+            self.entries.reserve_exact(self.k.min(16));
+        }
         self.entries.insert(at, entry);
     }
 

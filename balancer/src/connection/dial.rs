@@ -250,11 +250,12 @@ pub async fn connect(
     liveness: Liveness,
     connected: &AtomicBool,
 ) -> Result<PodStream, DialError> {
-    // An owned address keeps this future `Send` for any caller lifetime.
-    let target = format!("{}:{}", pod.authority_host(), pod.port);
-    let tcp = TcpStream::connect(target)
-        .await
-        .map_err(DialError::Connect)?;
+    let tcp = match pod.socket_addr {
+        Some(addr) => TcpStream::connect(addr).await,
+        // An owned name keeps this future `Send` for any caller lifetime.
+        None => TcpStream::connect(pod.authority.clone()).await,
+    }
+    .map_err(DialError::Connect)?;
     connected.store(true, Ordering::Relaxed);
     let _ = tcp.set_nodelay(true);
     liveness.apply(&tcp);
@@ -270,6 +271,9 @@ pub async fn connect(
     Ok(Either::Right(Box::new(stream)))
 }
 
+/// Spare room each read of a pod's answer reserves.
+const READ_CHUNK: usize = 2048;
+
 /// Largest response head accepted from a pod.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
@@ -281,7 +285,7 @@ async fn read_more<T: AsyncRead + Unpin>(
     eof_ok: bool,
 ) -> Result<bool, DialError> {
     // Into spare capacity: nothing is zeroed first.
-    buf.reserve(2048);
+    buf.reserve(READ_CHUNK);
     let n = io.read_buf(buf).await?;
     if n == 0 && !eof_ok {
         return Err(DialError::Handshake("pod closed before answering"));
@@ -301,7 +305,9 @@ where
     let request = head;
     io.write_all(request).await?;
     io.flush().await?;
-    let mut buf = Vec::with_capacity(1024);
+    // As much as the first read reserves: no reallocation for a head that
+    // fits in it.
+    let mut buf = Vec::with_capacity(READ_CHUNK);
     let (head, len) = loop {
         read_more(&mut io, &mut buf, false).await?;
         let parsed = ResponseHead::parse(&buf).map_err(|e| match e {

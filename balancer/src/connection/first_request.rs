@@ -36,6 +36,9 @@ pub enum FirstRequest {
     Closed,
 }
 
+/// Spare room each read of the first request reserves.
+const READ_CHUNK: usize = 2048;
+
 /// Reads until the first request head is complete, or is clearly not an
 /// upgrade this module serves, or passes `max_head` bytes. The caller
 /// bounds the time it may take.
@@ -43,10 +46,12 @@ pub async fn read<R: AsyncRead + Unpin>(
     io: &mut R,
     max_head: usize,
 ) -> std::io::Result<FirstRequest> {
-    let mut buf = Vec::with_capacity(1024);
+    // As much as each read reserves: no reallocation for a head that fits
+    // in the first.
+    let mut buf = Vec::with_capacity(READ_CHUNK);
     loop {
         // Into spare capacity: nothing is zeroed first.
-        buf.reserve(2048);
+        buf.reserve(READ_CHUNK);
         let n = io.read_buf(&mut buf).await?;
         if n == 0 {
             return Ok(if buf.is_empty() {
