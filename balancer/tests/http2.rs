@@ -38,7 +38,7 @@ const CLIENT_STREAM_WINDOW: u32 = 64 * 1024;
 struct TlsBalancer {
     balancer: Balancer,
     cert: CertificateDer<'static>,
-    _dir: tempfile::TempDir,
+    _files: support::CertFiles,
 }
 
 async fn tls_balancer(pods: Vec<String>, http2: Option<bool>) -> TlsBalancer {
@@ -51,22 +51,17 @@ async fn tls_balancer_with(
     http2: Option<bool>,
     edit: impl FnOnce(&mut common::Config),
 ) -> TlsBalancer {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let generated = test_server::self_signed::SelfSigned::generate().expect("a certificate");
-    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert_path, generated.cert_pem).expect("write cert");
-    std::fs::write(&key_path, generated.key_pem).expect("write key");
+    let files = support::CertFiles::generate();
     let mut config = support::config(pods);
-    config.tls_cert = Some(cert_path);
-    config.tls_key = Some(key_path);
+    files.serve_with(&mut config);
     config.http2 = http2;
     config.drain_window = Duration::from_millis(300);
     edit(&mut config);
     let balancer = Balancer::start(config).await.expect("balancer starts");
     TlsBalancer {
         balancer,
-        cert: generated.cert_der,
-        _dir: dir,
+        cert: files.generated.cert_der.clone(),
+        _files: files,
     }
 }
 
@@ -190,15 +185,6 @@ async fn echo(ws: &mut StreamWs, text: &str) {
     assert_eq!(got, Message::text(text));
 }
 
-/// `metric{protocol="…"}` from the balancer's `/metrics`.
-async fn protocol_sample(balancer: &Balancer, metric: &str, protocol: &str) -> f64 {
-    support::metric_value(
-        balancer.admin_addr(),
-        &format!("{metric}{{protocol=\"{protocol}\"}}"),
-    )
-    .await
-}
-
 #[tokio::test]
 async fn websockets_over_http2_echo_with_subprotocol_and_close_codes() {
     support::init_logs();
@@ -255,15 +241,15 @@ async fn websockets_over_http2_echo_with_subprotocol_and_close_codes() {
 
     let balancer = &tls.balancer;
     assert_eq!(
-        protocol_sample(balancer, "wsbalancer_handshakes_by_protocol_total", "http2").await,
+        support::by_protocol(balancer, "wsbalancer_handshakes_by_protocol_total", "http2").await,
         2.0
     );
     assert_eq!(
-        protocol_sample(balancer, "wsbalancer_handshakes_by_protocol_total", "http1").await,
+        support::by_protocol(balancer, "wsbalancer_handshakes_by_protocol_total", "http1").await,
         0.0
     );
     assert_eq!(
-        protocol_sample(
+        support::by_protocol(
             balancer,
             "wsbalancer_client_connections_by_protocol_total",
             "http2"
@@ -281,46 +267,23 @@ async fn websockets_over_http2_echo_with_subprotocol_and_close_codes() {
 /// test-server pods choose no extension); `/metric` says 0 connections.
 async fn recording_pod(heads: tokio::sync::mpsc::UnboundedSender<String>) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            let heads = heads.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                let end = loop {
-                    match tcp.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break i + 4;
-                    }
-                };
-                let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                if head.starts_with("GET /metric") {
-                    let _ = tcp.write_all(support::EMPTY_REPORT.as_bytes()).await;
-                    return;
-                }
-                let key = field(&head, "sec-websocket-key").unwrap_or_default();
-                let accept = wsbalancer::wire::accept_key(key.as_bytes());
-                let _ = heads.send(head);
-                let answer = format!(
-                    "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\
-                     connection: Upgrade\r\nsec-websocket-accept: {accept}\r\n\
-                     sec-websocket-extensions: permessage-deflate; server_no_context_takeover\r\n\
-                     sec-websocket-protocol: v2.chat\r\n\r\n"
-                );
-                let _ = tcp.write_all(answer.as_bytes()).await;
-                // Held open until the balancer closes it.
-                let mut rest = Vec::new();
-                let _ = tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut rest)).await;
-            });
+    let addr = support::hand_pod_seeing_heads(move |mut tcp, request| {
+        let _ = heads.send(request.head);
+        async move {
+            let answer = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\
+                 connection: Upgrade\r\nsec-websocket-accept: {}\r\n\
+                 sec-websocket-extensions: permessage-deflate; server_no_context_takeover\r\n\
+                 sec-websocket-protocol: v2.chat\r\n\r\n",
+                request.accept
+            );
+            let _ = tcp.write_all(answer.as_bytes()).await;
+            // Held open until the balancer closes it.
+            let mut rest = Vec::new();
+            let _ = tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut rest)).await;
         }
-    });
+    })
+    .await;
     format!("http://{addr}")
 }
 
@@ -470,7 +433,9 @@ async fn a_drain_closes_every_websocket_then_sends_goaway() {
     for ws in &mut open {
         echo(ws, "before the drain").await;
     }
-    let TlsBalancer { balancer, _dir, .. } = tls;
+    let TlsBalancer {
+        balancer, _files, ..
+    } = tls;
     let drain = tokio::spawn(balancer.drain());
     // Each WebSocket gets the drain's Close (1001) while the connection
     // is still up.
@@ -527,7 +492,7 @@ async fn plain_requests_over_http2_are_proxied_as_http1() {
         assert!(names.split(',').any(|n| n == name), "{name} in {names}");
     }
     assert_eq!(
-        protocol_sample(
+        support::by_protocol(
             &tls.balancer,
             "wsbalancer_client_connections_by_protocol_total",
             "http2"

@@ -25,28 +25,17 @@ use wsbalancer::Balancer;
 /// (Chromium's own start included).
 const PAGE_DEADLINE: Duration = Duration::from_secs(60);
 
-/// `metric{protocol="…"}` from the balancer's `/metrics`, a count.
-async fn protocol_sample(balancer: &Balancer, metric: &str, protocol: &str) -> u64 {
-    let series = format!("{metric}{{protocol=\"{protocol}\"}}");
-    support::metric_value(balancer.admin_addr(), &series).await as u64
-}
-
 #[tokio::test]
 async fn chromium_opens_its_websockets_over_the_pages_http2_connection() {
     support::init_logs();
     let browser = browser().await;
     let pods = support::pods(1).await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let cert = test_server::self_signed::SelfSigned::generate().expect("a certificate");
-    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert_path, &cert.cert_pem).expect("write cert");
-    std::fs::write(&key_path, &cert.key_pem).expect("write key");
+    let files = support::CertFiles::generate();
     let mut config = support::config(pods.iter().map(test_server::Pod::url).collect());
-    config.tls_cert = Some(cert_path);
-    config.tls_key = Some(key_path);
+    files.serve_with(&mut config);
     let balancer = Balancer::start(config).await.expect("balancer starts");
 
-    let spki = ring::digest::digest(&ring::digest::SHA256, &cert.spki_der);
+    let spki = ring::digest::digest(&ring::digest::SHA256, &files.generated.spki_der);
     let spki = base64::engine::general_purpose::STANDARD.encode(spki.as_ref());
     let profile = tempfile::tempdir().expect("a profile dir");
     let mut command = Command::new(&browser);
@@ -79,7 +68,9 @@ async fn chromium_opens_its_websockets_over_the_pages_http2_connection() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let metric = |name, protocol| protocol_sample(&balancer, name, protocol);
+    let scraped = &balancer;
+    let metric =
+        |name, protocol| async move { support::by_protocol(scraped, name, protocol).await as u64 };
     let websockets = u64::try_from(PAGE_WEBSOCKETS).expect("small");
     assert_eq!(
         metric("wsbalancer_handshakes_by_protocol_total", "http2").await,

@@ -209,6 +209,41 @@ pub async fn read_response_head(tcp: &mut TcpStream) -> String {
     String::from_utf8_lossy(&head).into_owned()
 }
 
+/// A certificate made for one test and written to files a balancer's
+/// `tlsCert`/`tlsKey` can name; the files go with it.
+pub struct CertFiles {
+    /// The certificate as generated (PEM, DER, SPKI).
+    pub generated: test_server::self_signed::SelfSigned,
+    /// The certificate's file.
+    pub cert: std::path::PathBuf,
+    /// The key's file.
+    pub key: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl CertFiles {
+    /// A new self-signed certificate, written out.
+    pub fn generate() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let generated = test_server::self_signed::SelfSigned::generate().expect("a certificate");
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert, &generated.cert_pem).expect("write cert");
+        std::fs::write(&key, &generated.key_pem).expect("write key");
+        CertFiles {
+            generated,
+            cert,
+            key,
+            _dir: dir,
+        }
+    }
+
+    /// `config` serving TLS with this certificate.
+    pub fn serve_with(&self, config: &mut Config) {
+        config.tls_cert = Some(self.cert.clone());
+        config.tls_key = Some(self.key.clone());
+    }
+}
+
 /// A pod written by hand, for what test-server will not do: it answers
 /// `/metric` (0 connections) itself and hands every other request to
 /// `on_upgrade` with the stream, the `Sec-WebSocket-Accept` that answers its
@@ -216,6 +251,26 @@ pub async fn read_response_head(tcp: &mut TcpStream) -> String {
 pub async fn hand_pod<F, Fut>(on_upgrade: F) -> SocketAddr
 where
     F: Fn(TcpStream, String, Vec<u8>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    hand_pod_seeing_heads(move |tcp, request| on_upgrade(tcp, request.accept, request.early)).await
+}
+
+/// A request a [`hand_pod_seeing_heads`] pod got (other than `/metric`).
+pub struct HandRequest {
+    /// The request head as it arrived, up to and with its blank line.
+    pub head: String,
+    /// The `Sec-WebSocket-Accept` that answers its key.
+    pub accept: String,
+    /// The bytes read past the head.
+    pub early: Vec<u8>,
+}
+
+/// [`hand_pod`], whose `on_upgrade` also sees the request head: for tests
+/// of what the balancer sends a pod.
+pub async fn hand_pod_seeing_heads<F, Fut>(on_upgrade: F) -> SocketAddr
+where
+    F: Fn(TcpStream, HandRequest) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -251,7 +306,16 @@ where
                     .map(|(_, v)| v.trim().to_owned())
                     .unwrap_or_default();
                 let accept = wsbalancer::wire::accept_key(key.as_bytes());
-                on_upgrade(tcp, accept, buf[end..].to_vec()).await;
+                let early = buf[end..].to_vec();
+                on_upgrade(
+                    tcp,
+                    HandRequest {
+                        head,
+                        accept,
+                        early,
+                    },
+                )
+                .await;
             });
         }
     });
@@ -525,6 +589,13 @@ pub fn masked_text(text: &str) -> Vec<u8> {
     frame.extend_from_slice(&mask);
     frame.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
     frame
+}
+
+/// `metric{protocol="…"}` (the by-protocol families) from `balancer`'s
+/// `/metrics`.
+pub async fn by_protocol(balancer: &Balancer, metric: &str, protocol: &str) -> f64 {
+    let series = format!("{metric}{{protocol=\"{protocol}\"}}");
+    metric_value(balancer.admin_addr(), &series).await
 }
 
 /// The value of one series (`name{labels}` exactly as exported) in a
