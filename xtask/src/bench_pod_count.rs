@@ -17,6 +17,7 @@
 //! holds no descriptor per server without health checks.
 
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -55,6 +56,7 @@ const SETTLE: Duration = Duration::from_secs(3);
 const PODS: &str = "pods";
 const OURS: &str = "wsbalancer";
 const OURS_SHORT_TTL: &str = "wsbalancer-short-ttl";
+const BASELINE: &str = "wsbalancer-baseline";
 
 /// Targets from the issue, stated under the table.
 const MAX_GROWTH_AT_1000: f64 = 1.1;
@@ -85,6 +87,12 @@ pub struct PodCountArgs {
     /// measurement.
     #[arg(long)]
     quick: bool,
+    /// A directory holding another build's `wsbalancer` (an earlier
+    /// commit's `target/release`, say): its handshakes are measured beside
+    /// this build's in the same runs, so that a change is judged against
+    /// its baseline on the same machine at the same moment.
+    #[arg(long, value_name = "DIR")]
+    baseline: Option<PathBuf>,
 }
 
 /// What one sweep measures, from the options.
@@ -95,6 +103,8 @@ struct Plan {
     handshakes: usize,
     idle: Duration,
     haproxy: bool,
+    /// The baseline build's `wsbalancer`, when one is compared.
+    baseline: Option<PathBuf>,
 }
 
 impl PodCountArgs {
@@ -103,6 +113,16 @@ impl PodCountArgs {
             bail!("--pods: each count must be 1 to {MAX_PODS}");
         }
         let haproxy = !self.no_peers && Peer::Haproxy.binary().is_some();
+        let baseline = match &self.baseline {
+            Some(dir) => {
+                let program = dir.join("wsbalancer");
+                if !program.is_file() {
+                    bail!("--baseline: no wsbalancer binary in {}", dir.display());
+                }
+                Some(program)
+            }
+            None => None,
+        };
         Ok(if self.quick {
             Plan {
                 pods: self.pods.clone(),
@@ -110,6 +130,7 @@ impl PodCountArgs {
                 handshakes: QUICK_HANDSHAKES,
                 idle: QUICK_IDLE,
                 haproxy,
+                baseline,
             }
         } else {
             Plan {
@@ -118,6 +139,7 @@ impl PodCountArgs {
                 handshakes: HANDSHAKES,
                 idle: self.idle,
                 haproxy,
+                baseline,
             }
         })
     }
@@ -134,6 +156,9 @@ struct Step {
     /// The same for HAProxy (empty without it).
     haproxy_cpu: Vec<f64>,
     haproxy_rate: Vec<f64>,
+    /// The same for the baseline build (empty without one).
+    baseline_cpu: Vec<f64>,
+    baseline_rate: Vec<f64>,
     /// Idle CPU, % of one core: wsbalancer at the default and the short
     /// `cacheTTL`, HAProxy.
     idle_default: Vec<f64>,
@@ -198,6 +223,17 @@ async fn step(
         url: ours.ws_url(),
         pid: ours.pid,
     }];
+    if let Some(program) = &plan.baseline {
+        let args = ["--log-level", "warn"];
+        let baseline =
+            harness::start_balancer_from(procs, BASELINE, program, &addrs, PROXY_CORE, args)
+                .await?;
+        subjects.push(Subject {
+            name: BASELINE,
+            url: baseline.ws_url(),
+            pid: baseline.pid,
+        });
+    }
     if plan.haproxy {
         let (addr, pid) = Peer::Haproxy
             .start(procs, Peer::Haproxy.program(), dir, &addrs, PROXY_CORE)
@@ -230,20 +266,25 @@ async fn step(
                 "    handshakes {}: {per:.1} µs each, {rate:.0} connections/s",
                 subject.name
             );
-            if subject.name == OURS {
-                figures.ours_cpu.push(per);
-                figures.ours_rate.push(rate);
-            } else {
-                figures.haproxy_cpu.push(per);
-                figures.haproxy_rate.push(rate);
-            }
+            let (cpus, rates) = match subject.name {
+                OURS => (&mut figures.ours_cpu, &mut figures.ours_rate),
+                BASELINE => (&mut figures.baseline_cpu, &mut figures.baseline_rate),
+                _ => (&mut figures.haproxy_cpu, &mut figures.haproxy_rate),
+            };
+            cpus.push(per);
+            rates.push(rate);
         }
         // The short-TTL balancer lives for its window only, so that its
         // polls never run beside a handshake measure.
         let short = start_ours(procs, OURS_SHORT_TTL, &addrs, &["--cache-ttl", SHORT_TTL]).await?;
         tokio::time::sleep(SETTLE).await;
         let mut pids = vec![ours.pid, short.pid];
-        pids.extend(subjects.get(1).map(|s| s.pid));
+        pids.extend(
+            subjects
+                .iter()
+                .find(|s| s.name == Peer::Haproxy.name())
+                .map(|s| s.pid),
+        );
         let idle = idle_percent(&pids, plan.idle).await?;
         println!(
             "    idle over {:?}: wsbalancer {:.2}% (cacheTTL 30s), {:.2}% (cacheTTL {SHORT_TTL}){}",
@@ -260,6 +301,7 @@ async fn step(
         procs.stop(OURS_SHORT_TTL).await;
     }
     procs.stop(Peer::Haproxy.program()).await;
+    procs.stop(BASELINE).await;
     procs.stop(OURS).await;
     procs.stop(PODS).await;
     Ok(figures)
@@ -344,6 +386,9 @@ fn report(plan: &Plan, steps: &[Step], haproxy: &str) -> String {
             median(s.idle_short.clone()),
         );
     }
+    if let Some(program) = &plan.baseline {
+        let _ = write!(out, "{}", baseline_table(steps, program));
+    }
     let _ = writeln!(out, "\nTargets (issue 18):");
     for line in targets(steps) {
         let _ = writeln!(out, "- {line}");
@@ -368,6 +413,31 @@ fn report(plan: &Plan, steps: &[Step], haproxy: &str) -> String {
         out,
         "- Cores: each proxy pinned to core 0; the pods (one test-server process) and test-client to core 1 (`taskset`)."
     );
+    out
+}
+
+/// This build against the baseline build, measured in the same runs.
+fn baseline_table(steps: &[Step], program: &Path) -> String {
+    let mut out = format!(
+        "\nAgainst the baseline build `{}`, in the same runs:\n\n",
+        program.display()
+    );
+    let _ = writeln!(
+        out,
+        "| pods | wsbalancer µs/handshake | baseline µs/handshake | wsbalancer / baseline CPU | conns/s wsbalancer / baseline |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|");
+    for s in steps {
+        let cpu = median(s.ours_cpu.clone());
+        let baseline = median(s.baseline_cpu.clone());
+        let rate = median(s.ours_rate.clone()) / median(s.baseline_rate.clone());
+        let _ = writeln!(
+            out,
+            "| {} | {cpu:.1} | {baseline:.1} | {:.2}x | {rate:.2}x |",
+            thousands(s.pods),
+            cpu / baseline,
+        );
+    }
     out
 }
 
@@ -432,7 +502,21 @@ mod tests {
             idle_default: vec![idle],
             idle_short: vec![idle * 15.0],
             idle_haproxy: haproxy.map(|_| 0.0).into_iter().collect(),
+            ..Step::default()
         }
+    }
+
+    #[test]
+    fn the_baseline_table_divides_this_build_by_the_baseline() {
+        let mut three = step(3, 90.0, None, 0.1);
+        three.baseline_cpu = vec![100.0, 80.0, 120.0];
+        three.baseline_rate = vec![800.0];
+        let table = super::baseline_table(&[three], std::path::Path::new("/b/wsbalancer"));
+        assert!(table.contains("`/b/wsbalancer`"), "{table}");
+        assert!(
+            table.contains("| 3 | 90.0 | 100.0 | 0.90x | 1.25x |"),
+            "{table}"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use std::ffi::OsStr;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -70,8 +71,21 @@ pub async fn start_balancer<S: AsRef<OsStr>>(
     core: Option<u32>,
     args: impl IntoIterator<Item = S>,
 ) -> anyhow::Result<Balancer> {
+    start_balancer_from(procs, name, &bin("wsbalancer"), pods, core, args).await
+}
+
+/// [`start_balancer`] with the binary at `program`: another build (an
+/// earlier commit's, say) measured beside this one in the same run.
+pub async fn start_balancer_from<S: AsRef<OsStr>>(
+    procs: &mut Procs,
+    name: &str,
+    program: &Path,
+    pods: &[SocketAddr],
+    core: Option<u32>,
+    args: impl IntoIterator<Item = S>,
+) -> anyhow::Result<Balancer> {
     let pods: Vec<String> = pods.iter().map(|a| format!("http://{a}")).collect();
-    let mut cmd = pinned(core, bin("wsbalancer"));
+    let mut cmd = pinned(core, program);
     cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .args(["--pods", &pods.join(",")])
         .args(args);

@@ -16,7 +16,7 @@ mod probes;
 mod procs;
 mod wait;
 
-pub use balancer::{Balancer, start_balancer};
+pub use balancer::{Balancer, start_balancer, start_balancer_from};
 pub use bins::{bin, pinned, use_bin_dir, workspace_root};
 pub use net::{free_port, http_get};
 pub use pods::{Pod, pod_connections, pod_counts, spread, start_pod, start_pods};
