@@ -3,7 +3,9 @@
 //! HTTP/1.1: echo, the subprotocol and extension headers both ways, close
 //! codes end to end, a hundred WebSockets on one connection where one
 //! stalled stream blocks none of the others, a drain that closes them all
-//! before its GOAWAY, plain requests over HTTP/2, and `http2: false`.
+//! before its GOAWAY, plain requests over HTTP/2, and `http2: false`; a
+//! pod's 2xx to the upgrade answered 502, and a client that never answers
+//! the GOAWAY's PING dropped rather than held.
 
 mod support;
 
@@ -578,4 +580,88 @@ async fn an_http2_connection_with_no_stream_is_closed_after_handshake_timeout() 
     assert!(!carrying.is_finished());
     echo(&mut ws, "still here").await;
     tls.balancer.shutdown(DEADLINE).await;
+}
+
+#[tokio::test]
+async fn a_pod_that_answers_the_upgrade_with_a_2xx_is_a_502_over_http2() {
+    use tokio::io::AsyncWriteExt;
+    support::init_logs();
+    // Over HTTP/2 a 2xx to the CONNECT is what opens a WebSocket: passed
+    // through, this pod's 200 would open one that is not there.
+    let pod = support::hand_pod(|mut tcp, _accept, _early| async move {
+        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        let _ = tcp.write_all(answer).await;
+    })
+    .await;
+    let tls = tls_balancer(vec![format!("http://{pod}")], None).await;
+    let (mut send, conn) = h2_connect(&tls).await;
+    let response = within(
+        "the CONNECT's answer",
+        send.send_request(connect_request(&[])),
+    )
+    .await
+    .expect("an answer");
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    // Only that stream failed: the connection serves the next request.
+    let next = within("a plain request", send.send_request(get("/metric")))
+        .await
+        .expect("the connection still serves");
+    assert_eq!(next.status(), StatusCode::OK);
+    assert!(!conn.is_finished());
+    tls.balancer.shutdown(DEADLINE).await;
+}
+
+#[tokio::test]
+async fn a_client_that_never_answers_the_goaway_ping_is_dropped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    support::init_logs();
+    let pods = support::pods(1).await;
+    let tls = tls_balancer_with(
+        pods.iter().map(test_server::Pod::url).collect(),
+        None,
+        |c| {
+            c.handshake_timeout = Duration::from_secs(1);
+        },
+    )
+    .await;
+    let (mut stream, alpn) = tls_connect(&tls).await;
+    assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+    // The client preface and an empty SETTINGS frame, then silence: no
+    // stream (so the connection goes idle and gets its GOAWAY), and no
+    // acknowledgement of the PING a graceful GOAWAY waits on.
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+    within("the preface", stream.write_all(preface))
+        .await
+        .expect("sent");
+    within("the preface", stream.flush()).await.expect("sent");
+    let mut got = Vec::new();
+    within("the balancer dropping the connection", async {
+        // A TLS stream dropped without close_notify reads as an error.
+        while let Ok(1..) = stream.read_buf(&mut got).await {}
+    })
+    .await;
+    let types = frame_types(&got);
+    for (kind, name) in [(0x4, "SETTINGS"), (0x7, "GOAWAY"), (0x6, "PING")] {
+        assert!(
+            types.contains(&kind),
+            "the balancer sent its {name}: frame types {types:?}"
+        );
+    }
+    tls.balancer.shutdown(DEADLINE).await;
+}
+
+/// The type of each whole HTTP/2 frame in `bytes` (RFC 9113 section 4.1:
+/// a 24-bit length, a type, flags and a stream id, then the payload).
+fn frame_types(bytes: &[u8]) -> Vec<u8> {
+    let mut types = Vec::new();
+    let mut rest = bytes;
+    while let [a, b, c, kind, _flags, _s0, _s1, _s2, _s3, payload @ ..] = rest {
+        let length = usize::from(*a) << 16 | usize::from(*b) << 8 | usize::from(*c);
+        let Some(next) = payload.get(length..) else {
+            break;
+        };
+        types.push(*kind);
+        rest = next;
+    }
+    types
 }

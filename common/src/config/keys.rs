@@ -367,9 +367,10 @@ pub fn keep_restart_only(
     let running_values = to_map(running)?;
     let mut new_values = to_map(new)?;
     let mut changed = Vec::new();
-    for name in restart_only() {
+    for key in TABLE.iter().filter(|key| key.reload == Reload::Restart) {
+        let name = key.name;
         let kept = running_values.get(name);
-        if new_values.get(name) == kept {
+        if key.means(new_values.get(name)) == key.means(kept) {
             continue;
         }
         changed.push(name);
@@ -383,6 +384,22 @@ pub fn keep_restart_only(
         *new = serde_json::from_value(Value::Object(new_values))?;
     }
     Ok(changed)
+}
+
+impl Key {
+    /// What a serialized value of this key means: an unset key whose
+    /// default is [`Shown::WithTls`] means that value (with `tlsCert`, which
+    /// is compared on its own; without it the key does nothing either way),
+    /// so that a reload that writes out the default (`http2: true` where it
+    /// was unset) is no change.
+    fn means(&self, value: Option<&Value>) -> Option<Value> {
+        match (value, self.default) {
+            (None | Some(Value::Null), Shown::WithTls(default)) => {
+                serde_json::from_str(default).ok()
+            }
+            (value, _) => value.cloned(),
+        }
+    }
 }
 
 /// `config` serialized, by key name.
@@ -573,14 +590,7 @@ mod tests {
         let changed = keep_restart_only(&running, &mut new).expect("copies");
         assert_eq!(
             changed,
-            [
-                "listen",
-                "drainWindow",
-                "tlsCert",
-                "tlsKey",
-                "http2",
-                "discovery"
-            ]
+            ["listen", "drainWindow", "tlsCert", "tlsKey", "discovery"]
         );
         assert_eq!(new.listen, running.listen);
         assert_eq!(new.drain_window, running.drain_window);
@@ -595,13 +605,36 @@ mod tests {
         let mut back = Config::default();
         assert_eq!(
             keep_restart_only(&every_key_set(), &mut back).expect("copies"),
-            ["tlsCert", "tlsKey", "http2", "discovery"]
+            ["tlsCert", "tlsKey", "discovery"]
         );
         assert_eq!(back.tls_cert, every_key_set().tls_cert);
         assert_eq!(
             keep_restart_only(&back, &mut back.clone()).expect("copies"),
             [] as [&str; 0]
         );
+    }
+
+    #[test]
+    fn writing_out_a_default_that_depends_on_tls_is_no_change() {
+        let running = Config {
+            tls_cert: Some("/etc/tls/cert.pem".into()),
+            tls_key: Some("/etc/tls/key.pem".into()),
+            ..Config::default()
+        };
+        let mut new = running.clone();
+        new.http2 = Some(true);
+        assert_eq!(
+            keep_restart_only(&running, &mut new).expect("copies"),
+            [] as [&str; 0],
+            "unset means true with tlsCert"
+        );
+        new.http2 = Some(false);
+        assert_eq!(
+            keep_restart_only(&running, &mut new).expect("copies"),
+            ["http2"]
+        );
+        assert_eq!(new.http2, None, "the running value is kept");
+        assert!(new.http2_enabled());
     }
 
     #[test]
