@@ -10,6 +10,14 @@
 //! to core 1, every figure is the median of the runs, and the subjects
 //! alternate within each run so that a noisy moment hits them all.
 //!
+//! Ratios are paired: each is the median over the runs of that run's
+//! ratio, so that a slow moment of the machine, which hits every subject
+//! of a run, cancels out. For the growth with the pod count, each pod
+//! count after the first also runs a reference wsbalancer of this build in
+//! front of the first count's number of those same pods, measured in the
+//! same runs: the growth ratio compares two balancers measured a second
+//! apart, not two steps measured minutes apart.
+//!
 //! Descriptors: each pod listens on its own port and keeps a pooled poll
 //! connection from each balancer, about 3 per pod in the test-server
 //! process, under the 20,000 hard limit up to [`MAX_PODS`]. HAProxy's
@@ -57,6 +65,7 @@ const PODS: &str = "pods";
 const OURS: &str = "wsbalancer";
 const OURS_SHORT_TTL: &str = "wsbalancer-short-ttl";
 const BASELINE: &str = "wsbalancer-baseline";
+const REFERENCE: &str = "wsbalancer-reference";
 
 /// Targets from the issue, stated under the table.
 const MAX_GROWTH_AT_1000: f64 = 1.1;
@@ -159,6 +168,12 @@ struct Step {
     /// The same for the baseline build (empty without one).
     baseline_cpu: Vec<f64>,
     baseline_rate: Vec<f64>,
+    /// How many pods the reference balancer is in front of: the first pod
+    /// count of the sweep (0, and no reference, at that count itself).
+    reference_pods: usize,
+    /// The same for the reference balancer (empty without one).
+    reference_cpu: Vec<f64>,
+    reference_rate: Vec<f64>,
     /// Idle CPU, % of one core: wsbalancer at the default and the short
     /// `cacheTTL`, HAProxy.
     idle_default: Vec<f64>,
@@ -223,6 +238,16 @@ async fn step(
         url: ours.ws_url(),
         pid: ours.pid,
     }];
+    let first = plan.pods.first().copied().unwrap_or(pods);
+    let reference_pods = if first < pods { first } else { 0 };
+    if reference_pods > 0 {
+        let reference = start_ours(procs, REFERENCE, &addrs[..reference_pods], &[]).await?;
+        subjects.push(Subject {
+            name: REFERENCE,
+            url: reference.ws_url(),
+            pid: reference.pid,
+        });
+    }
     if let Some(program) = &plan.baseline {
         let args = ["--log-level", "warn"];
         let baseline =
@@ -246,6 +271,7 @@ async fn step(
     }
     let mut figures = Step {
         pods,
+        reference_pods,
         ..Step::default()
     };
     let conns = bench_relay::args(plan.handshakes, CONCURRENCY, 0, 16);
@@ -269,6 +295,7 @@ async fn step(
             let (cpus, rates) = match subject.name {
                 OURS => (&mut figures.ours_cpu, &mut figures.ours_rate),
                 BASELINE => (&mut figures.baseline_cpu, &mut figures.baseline_rate),
+                REFERENCE => (&mut figures.reference_cpu, &mut figures.reference_rate),
                 _ => (&mut figures.haproxy_cpu, &mut figures.haproxy_rate),
             };
             cpus.push(per);
@@ -302,6 +329,7 @@ async fn step(
     }
     procs.stop(Peer::Haproxy.program()).await;
     procs.stop(BASELINE).await;
+    procs.stop(REFERENCE).await;
     procs.stop(OURS).await;
     procs.stop(PODS).await;
     Ok(figures)
@@ -344,7 +372,7 @@ fn report(plan: &Plan, steps: &[Step], haproxy: &str) -> String {
     let first = steps.first().map_or(0, |s| s.pods);
     let _ = writeln!(
         out,
-        "Per pod count: {} handshakes (open + close, no messages) at concurrency {CONCURRENCY} through each proxy, proxy CPU per handshake from /proc; idle CPU over {:?} with no client. Median of {} run{}.\n",
+        "Per pod count: {} handshakes (open + close, no messages) at concurrency {CONCURRENCY} through each proxy, proxy CPU per handshake from /proc; idle CPU over {:?} with no client. Median of {} run{}; each ratio is the median of the runs' own ratios, and \"vs {first} pods\" compares with a wsbalancer in front of {first} of the same pods measured in the same runs.\n",
         thousands(plan.handshakes),
         plan.idle,
         plan.runs,
@@ -355,22 +383,24 @@ fn report(plan: &Plan, steps: &[Step], haproxy: &str) -> String {
         "| pods | wsbalancer µs/handshake | vs {first} pods | wsbalancer conns/s | HAProxy µs/handshake | wsbalancer / HAProxy CPU | conns/s wsbalancer / HAProxy | idle CPU, cacheTTL 30s | idle CPU, cacheTTL {SHORT_TTL} | HAProxy idle CPU |"
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
-    let base = steps
-        .first()
-        .map_or(f64::NAN, |s| median(s.ours_cpu.clone()));
     for s in steps {
         let cpu = median(s.ours_cpu.clone());
         let rate = median(s.ours_rate.clone());
-        let (haproxy_cpu, cpu_ratio, rate_ratio) = if s.haproxy_cpu.is_empty() {
-            ("–".to_owned(), "–".to_owned(), "–".to_owned())
-        } else {
-            let haproxy_cpu = median(s.haproxy_cpu.clone());
-            let haproxy_rate = median(s.haproxy_rate.clone());
-            (
-                format!("{haproxy_cpu:.1}"),
-                format!("{:.2}x", cpu / haproxy_cpu),
-                format!("{:.2}x", rate / haproxy_rate),
-            )
+        let growth = match s.growth() {
+            Some(growth) => format!("{growth:.2}x"),
+            None if s.pods == first => "1.00x".to_owned(),
+            None => "–".to_owned(),
+        };
+        let (haproxy_cpu, cpu_ratio, rate_ratio) = match (
+            paired(&s.ours_cpu, &s.haproxy_cpu),
+            paired(&s.ours_rate, &s.haproxy_rate),
+        ) {
+            (Some(cpu_ratio), Some(rate_ratio)) => (
+                format!("{:.1}", median(s.haproxy_cpu.clone())),
+                format!("{cpu_ratio:.2}x"),
+                format!("{rate_ratio:.2}x"),
+            ),
+            _ => ("–".to_owned(), "–".to_owned(), "–".to_owned()),
         };
         let haproxy_idle = if s.idle_haproxy.is_empty() {
             "–".to_owned()
@@ -379,9 +409,8 @@ fn report(plan: &Plan, steps: &[Step], haproxy: &str) -> String {
         };
         let _ = writeln!(
             out,
-            "| {} | {cpu:.1} | {:.2}x | {rate:.0} | {haproxy_cpu} | {cpu_ratio} | {rate_ratio} | {:.2}% | {:.2}% | {haproxy_idle} |",
+            "| {} | {cpu:.1} | {growth} | {rate:.0} | {haproxy_cpu} | {cpu_ratio} | {rate_ratio} | {:.2}% | {:.2}% | {haproxy_idle} |",
             thousands(s.pods),
-            cpu / base,
             median(s.idle_default.clone()),
             median(s.idle_short.clone()),
         );
@@ -430,15 +459,38 @@ fn baseline_table(steps: &[Step], program: &Path) -> String {
     for s in steps {
         let cpu = median(s.ours_cpu.clone());
         let baseline = median(s.baseline_cpu.clone());
-        let rate = median(s.ours_rate.clone()) / median(s.baseline_rate.clone());
+        let ratio = |ours: &[f64], theirs: &[f64]| {
+            paired(ours, theirs).map_or("–".to_owned(), |r| format!("{r:.2}x"))
+        };
         let _ = writeln!(
             out,
-            "| {} | {cpu:.1} | {baseline:.1} | {:.2}x | {rate:.2}x |",
+            "| {} | {cpu:.1} | {baseline:.1} | {} | {} |",
             thousands(s.pods),
-            cpu / baseline,
+            ratio(&s.ours_cpu, &s.baseline_cpu),
+            ratio(&s.ours_rate, &s.baseline_rate),
         );
     }
     out
+}
+
+impl Step {
+    /// CPU per handshake against the reference balancer's (in front of
+    /// `reference_pods` of the same pods), paired run by run; `None`
+    /// without a reference.
+    fn growth(&self) -> Option<f64> {
+        paired(&self.ours_cpu, &self.reference_cpu)
+    }
+}
+
+/// The median over the runs of each run's `ours / theirs`; `None` when
+/// `theirs` was not measured.
+fn paired(ours: &[f64], theirs: &[f64]) -> Option<f64> {
+    if theirs.is_empty() || ours.len() != theirs.len() {
+        return None;
+    }
+    Some(median(
+        ours.iter().zip(theirs).map(|(a, b)| a / b).collect(),
+    ))
 }
 
 /// Each target of the issue with this run's figure and whether it is met;
@@ -447,9 +499,11 @@ fn targets(steps: &[Step]) -> Vec<String> {
     let at = |n: usize| steps.iter().find(|s| s.pods == n);
     let verdict = |met: bool| if met { "met" } else { "NOT met" };
     let mut lines = Vec::new();
-    lines.push(match (at(3), at(1000)) {
-        (Some(three), Some(thousand)) => {
-            let ratio = median(thousand.ours_cpu.clone()) / median(three.ours_cpu.clone());
+    let growth = at(1000)
+        .filter(|s| s.reference_pods == 3)
+        .and_then(Step::growth);
+    lines.push(match growth {
+        Some(ratio) => {
             format!(
                 "CPU per handshake at 1,000 pods ≤ {MAX_GROWTH_AT_1000} × the 3-pod figure: {ratio:.2}x, {}.",
                 verdict(ratio <= MAX_GROWTH_AT_1000)
@@ -459,10 +513,14 @@ fn targets(steps: &[Step]) -> Vec<String> {
             "CPU per handshake at 1,000 pods ≤ {MAX_GROWTH_AT_1000} × the 3-pod figure: not measured."
         ),
     });
-    lines.push(match at(3).filter(|s| !s.haproxy_cpu.is_empty()) {
-        Some(three) => {
-            let cpu = median(three.ours_cpu.clone()) / median(three.haproxy_cpu.clone());
-            let rate = median(three.ours_rate.clone()) / median(three.haproxy_rate.clone());
+    let against_haproxy = at(3).and_then(|three| {
+        Some((
+            paired(&three.ours_cpu, &three.haproxy_cpu)?,
+            paired(&three.ours_rate, &three.haproxy_rate)?,
+        ))
+    });
+    lines.push(match against_haproxy {
+        Some((cpu, rate)) => {
             format!(
                 "At 3 pods, CPU per handshake ≤ {MAX_CPU_VS_HAPROXY} × HAProxy's: {cpu:.2}x, {}; connections/s ≥ HAProxy's: {rate:.2}x, {}.",
                 verdict(cpu <= MAX_CPU_VS_HAPROXY),
@@ -495,6 +553,9 @@ mod tests {
     fn step(pods: usize, cpu: f64, haproxy: Option<f64>, idle: f64) -> Step {
         Step {
             pods,
+            reference_pods: if pods > 3 { 3 } else { 0 },
+            reference_cpu: if pods > 3 { vec![40.0] } else { vec![] },
+            reference_rate: if pods > 3 { vec![1000.0] } else { vec![] },
             ours_cpu: vec![cpu],
             ours_rate: vec![1000.0],
             haproxy_cpu: haproxy.into_iter().collect(),
@@ -509,7 +570,7 @@ mod tests {
     #[test]
     fn the_baseline_table_divides_this_build_by_the_baseline() {
         let mut three = step(3, 90.0, None, 0.1);
-        three.baseline_cpu = vec![100.0, 80.0, 120.0];
+        three.baseline_cpu = vec![100.0];
         three.baseline_rate = vec![800.0];
         let table = super::baseline_table(&[three], std::path::Path::new("/b/wsbalancer"));
         assert!(table.contains("`/b/wsbalancer`"), "{table}");
@@ -517,6 +578,21 @@ mod tests {
             table.contains("| 3 | 90.0 | 100.0 | 0.90x | 1.25x |"),
             "{table}"
         );
+    }
+
+    #[test]
+    fn ratios_pair_each_run_with_its_own_run() {
+        // A slow second run slows both subjects: paired, the ratio stays.
+        let ours = [100.0, 200.0, 110.0];
+        let theirs = [100.0, 200.0, 100.0];
+        assert_eq!(super::paired(&ours, &theirs), Some(1.0));
+        assert_eq!(super::paired(&ours, &[]), None, "not measured");
+        let mut thousand = step(1000, 0.0, None, 0.1);
+        thousand.ours_cpu = vec![50.0, 100.0, 90.0];
+        thousand.reference_cpu = vec![40.0, 100.0, 60.0];
+        assert_eq!(thousand.growth(), Some(1.25));
+        let lines = super::targets(&[thousand]);
+        assert!(lines[0].contains("1.25x, NOT met"), "{}", lines[0]);
     }
 
     #[test]
