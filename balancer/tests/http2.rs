@@ -556,9 +556,9 @@ async fn a_pod_that_fails_before_its_answer_is_failed_over_as_over_http1() {
     tls.balancer.shutdown(DEADLINE).await;
 }
 
-#[tokio::test]
-async fn an_http2_connection_with_no_stream_is_closed_after_handshake_timeout() {
-    support::init_logs();
+/// One pod behind a TLS balancer whose `handshakeTimeout` is 1s, for the
+/// idle-connection tests; the pod lives as long as what is returned.
+async fn one_pod_and_a_short_handshake_timeout() -> (Vec<test_server::Pod>, TlsBalancer) {
     let pods = support::pods(1).await;
     let tls = tls_balancer_with(
         pods.iter().map(test_server::Pod::url).collect(),
@@ -568,6 +568,13 @@ async fn an_http2_connection_with_no_stream_is_closed_after_handshake_timeout() 
         },
     )
     .await;
+    (pods, tls)
+}
+
+#[tokio::test]
+async fn an_http2_connection_with_no_stream_is_closed_after_handshake_timeout() {
+    support::init_logs();
+    let (_pods, tls) = one_pod_and_a_short_handshake_timeout().await;
     let (mut send, carrying) = h2_connect(&tls).await;
     let (mut ws, _) = open_ws(&mut send, &[]).await;
     // A second connection, its one request answered, then nothing.
@@ -615,15 +622,7 @@ async fn a_pod_that_answers_the_upgrade_with_a_2xx_is_a_502_over_http2() {
 async fn a_client_that_never_answers_the_goaway_ping_is_dropped() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     support::init_logs();
-    let pods = support::pods(1).await;
-    let tls = tls_balancer_with(
-        pods.iter().map(test_server::Pod::url).collect(),
-        None,
-        |c| {
-            c.handshake_timeout = Duration::from_secs(1);
-        },
-    )
-    .await;
+    let (_pods, tls) = one_pod_and_a_short_handshake_timeout().await;
     let (mut stream, alpn) = tls_connect(&tls).await;
     assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
     // The client preface and an empty SETTINGS frame, then silence: no

@@ -72,24 +72,25 @@ async fn chromium_opens_its_websockets_over_the_pages_http2_connection() {
     let metric =
         |name, protocol| async move { support::by_protocol(scraped, name, protocol).await as u64 };
     let websockets = u64::try_from(PAGE_WEBSOCKETS).expect("small");
-    assert_eq!(
+    let handshakes = (
         metric("wsbalancer_handshakes_by_protocol_total", "http2").await,
-        websockets,
-        "every WebSocket was an extended CONNECT"
-    );
-    assert_eq!(
         metric("wsbalancer_handshakes_by_protocol_total", "http1").await,
-        0,
-        "none was an HTTP/1.1 upgrade"
     );
-    let connections = metric("wsbalancer_client_connections_by_protocol_total", "http2").await;
-    assert!(
-        (1..websockets).contains(&connections),
-        "{PAGE_WEBSOCKETS} WebSockets shared the page's HTTP/2 connections: {connections}"
-    );
-    assert_eq!(
+    let connections = (
+        metric("wsbalancer_client_connections_by_protocol_total", "http2").await,
         metric("wsbalancer_client_connections_by_protocol_total", "http1").await,
-        0
+    );
+    // Every figure in each message, so that a failure says what Chromium
+    // did instead.
+    let seen = format!("handshakes (http2, http1) {handshakes:?}, connections {connections:?}");
+    assert_eq!(
+        handshakes,
+        (websockets, 0),
+        "every WebSocket was an extended CONNECT, none an HTTP/1.1 upgrade: {seen}"
+    );
+    assert!(
+        (1..websockets).contains(&connections.0) && connections.1 == 0,
+        "{PAGE_WEBSOCKETS} WebSockets shared the page's HTTP/2 connections: {seen}"
     );
     drop(chromium);
     balancer.shutdown(DEADLINE).await;

@@ -438,8 +438,10 @@ async fn clients_past_their_maximum_age_close_and_reconnect() {
     assert!(report.all_ok(), "{}", report.render());
     let r = reconnects(&report);
     assert!(r.aged_out >= 4, "{r:?}");
+    // A client stopped between its age-out and its reconnect (in its
+    // backoff) is not connected at the end.
     assert!(
-        r.reconnects >= r.aged_out,
+        r.reconnects + r.not_connected >= r.aged_out,
         "each age-out is followed by a reconnect: {r:?}"
     );
     // The clients closed these themselves: no close from the far side.
