@@ -203,12 +203,12 @@ async fn main() -> anyhow::Result<ExitCode> {
     };
     let json = serde_json::to_string_pretty(&report)?;
     match args.json.as_deref() {
-        Some(_) if stdout_json => println!("{json}"),
+        Some(_) if stdout_json => to_stdout(&format!("{json}\n"))?,
         Some(path) => {
             std::fs::write(path, &json).with_context(|| format!("writing {}", path.display()))?;
-            print!("{}", report.render());
+            to_stdout(&report.render())?;
         }
-        None => print!("{}", report.render()),
+        None => to_stdout(&report.render())?,
     }
     let failed = if args.fail_on.is_empty() {
         !report.all_ok()
@@ -276,4 +276,15 @@ async fn in_workers(options: &LoadOptions, workers: usize) -> anyhow::Result<tes
         reports.push(report);
     }
     test_client::report::merge(&reports).context("no worker ran")
+}
+
+/// Writes `text` to stdout. A reader that went away (`| head`) is not an
+/// error: the exit code still says how the run went.
+fn to_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        result => result.context("writing to stdout"),
+    }
 }

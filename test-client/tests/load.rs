@@ -108,6 +108,32 @@ async fn binary_writes_json_and_sets_the_exit_code() {
     assert!(String::from_utf8_lossy(&failing.stdout).contains("http 404"));
 }
 
+#[tokio::test]
+async fn a_reader_that_went_away_does_not_fail_the_run() {
+    let pod = Pod::start(PodOptions::new("solo")).await.unwrap();
+    // A pipe whose reading end is closed before the report is written, as
+    // with `test-client ... | head -c 10`.
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_test-client"))
+        .args(["--url", &format!("ws://{}/ws", pod.addr())])
+        .args(["--connections", "2", "--hold", "0s", "--json", "-"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        // Spawned, not `output()`, which would pipe stdout itself.
+        .spawn()
+        .expect("test-client starts")
+        .wait_with_output();
+    let done = tokio::time::timeout(std::time::Duration::from_secs(30), run)
+        .await
+        .expect("test-client ends within 30s")
+        .expect("test-client's status");
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(done.status.code(), Some(0), "{stderr}");
+}
+
 /// The percentiles come from the histogram the JSON carries.
 fn assert_consistent(report: &Report) {
     for p in [&report.handshake_ms, &report.round_trip_ms] {
