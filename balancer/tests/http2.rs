@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::{Method, Request, StatusCode};
-use http_body_util::Empty;
+use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -609,6 +609,15 @@ async fn a_pod_that_answers_the_upgrade_with_a_2xx_is_a_502_over_http2() {
     .await
     .expect("an answer");
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    let body = within("the 502's body", response.into_body().collect())
+        .await
+        .expect("a body")
+        .to_bytes();
+    let body = String::from_utf8_lossy(&body);
+    assert!(
+        body.contains("without switching"),
+        "why it is a 502: {body}"
+    );
     // Only that stream failed: the connection serves the next request.
     let next = within("a plain request", send.send_request(get("/metric")))
         .await

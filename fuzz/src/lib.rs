@@ -451,7 +451,7 @@ pub fn status_body(data: &[u8]) {
             body.extend_from_slice(b"\r\n");
         }
     }
-    if data.len() % 2 == 0 {
+    if data.len().is_multiple_of(2) {
         body.extend_from_slice(b"0\r\n\r\n");
     }
     if let Some(decoded) = wire::decode_chunked(&body) {

@@ -118,8 +118,14 @@ struct Plan {
 
 impl PodCountArgs {
     fn plan(&self) -> anyhow::Result<Plan> {
-        if self.pods.is_empty() || self.pods.iter().any(|&n| n == 0 || n > MAX_PODS) {
-            bail!("--pods: each count must be 1 to {MAX_PODS}");
+        // A baseline balancer keeps a fourth poll connection per pod.
+        let max = if self.baseline.is_some() {
+            MAX_PODS / 4 * 3
+        } else {
+            MAX_PODS
+        };
+        if self.pods.is_empty() || self.pods.iter().any(|&n| n == 0 || n > max) {
+            bail!("--pods: each count must be 1 to {max}");
         }
         let haproxy = !self.no_peers && Peer::Haproxy.binary().is_some();
         let baseline = match &self.baseline {
@@ -436,7 +442,7 @@ fn report(plan: &Plan, steps: &[Step], haproxy: &str) -> String {
     }
     let _ = writeln!(
         out,
-        "- wsbalancer: `--log-level warn`, default `cacheTTL` (30s: each pod polled every 15s ±10%); the {SHORT_TTL} column is a second balancer started for the idle window only. Idle windows of the three proxies run side by side."
+        "- wsbalancer: `--log-level warn`, default `cacheTTL` (30s: each pod polled every 15s ±10%); the {SHORT_TTL} column is a second balancer started for the idle window only. Idle windows of the three proxies run side by side (a reference or baseline balancer, when there is one, polls meanwhile; its CPU is not counted)."
     );
     let _ = writeln!(
         out,

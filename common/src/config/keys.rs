@@ -367,31 +367,39 @@ pub fn keep_restart_only(
     let running_values = to_map(running)?;
     let mut new_values = to_map(new)?;
     let mut changed = Vec::new();
+    let mut copied = false;
     for key in TABLE.iter().filter(|key| key.reload == Reload::Restart) {
         let name = key.name;
         let kept = running_values.get(name);
-        if key.means(new_values.get(name)) == key.means(kept) {
+        if new_values.get(name) == kept {
             continue;
         }
-        changed.push(name);
+        // Copied back even when it means the same, so that `new` is the
+        // running config in every restart-only key (one that writes out
+        // `http2: true` while adding `tlsCert` must not keep the first
+        // without the second); reported only when the meaning changed.
+        if key.means(new_values.get(name)) != key.means(kept) {
+            changed.push(name);
+        }
+        copied = true;
         match kept {
             Some(value) => new_values.insert(name.to_owned(), value.clone()),
             // Absent when unset (`tlsCert`, `discovery`).
             None => new_values.remove(name),
         };
     }
-    if !changed.is_empty() {
+    if copied {
         *new = serde_json::from_value(Value::Object(new_values))?;
     }
     Ok(changed)
 }
 
 impl Key {
-    /// What a serialized value of this key means: an unset key whose
-    /// default is [`Shown::WithTls`] means that value (with `tlsCert`, which
-    /// is compared on its own; without it the key does nothing either way),
-    /// so that a reload that writes out the default (`http2: true` where it
-    /// was unset) is no change.
+    /// What a serialized value of this key means, for reporting a change:
+    /// an unset key whose default is [`Shown::WithTls`] means that value
+    /// (with `tlsCert`, which is compared on its own), so that a reload
+    /// that writes out the default (`http2: true` where it was unset) is
+    /// not reported as needing a restart.
     fn means(&self, value: Option<&Value>) -> Option<Value> {
         match (value, self.default) {
             (None | Some(Value::Null), Shown::WithTls(default)) => {
@@ -635,6 +643,42 @@ mod tests {
         );
         assert_eq!(new.http2, None, "the running value is kept");
         assert!(new.http2_enabled());
+    }
+
+    #[test]
+    fn adding_tls_with_http2_written_out_keeps_a_valid_config() {
+        // Running without TLS; the new file adds it and writes out http2.
+        let running = Config {
+            pods: vec!["http://10.0.0.1:8080".into()],
+            ..Config::default()
+        };
+        running.validate().expect("a valid running config");
+        let mut new = Config {
+            tls_cert: Some("/etc/tls/cert.pem".into()),
+            tls_key: Some("/etc/tls/key.pem".into()),
+            http2: Some(true),
+            ..running.clone()
+        };
+        assert_eq!(
+            keep_restart_only(&running, &mut new).expect("copies"),
+            ["tlsCert", "tlsKey"]
+        );
+        assert_eq!((new.tls_cert.as_ref(), new.http2), (None, None));
+        new.validate()
+            .expect("no http2 without tlsCert is left behind");
+    }
+
+    #[test]
+    fn every_default_that_depends_on_tls_is_a_value() {
+        for key in TABLE {
+            if let Shown::WithTls(default) = key.default {
+                assert!(
+                    serde_json::from_str::<Value>(default).is_ok(),
+                    "{}: {default:?}",
+                    key.name
+                );
+            }
+        }
     }
 
     #[test]

@@ -21,10 +21,18 @@ pub struct Figures {
     pub idle_kib: Vec<Vec<f64>>,
 }
 
-/// The middle value (the upper one of an even count; NaN when empty).
+/// The middle value (the mean of the two middle ones of an even count, so
+/// that two runs do not report the worse one; NaN when empty).
 pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+    let half = values.len() / 2;
+    match (values.len() % 2, values.get(half)) {
+        (1, Some(&middle)) => middle,
+        (_, Some(&upper)) => values
+            .get(half.wrapping_sub(1))
+            .map_or(upper, |&lower| (lower + upper) / 2.0),
+        (_, None) => f64::NAN,
+    }
 }
 
 /// "value (ratio to each reference)" for a throughput cell of column `i`:
@@ -123,7 +131,7 @@ pub fn thousands(n: usize) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, digit) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(digit);
