@@ -142,6 +142,14 @@ pub fn thousands(n: usize) -> String {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn the_median_of_an_even_count_is_between_the_middle_two() {
+        assert_eq!(super::median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(super::median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(super::median(vec![5.0]), 5.0);
+        assert!(super::median(Vec::new()).is_nan());
+    }
+
+    #[test]
     fn thousands_are_separated() {
         assert_eq!(super::thousands(1000), "1,000");
         assert_eq!(super::thousands(20_000), "20,000");
