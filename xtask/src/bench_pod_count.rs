@@ -160,26 +160,42 @@ impl PodCountArgs {
     }
 }
 
+/// What one proxy's handshake measures gave, one value per run (empty
+/// when the proxy was not measured).
+#[derive(Debug, Default)]
+struct Handshakes {
+    /// CPU per handshake (open + close), µs.
+    cpu: Vec<f64>,
+    /// Connections per second.
+    rate: Vec<f64>,
+}
+
+impl Handshakes {
+    /// This proxy's CPU and connections/s against `other`'s, each paired
+    /// run by run; `None` when `other` was not measured.
+    fn against(&self, other: &Handshakes) -> Option<(f64, f64)> {
+        Some((
+            paired(&self.cpu, &other.cpu)?,
+            paired(&self.rate, &other.rate)?,
+        ))
+    }
+}
+
 /// What one pod count measured, one value per run.
 #[derive(Debug, Default)]
 struct Step {
     pods: usize,
-    /// wsbalancer's CPU per handshake (open + close), µs.
-    ours_cpu: Vec<f64>,
-    /// wsbalancer's connections per second.
-    ours_rate: Vec<f64>,
-    /// The same for HAProxy (empty without it).
-    haproxy_cpu: Vec<f64>,
-    haproxy_rate: Vec<f64>,
-    /// The same for the baseline build (empty without one).
-    baseline_cpu: Vec<f64>,
-    baseline_rate: Vec<f64>,
+    /// wsbalancer's.
+    ours: Handshakes,
+    /// HAProxy's (empty without it).
+    haproxy: Handshakes,
+    /// The baseline build's (empty without one).
+    baseline: Handshakes,
     /// How many pods the reference balancer is in front of: the first pod
     /// count of the sweep (0, and no reference, at that count itself).
     reference_pods: usize,
-    /// The same for the reference balancer (empty without one).
-    reference_cpu: Vec<f64>,
-    reference_rate: Vec<f64>,
+    /// The reference balancer's (empty without one).
+    reference: Handshakes,
     /// Idle CPU, % of one core: wsbalancer at the default and the short
     /// `cacheTTL`, HAProxy.
     idle_default: Vec<f64>,
@@ -298,14 +314,14 @@ async fn step(
                 "    handshakes {}: {per:.1} µs each, {rate:.0} connections/s",
                 subject.name
             );
-            let (cpus, rates) = match subject.name {
-                OURS => (&mut figures.ours_cpu, &mut figures.ours_rate),
-                BASELINE => (&mut figures.baseline_cpu, &mut figures.baseline_rate),
-                REFERENCE => (&mut figures.reference_cpu, &mut figures.reference_rate),
-                _ => (&mut figures.haproxy_cpu, &mut figures.haproxy_rate),
+            let measured = match subject.name {
+                OURS => &mut figures.ours,
+                BASELINE => &mut figures.baseline,
+                REFERENCE => &mut figures.reference,
+                _ => &mut figures.haproxy,
             };
-            cpus.push(per);
-            rates.push(rate);
+            measured.cpu.push(per);
+            measured.rate.push(rate);
         }
         // The short-TTL balancer lives for its window only, so that its
         // polls never run beside a handshake measure.
@@ -384,29 +400,38 @@ fn report(plan: &Plan, steps: &[Step], haproxy: &str) -> String {
         plan.runs,
         if plan.runs == 1 { "" } else { "s" }
     );
-    let _ = writeln!(
-        out,
-        "| pods | wsbalancer µs/handshake | vs {first} pods | wsbalancer conns/s | HAProxy µs/handshake | wsbalancer / HAProxy CPU | conns/s wsbalancer / HAProxy | idle CPU, cacheTTL 30s | idle CPU, cacheTTL {SHORT_TTL} | HAProxy idle CPU |"
+    let growth_column = format!("vs {first} pods");
+    let short_idle_column = format!("idle CPU, cacheTTL {SHORT_TTL}");
+    table_head(
+        &mut out,
+        &[
+            "pods",
+            "wsbalancer µs/handshake",
+            &growth_column,
+            "wsbalancer conns/s",
+            "HAProxy µs/handshake",
+            "wsbalancer / HAProxy CPU",
+            "conns/s wsbalancer / HAProxy",
+            "idle CPU, cacheTTL 30s",
+            &short_idle_column,
+            "HAProxy idle CPU",
+        ],
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
     for s in steps {
-        let cpu = median(s.ours_cpu.clone());
-        let rate = median(s.ours_rate.clone());
+        let cpu = median(s.ours.cpu.clone());
+        let rate = median(s.ours.rate.clone());
         let growth = match s.growth() {
             Some(growth) => format!("{growth:.2}x"),
             None if s.pods == first => "1.00x".to_owned(),
             None => "–".to_owned(),
         };
-        let (haproxy_cpu, cpu_ratio, rate_ratio) = match (
-            paired(&s.ours_cpu, &s.haproxy_cpu),
-            paired(&s.ours_rate, &s.haproxy_rate),
-        ) {
-            (Some(cpu_ratio), Some(rate_ratio)) => (
-                format!("{:.1}", median(s.haproxy_cpu.clone())),
+        let (haproxy_cpu, cpu_ratio, rate_ratio) = match s.ours.against(&s.haproxy) {
+            Some((cpu_ratio, rate_ratio)) => (
+                format!("{:.1}", median(s.haproxy.cpu.clone())),
                 format!("{cpu_ratio:.2}x"),
                 format!("{rate_ratio:.2}x"),
             ),
-            _ => ("–".to_owned(), "–".to_owned(), "–".to_owned()),
+            None => ("–".to_owned(), "–".to_owned(), "–".to_owned()),
         };
         let haproxy_idle = if s.idle_haproxy.is_empty() {
             "–".to_owned()
@@ -451,29 +476,39 @@ fn report(plan: &Plan, steps: &[Step], haproxy: &str) -> String {
     out
 }
 
+/// A markdown table's header row and the separator under it.
+fn table_head(out: &mut String, columns: &[&str]) {
+    let _ = writeln!(out, "| {} |", columns.join(" | "));
+    let _ = writeln!(out, "|{}", "---|".repeat(columns.len()));
+}
+
 /// This build against the baseline build, measured in the same runs.
 fn baseline_table(steps: &[Step], program: &Path) -> String {
     let mut out = format!(
         "\nAgainst the baseline build `{}`, in the same runs:\n\n",
         program.display()
     );
-    let _ = writeln!(
-        out,
-        "| pods | wsbalancer µs/handshake | baseline µs/handshake | wsbalancer / baseline CPU | conns/s wsbalancer / baseline |"
+    table_head(
+        &mut out,
+        &[
+            "pods",
+            "wsbalancer µs/handshake",
+            "baseline µs/handshake",
+            "wsbalancer / baseline CPU",
+            "conns/s wsbalancer / baseline",
+        ],
     );
-    let _ = writeln!(out, "|---|---|---|---|---|");
     for s in steps {
-        let cpu = median(s.ours_cpu.clone());
-        let baseline = median(s.baseline_cpu.clone());
-        let ratio = |ours: &[f64], theirs: &[f64]| {
-            paired(ours, theirs).map_or("–".to_owned(), |r| format!("{r:.2}x"))
+        let cpu = median(s.ours.cpu.clone());
+        let baseline = median(s.baseline.cpu.clone());
+        let (cpu_ratio, rate_ratio) = match s.ours.against(&s.baseline) {
+            Some((cpu, rate)) => (format!("{cpu:.2}x"), format!("{rate:.2}x")),
+            None => ("–".to_owned(), "–".to_owned()),
         };
         let _ = writeln!(
             out,
-            "| {} | {cpu:.1} | {baseline:.1} | {} | {} |",
+            "| {} | {cpu:.1} | {baseline:.1} | {cpu_ratio} | {rate_ratio} |",
             thousands(s.pods),
-            ratio(&s.ours_cpu, &s.baseline_cpu),
-            ratio(&s.ours_rate, &s.baseline_rate),
         );
     }
     out
@@ -484,7 +519,7 @@ impl Step {
     /// `reference_pods` of the same pods), paired run by run; `None`
     /// without a reference.
     fn growth(&self) -> Option<f64> {
-        paired(&self.ours_cpu, &self.reference_cpu)
+        paired(&self.ours.cpu, &self.reference.cpu)
     }
 }
 
@@ -519,12 +554,7 @@ fn targets(steps: &[Step]) -> Vec<String> {
             "CPU per handshake at 1,000 pods ≤ {MAX_GROWTH_AT_1000} × the 3-pod figure: not measured."
         ),
     });
-    let against_haproxy = at(3).and_then(|three| {
-        Some((
-            paired(&three.ours_cpu, &three.haproxy_cpu)?,
-            paired(&three.ours_rate, &three.haproxy_rate)?,
-        ))
-    });
+    let against_haproxy = at(3).and_then(|three| three.ours.against(&three.haproxy));
     lines.push(match against_haproxy {
         Some((cpu, rate)) => {
             format!(
@@ -554,18 +584,24 @@ fn targets(steps: &[Step]) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::Step;
+    use super::{Handshakes, Step};
+
+    /// One run at `cpu` µs and 1,000 connections/s; not measured for
+    /// `None`.
+    fn measured(cpu: Option<f64>) -> Handshakes {
+        Handshakes {
+            cpu: cpu.into_iter().collect(),
+            rate: cpu.map(|_| 1000.0).into_iter().collect(),
+        }
+    }
 
     fn step(pods: usize, cpu: f64, haproxy: Option<f64>, idle: f64) -> Step {
         Step {
             pods,
             reference_pods: if pods > 3 { 3 } else { 0 },
-            reference_cpu: if pods > 3 { vec![40.0] } else { vec![] },
-            reference_rate: if pods > 3 { vec![1000.0] } else { vec![] },
-            ours_cpu: vec![cpu],
-            ours_rate: vec![1000.0],
-            haproxy_cpu: haproxy.into_iter().collect(),
-            haproxy_rate: haproxy.map(|_| 1000.0).into_iter().collect(),
+            reference: measured(if pods > 3 { Some(40.0) } else { None }),
+            ours: measured(Some(cpu)),
+            haproxy: measured(haproxy),
             idle_default: vec![idle],
             idle_short: vec![idle * 15.0],
             idle_haproxy: haproxy.map(|_| 0.0).into_iter().collect(),
@@ -576,8 +612,10 @@ mod tests {
     #[test]
     fn the_baseline_table_divides_this_build_by_the_baseline() {
         let mut three = step(3, 90.0, None, 0.1);
-        three.baseline_cpu = vec![100.0];
-        three.baseline_rate = vec![800.0];
+        three.baseline = Handshakes {
+            cpu: vec![100.0],
+            rate: vec![800.0],
+        };
         let table = super::baseline_table(&[three], std::path::Path::new("/b/wsbalancer"));
         assert!(table.contains("`/b/wsbalancer`"), "{table}");
         assert!(
@@ -594,8 +632,8 @@ mod tests {
         assert_eq!(super::paired(&ours, &theirs), Some(1.0));
         assert_eq!(super::paired(&ours, &[]), None, "not measured");
         let mut thousand = step(1000, 0.0, None, 0.1);
-        thousand.ours_cpu = vec![50.0, 100.0, 90.0];
-        thousand.reference_cpu = vec![40.0, 100.0, 60.0];
+        thousand.ours.cpu = vec![50.0, 100.0, 90.0];
+        thousand.reference.cpu = vec![40.0, 100.0, 60.0];
         assert_eq!(thousand.growth(), Some(1.25));
         let lines = super::targets(&[thousand]);
         assert!(lines[0].contains("1.25x, NOT met"), "{}", lines[0]);
